@@ -1,0 +1,112 @@
+"""Evaluate a retriever (Recall@k, answer-hit@k) and optionally a generator reading its top-k (EM, F1).
+
+    python examples/evaluate.py --dataset ../shared/data/squad-dev --split test --max_queries 200
+    python examples/evaluate.py --dataset ../shared/data/squad-dev --split test --retrieval_only
+    python examples/evaluate.py --config eval.yaml
+
+Writes ``results.json`` and ``results.md`` to ``--output_dir``. The corpus index is cached (see ``--index_dir``): a
+second run with the same retriever and corpus encodes no passage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from trl import TrlParser
+
+from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, RAGPipeline, load_generator, load_rag_dataset
+from trl_bporag.models import cache_dir
+from trl_bporag.retrieval import DenseIndex, Retriever
+
+
+@dataclass
+class EvalArguments:
+    dataset: str = field(metadata={"help": "BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/) or a HF QA dataset"})
+    split: str = field(default="test", metadata={"help": "split (qrels/<split>.tsv)"})
+    retriever: str = field(default=DEFAULT_RETRIEVER, metadata={"help": "retriever id or sentence-transformers folder"})
+    generator: str = field(default=DEFAULT_GENERATOR, metadata={"help": "generator id, folder or PEFT adapter folder"})
+    retrieval_only: bool = field(default=False, metadata={"help": "skip generation (Recall@k / answer-hit@k only)"})
+    k: int = field(default=5, metadata={"help": "passages the generator reads"})
+    ks: str = field(default="1,5,10", metadata={"help": "cut-offs for Recall@k and answer-hit@k"})
+    score: str = field(default="cos", metadata={"help": "cos (normalised embeddings) or dot"})
+    index_type: str = field(default="flat", metadata={"help": "flat (exact), hnsw or ivf"})
+    index_dir: str | None = field(default=None, metadata={"help": "index cache folder (default: under the cache dir)"})
+    with_title: bool = field(default=True, metadata={"help": "passage text = title + ' ' + text"})
+    max_queries: int | None = field(default=None, metadata={"help": "evaluate only the first N queries"})
+    batch_size: int = field(default=8, metadata={"help": "generation batch size"})
+    max_new_tokens: int = field(default=24)
+    generator_dtype: str = field(default="bfloat16", metadata={"help": "bfloat16 (about 2x faster on CPU) or float32"})
+    max_passage_tokens: int = field(default=192, metadata={"help": "each passage is cut to this many tokens"})
+    output_dir: str = field(default="runs/eval")
+    save_predictions: bool = field(default=True, metadata={"help": "write predictions.jsonl"})
+
+
+def markdown_table(args: EvalArguments, result: dict) -> str:
+    metrics = result["metrics"]
+    cols = [c for c in metrics if not c.endswith("_seconds")]
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    head = "| dataset | split | queries | retriever | generator | " + " | ".join(cols) + " |"
+    sep = "|" + "---|" * (5 + len(cols))
+    gen = "-" if args.retrieval_only else args.generator
+    row = (f"| {Path(args.dataset).name} | {args.split} | {result['num_queries']} | {args.retriever} | {gen} | "
+           + " | ".join(fmt(metrics[c]) for c in cols) + " |")
+    return "\n".join([head, sep, row]) + "\n"
+
+
+DTYPES = ("bfloat16", "float32", "float16")
+
+
+def main(args: EvalArguments) -> dict:
+    start = time.perf_counter()
+    if args.generator_dtype not in DTYPES:
+        raise ValueError(f"--generator_dtype: expected one of {DTYPES}, got {args.generator_dtype!r}")
+    data = load_rag_dataset(args.dataset, args.split)
+    split = data.split.head(args.max_queries)
+    ks = tuple(int(x) for x in args.ks.split(","))
+    retriever = Retriever(args.retriever, score=args.score)
+    index_dir = args.index_dir or str(
+        cache_dir() / "indexes" / f"{Path(args.dataset).name}-{retriever.fingerprint()[:12]}-{args.index_type}"
+    )
+    before = retriever.num_encoded
+    index = DenseIndex.from_corpus(retriever, data.corpus, index_dir=index_dir, index_type=args.index_type,
+                                   with_title=args.with_title)
+    encoded = retriever.num_encoded - before
+    gen, tok = (None, None) if args.retrieval_only else load_generator(
+        args.generator, torch_dtype=getattr(torch, args.generator_dtype)
+    )
+    pipe = RAGPipeline(retriever, index, data.corpus, gen, tok, k=args.k, with_title=args.with_title,
+                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                       max_passage_tokens=args.max_passage_tokens)
+    result = pipe.evaluate(split, ks=ks, generate_answers=not args.retrieval_only,
+                           return_predictions=args.save_predictions)
+    predictions = result.pop("predictions", None)
+    result.update(
+        dataset=args.dataset, split=args.split, retriever=args.retriever,
+        generator=None if args.retrieval_only else args.generator, index_dir=index_dir,
+        passages_encoded=encoded, total_seconds=round(time.perf_counter() - start, 2), args=asdict(args),
+    )
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    table = markdown_table(args, result)
+    (out / "results.md").write_text(table)
+    if predictions is not None:
+        with (out / "predictions.jsonl").open("w") as fh:
+            for p in predictions:
+                fh.write(json.dumps(p) + "\n")
+    print(f"passages encoded: {encoded} (index: {index_dir})", file=sys.stderr)
+    print(table)
+    return result
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"))
+    (eval_args,) = TrlParser((EvalArguments,)).parse_args_and_config()
+    main(eval_args)

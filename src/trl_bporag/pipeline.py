@@ -1,0 +1,142 @@
+"""RAGPipeline: retrieve the top-k passages with the retriever, answer greedily with the generator (Eq. 8-9)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from .data import Corpus, QASplit
+from .generation import DEFAULT_SYSTEM_PROMPT, build_prompt, generate
+from .metrics import answer_metrics, retrieval_metrics
+from .retrieval import DenseIndex, Retriever
+
+logger = logging.getLogger(__name__)
+
+
+class RAGPipeline:
+    """Retrieve-then-generate.
+
+    Args:
+        retriever: a :class:`~trl_bporag.retrieval.Retriever` (or a SentenceTransformer / id, wrapped in one).
+        index: the :class:`~trl_bporag.retrieval.DenseIndex` over ``corpus``.
+        corpus: the :class:`~trl_bporag.data.Corpus` whose passage texts the generator reads.
+        generator / tokenizer: a causal LM and its tokenizer (optional: without them the pipeline only retrieves).
+        k: passages given to the generator.
+        with_title: the generator reads ``title + " " + text`` (as the retriever does by default).
+    """
+
+    def __init__(
+        self,
+        retriever,
+        index: DenseIndex,
+        corpus: Corpus,
+        generator=None,
+        tokenizer=None,
+        k: int = 5,
+        with_title: bool = True,
+        max_new_tokens: int = 32,
+        batch_size: int = 8,
+        max_passage_tokens: int | None = 192,
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    ):
+        if not isinstance(retriever, Retriever):
+            retriever = Retriever(retriever)
+        if len(index) != len(corpus):
+            raise ValueError(f"index holds {len(index)} passages but the corpus has {len(corpus)}")
+        if (generator is None) != (tokenizer is None):
+            raise ValueError("generator and tokenizer go together: pass both or neither")
+        if k < 1:
+            raise ValueError(f"k: expected a positive integer, got {k}")
+        self.retriever, self.index, self.corpus = retriever, index, corpus
+        self.generator, self.tokenizer = generator, tokenizer
+        self.k, self.with_title = k, with_title
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.max_passage_tokens, self.system_prompt = max_passage_tokens, system_prompt
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        retriever: str = "sentence-transformers/all-MiniLM-L6-v2",
+        generator: str | None = "HuggingFaceTB/SmolLM2-135M-Instruct",
+        corpus: Corpus | None = None,
+        index_dir: str | None = None,
+        index_type: str = "flat",
+        k: int = 5,
+        score: str = "cos",
+        generator_dtype=None,
+        **kwargs,
+    ) -> RAGPipeline:
+        """Build from ids/folders: a retriever (e.g. an RPO-tuned sentence-transformers folder) and a generator (a
+        model id or folder, or a PEFT adapter folder, loaded on top of its base). The corpus is indexed (or the
+        index in ``index_dir`` reused when model and corpus are unchanged)."""
+        from .models import load_generator
+
+        if corpus is None:
+            raise ValueError("corpus: a Corpus to retrieve from is required")
+        ret = Retriever(retriever, score=score)
+        index = DenseIndex.from_corpus(ret, corpus, index_dir=index_dir, index_type=index_type,
+                                       with_title=kwargs.get("with_title", True))
+        gen, tok = load_generator(generator, torch_dtype=generator_dtype) if generator else (None, None)
+        return cls(ret, index, corpus, gen, tok, k=k, **kwargs)
+
+    def retrieve(self, questions: Sequence[str], k: int | None = None) -> tuple[list[list[str]], np.ndarray]:
+        """Top-k passage ids per question (k defaults to the pipeline's k) and their scores."""
+        q = self.retriever.encode_queries(list(questions))
+        scores, ids = self.index.search_ids(q, k or self.k)
+        return ids, scores
+
+    def passages(self, ids: Sequence[str]) -> list[str]:
+        return [self.corpus.passage(self.corpus.index_of(pid), self.with_title) for pid in ids]
+
+    def prompts(self, questions: Sequence[str], passage_ids: Sequence[Sequence[str]]) -> list[str]:
+        if self.tokenizer is None:
+            raise ValueError("this pipeline has no generator: pass generator= and tokenizer=")
+        return [
+            build_prompt(self.tokenizer, q, self.passages(ids[: self.k]), self.max_passage_tokens, self.system_prompt)
+            for q, ids in zip(questions, passage_ids)
+        ]
+
+    def answer(self, questions: Sequence[str], passage_ids: Sequence[Sequence[str]]) -> list[str]:
+        """Greedy answers of the generator reading the first k passages of each list."""
+        return generate(self.generator, self.tokenizer, self.prompts(questions, passage_ids),
+                        batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
+
+    def __call__(self, questions: Sequence[str] | str) -> list[dict] | dict:
+        single = isinstance(questions, str)
+        qs = [questions] if single else list(questions)
+        ids, scores = self.retrieve(qs)
+        answers = self.answer(qs, ids) if self.generator is not None else [None] * len(qs)
+        out = [
+            {"question": q, "answer": a, "passage_ids": pids, "passages": self.passages(pids), "scores": s.tolist()}
+            for q, a, pids, s in zip(qs, answers, ids, scores)
+        ]
+        return out[0] if single else out
+
+    def evaluate(self, split: QASplit, ks: Sequence[int] = (1, 5, 10), generate_answers: bool = True,
+                 return_predictions: bool = False) -> dict:
+        """Recall@k (when gold passages are known), answer-hit@k, and with a generator EM / F1 on ``split``."""
+        t0 = time.perf_counter()
+        depth = max(max(ks), self.k)
+        ids, _ = self.retrieve(split.questions, k=depth)
+        passages = [self.passages(p) for p in ids]
+        metrics = retrieval_metrics(
+            ids, split.gold_ids if split.has_gold_passages else None, passages, split.answers, ks
+        )
+        metrics["retrieval_seconds"] = time.perf_counter() - t0
+        result = {"num_queries": len(split), "k": self.k, "metrics": metrics}
+        predictions = None
+        if generate_answers and self.generator is not None:
+            t1 = time.perf_counter()
+            predictions = self.answer(split.questions, ids)
+            metrics.update(answer_metrics(predictions, split.answers))
+            metrics["generation_seconds"] = time.perf_counter() - t1
+        if return_predictions:
+            result["predictions"] = [
+                {"id": qid, "question": q, "answers": a, "retrieved": pids[: depth], "prediction": pred}
+                for qid, q, a, pids, pred in zip(split.ids, split.questions, split.answers, ids,
+                                                 predictions or [None] * len(split))
+            ]
+        return result

@@ -1,0 +1,199 @@
+"""The retriever: a dual encoder with f(q, p) = <e(q), e(p)> and the set score s(q, P) = sum_{i<=k} w_i f(q, P_i)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+SCORES = ("cos", "dot")
+
+
+def _check_score(score: str) -> str:
+    if score not in SCORES:
+        raise ValueError(f"score: expected one of {SCORES}, got {score!r}")
+    return score
+
+
+def set_scores(
+    query_emb: torch.Tensor,
+    list_emb: torch.Tensor,
+    k: int,
+    weights: Sequence[float] | torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Set scores s(q, P) = sum_{i<=k} w_i <e(q), e(P_i)> for a batch.
+
+    Args:
+        query_emb: ``[B, d]`` query embeddings (already normalised for the cosine score).
+        list_emb: ``[B, L, d]`` embeddings of each query's ordered list (L >= k).
+        k: how many leading entries count.
+        weights: optional position weights ``w_1..w_k`` (default all ones: the paper's sum score).
+        mask: optional ``[B, L]`` bool, False where a list is padded (a padded slot contributes 0).
+    Returns:
+        ``[B]`` set scores.
+    """
+    if query_emb.dim() != 2 or list_emb.dim() != 3 or list_emb.shape[0] != query_emb.shape[0]:
+        raise ValueError(
+            f"set_scores: expected query_emb [B, d] and list_emb [B, L, d], got {tuple(query_emb.shape)} and "
+            f"{tuple(list_emb.shape)}"
+        )
+    if k < 1 or list_emb.shape[1] < k:
+        raise ValueError(f"k: expected 1 <= k <= list length {list_emb.shape[1]}, got {k}")
+    f = torch.einsum("bd,bld->bl", query_emb, list_emb[:, :k])
+    if mask is not None:
+        f = f * mask[:, :k].to(f.dtype)
+    if weights is not None:
+        w = torch.as_tensor(weights, dtype=f.dtype, device=f.device)
+        if w.dim() != 1 or w.numel() < k:
+            raise ValueError(f"position weights: expected at least k={k} values, got {w.numel()}")
+        f = f * w[:k]
+    return f.sum(dim=1)
+
+
+class Retriever:
+    """Dense retriever over a :class:`sentence_transformers.SentenceTransformer`.
+
+    Args:
+        model: a SentenceTransformer, or an id / path loaded with :func:`trl_bporag.models.load_retriever`.
+        score: ``"cos"`` (dot product of L2-normalised embeddings, default) or ``"dot"`` (raw dot product).
+        batch_size: encoding batch size.
+        cache_size: keep up to this many text embeddings in memory (0 = off). Only for a frozen model: call
+            :meth:`clear_cache` after changing its weights.
+        query_prompt / passage_prompt: optional strings prepended to queries / passages (e.g. E5's "query: ").
+    """
+
+    def __init__(
+        self,
+        model="sentence-transformers/all-MiniLM-L6-v2",
+        score: str = "cos",
+        batch_size: int = 64,
+        cache_size: int = 0,
+        query_prompt: str | None = None,
+        passage_prompt: str | None = None,
+        device: str | None = None,
+        show_progress_bar: bool | None = None,
+    ):
+        if isinstance(model, str):
+            from trl_bporag.models import load_retriever
+
+            model = load_retriever(model, device=device)
+        self.model = model
+        self.score = _check_score(score)
+        self.batch_size = batch_size
+        self.query_prompt = query_prompt
+        self.passage_prompt = passage_prompt
+        self.show_progress_bar = show_progress_bar
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.num_encoded = 0  # texts actually run through the encoder (cache misses), for benchmarks and tests
+        self._fingerprint: str | None = None
+
+    # -- identity -----------------------------------------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        mid = getattr(self.model, "bporag_model_id", None)
+        if mid:
+            return mid
+        card = getattr(self.model, "model_card_data", None)
+        if getattr(card, "base_model", None):
+            return card.base_model
+        try:
+            return self.model[0].auto_model.config._name_or_path or "unknown"
+        except (AttributeError, IndexError, TypeError, KeyError):
+            return "unknown"
+
+    @property
+    def dim(self) -> int:
+        dim = self.model.get_sentence_embedding_dimension()
+        if dim is None:
+            dim = int(self.encode(["dimension probe"]).shape[1])
+        return int(dim)
+
+    @property
+    def normalize(self) -> bool:
+        return self.score == "cos"
+
+    def fingerprint(self) -> str:
+        """sha256 over the model's parameters and prompts: changes when the weights change."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(f"{self.query_prompt}|{self.passage_prompt}".encode())
+            for name, tensor in sorted(self.model.state_dict().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    # -- encoding -----------------------------------------------------------------------------------------------
+    def clear_cache(self) -> None:
+        self._cache.clear()
+        self._fingerprint = None
+
+    def encode(self, texts: Sequence[str], batch_size: int | None = None, show_progress_bar: bool | None = None,
+               prompt: str | None = None) -> np.ndarray:
+        """Embeddings ``[n, d]`` (float32; L2-normalised for ``score="cos"``). Each distinct text is encoded once."""
+        if isinstance(texts, str):
+            raise ValueError("texts: expected a list of strings, got a single string")
+        texts = [t if prompt is None else prompt + t for t in texts]
+        unique = list(dict.fromkeys(texts))
+        missing = [t for t in unique if t not in self._cache] if self.cache_size else unique
+        new = {}
+        if missing:
+            show = self.show_progress_bar if show_progress_bar is None else show_progress_bar
+            if show is None:
+                show = len(missing) > 2000
+            emb = self.model.encode(
+                missing,
+                batch_size=batch_size or self.batch_size,
+                show_progress_bar=show,
+                convert_to_numpy=True,
+                normalize_embeddings=self.normalize,
+            ).astype(np.float32, copy=False)
+            self.num_encoded += len(missing)
+            new = dict(zip(missing, emb))
+            if self.cache_size:
+                self._cache.update(new)
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        lookup = {**{t: self._cache[t] for t in unique if t in self._cache and t not in new}, **new}
+        if not texts:
+            return np.zeros((0, self.model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
+        return np.stack([lookup[t] for t in texts])
+
+    def encode_queries(self, queries: Sequence[str], **kwargs) -> np.ndarray:
+        return self.encode(queries, prompt=self.query_prompt, **kwargs)
+
+    def encode_passages(self, passages: Sequence[str], **kwargs) -> np.ndarray:
+        return self.encode(passages, prompt=self.passage_prompt, **kwargs)
+
+    # -- scores -------------------------------------------------------------------------------------------------
+    @staticmethod
+    def similarity(query_emb, passage_emb) -> np.ndarray:
+        """f(q, p) for all pairs: ``[n_q, n_p]`` inner products of the (already normalised) embeddings."""
+        return np.asarray(query_emb, dtype=np.float32) @ np.asarray(passage_emb, dtype=np.float32).T
+
+    def f(self, queries: Sequence[str], passages: Sequence[str]) -> np.ndarray:
+        """f(q_i, p_i) for aligned pairs of texts: ``[n]``."""
+        if len(queries) != len(passages):
+            raise ValueError(f"f: {len(queries)} queries but {len(passages)} passages")
+        q, p = self.encode_queries(queries), self.encode_passages(passages)
+        return (q * p).sum(axis=1)
+
+    def set_score(self, queries: Sequence[str], lists: Sequence[Sequence[str]], k: int,
+                  weights: Sequence[float] | None = None) -> np.ndarray:
+        """s(q, P) for each query and its ordered passage list (first ``k`` entries count): ``[n]``."""
+        if len(queries) != len(lists):
+            raise ValueError(f"set_score: {len(queries)} queries but {len(lists)} lists")
+        for i, lst in enumerate(lists):
+            if len(lst) < k:
+                raise ValueError(f"lists[{i}]: has {len(lst)} passages, fewer than k={k}")
+        q = torch.from_numpy(self.encode_queries(queries))
+        flat = [p for lst in lists for p in lst[:k]]
+        p = torch.from_numpy(self.encode_passages(flat)).view(len(lists), k, -1)
+        return set_scores(q, p, k, weights).numpy()

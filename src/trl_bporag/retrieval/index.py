@@ -1,0 +1,294 @@
+"""DenseIndex: FAISS inner-product search (flat / HNSW / IVF) with save/load and checked metadata.
+
+A saved index is a folder with ``index.faiss`` and ``metadata.json`` (model id and fingerprint, dimension, score,
+corpus fingerprint, passage ids, index parameters, sha256 of the FAISS file). :meth:`DenseIndex.from_corpus` with an
+``index_dir`` reuses a saved index whose model and corpus fingerprints match, so an unchanged corpus is never encoded
+twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+INDEX_TYPES = ("flat", "hnsw", "ivf")
+FORMAT_VERSION = 1
+INDEX_FILE = "index.faiss"
+META_FILE = "metadata.json"
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as err:  # pragma: no cover - faiss-cpu is a dependency
+        raise ImportError("DenseIndex needs FAISS: pip install faiss-cpu (or faiss-gpu)") from err
+    return faiss
+
+
+def gpu_available() -> bool:
+    faiss = _faiss()
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class DenseIndex:
+    """Inner-product search over passage embeddings.
+
+    Args:
+        embeddings: ``[n, d]`` float32 passage embeddings (normalised for cosine retrieval).
+        ids: the ``n`` passage ids, in row order.
+        index_type: ``"flat"`` (exact, default), ``"hnsw"`` or ``"ivf"``.
+        hnsw_m / ef_construction / ef_search: HNSW graph degree and beam widths.
+        nlist / nprobe: IVF lists (default ``4*sqrt(n)``, at most ``n/39``) and lists probed per query.
+        use_gpu: move a flat / IVF index to the GPU (default: when faiss-gpu sees a GPU). HNSW stays on the CPU.
+        metadata: extra fields stored in ``metadata.json`` (model id, fingerprints, ...).
+    """
+
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        ids: Sequence[str],
+        index_type: str = "flat",
+        hnsw_m: int = 32,
+        ef_construction: int = 200,
+        ef_search: int = 128,
+        nlist: int | None = None,
+        nprobe: int = 16,
+        use_gpu: bool | None = None,
+        metadata: dict | None = None,
+        _index=None,
+    ):
+        if index_type not in INDEX_TYPES:
+            raise ValueError(f"index_type: expected one of {INDEX_TYPES}, got {index_type!r}")
+        faiss = _faiss()
+        self.ids = list(ids)
+        self.index_type = index_type
+        self.params = {"hnsw_m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search, "nprobe": nprobe}
+        self.metadata = dict(metadata or {})
+        if _index is None:
+            emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+            if emb.ndim != 2 or emb.shape[0] != len(self.ids):
+                raise ValueError(f"embeddings: expected shape [{len(self.ids)}, d] (one row per id), got {emb.shape}")
+            if len(set(self.ids)) != len(self.ids):
+                raise ValueError("ids: passage ids must be unique")
+            if not np.isfinite(emb).all():
+                raise ValueError("embeddings: contain NaN or inf")
+            n, d = emb.shape
+            if index_type == "flat":
+                index = faiss.IndexFlatIP(d)
+            elif index_type == "hnsw":
+                index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+                index.hnsw.efConstruction = ef_construction
+            else:
+                nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+                index.train(emb)
+            index.add(emb)
+            self.params["nlist"] = nlist if index_type == "ivf" else None
+        else:
+            index = _index
+            self.params["nlist"] = getattr(index, "nlist", None)
+        self._apply_search_params(index)
+        self.dim = index.d
+        self._cpu_index = index
+        self._index = index
+        self.on_gpu = False
+        if (use_gpu or (use_gpu is None and gpu_available())) and index_type != "hnsw":
+            if not gpu_available():
+                raise ValueError("use_gpu=True but FAISS sees no GPU (install faiss-gpu on a machine with a GPU)")
+            self._gpu_res = faiss.StandardGpuResources()
+            self._index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
+            self.on_gpu = True
+
+    def _apply_search_params(self, index) -> None:
+        if self.index_type == "hnsw":
+            index.hnsw.efSearch = self.params["ef_search"]
+        elif self.index_type == "ivf":
+            index.nprobe = self.params["nprobe"]
+
+    def __len__(self) -> int:
+        return self._index.ntotal
+
+    # -- building -----------------------------------------------------------------------------------------------
+    @classmethod
+    def from_corpus(
+        cls,
+        retriever,
+        corpus,
+        index_dir: str | os.PathLike | None = None,
+        with_title: bool = True,
+        index_type: str = "flat",
+        **kwargs,
+    ) -> DenseIndex:
+        """Encode a :class:`~trl_bporag.data.Corpus` with ``retriever`` and index it.
+
+        With ``index_dir``: a saved index there whose model fingerprint, corpus fingerprint and index type match is
+        loaded instead (0 passages encoded); otherwise the new index is saved there.
+        """
+        corpus_fp = corpus.fingerprint(with_title)
+        expect = {
+            "model_fingerprint": retriever.fingerprint(),
+            "corpus_fingerprint": corpus_fp,
+            "index_type": index_type,
+            "score": retriever.score,
+        }
+        if index_dir is not None and (Path(index_dir) / META_FILE).is_file():
+            meta = json.loads((Path(index_dir) / META_FILE).read_text())
+            if all(meta.get(key) == value for key, value in expect.items()):
+                logger.info("Reusing the index in %s (model and corpus unchanged)", index_dir)
+                return cls.load(index_dir, retriever=retriever, corpus=corpus, with_title=with_title,
+                                use_gpu=kwargs.get("use_gpu"))
+            logger.info("The index in %s was built for another model/corpus/type: rebuilding it", index_dir)
+        start = time.perf_counter()
+        emb = retriever.encode_passages(corpus.passages(with_title))
+        metadata = {
+            "model_id": retriever.model_id,
+            "model_fingerprint": expect["model_fingerprint"],
+            "score": retriever.score,
+            "normalized": retriever.normalize,
+            "corpus_fingerprint": corpus_fp,
+            "with_title": with_title,
+            "encode_seconds": round(time.perf_counter() - start, 3),
+        }
+        index = cls(emb, corpus.ids, index_type=index_type, metadata=metadata, **kwargs)
+        if index_dir is not None:
+            index.save(index_dir)
+        return index
+
+    # -- search -------------------------------------------------------------------------------------------------
+    def search(self, query_embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` by inner product: ``(scores [n, k], rows [n, k])``; rows index :attr:`ids` (-1 = none)."""
+        q = np.ascontiguousarray(query_embeddings, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"query_embeddings: expected shape [n, {self.dim}], got {tuple(query_embeddings.shape)}")
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k: expected a positive integer, got {k!r}")
+        k_eff = min(k, len(self))
+        scores, rows = self._index.search(q, k_eff)
+        return scores, rows
+
+    def search_ids(self, query_embeddings: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-``k`` passage ids per query (and their scores)."""
+        scores, rows = self.search(query_embeddings, k)
+        return scores, [[self.ids[r] for r in row if r >= 0] for row in rows]
+
+    def embeddings(self) -> np.ndarray:
+        """The stored passage vectors ``[n, d]`` (reconstructed from the FAISS index)."""
+        index = self._cpu_index
+        if self.index_type == "ivf":
+            index.make_direct_map()
+        return index.reconstruct_n(0, index.ntotal)
+
+    # -- persistence --------------------------------------------------------------------------------------------
+    def save(self, index_dir: str | os.PathLike) -> Path:
+        faiss = _faiss()
+        out = Path(index_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / (INDEX_FILE + ".tmp")
+        faiss.write_index(self._cpu_index, str(tmp))
+        os.replace(tmp, out / INDEX_FILE)
+        meta = {
+            **self.metadata,
+            "format_version": FORMAT_VERSION,
+            "index_type": self.index_type,
+            "params": self.params,
+            "dim": self.dim,
+            "num_passages": len(self.ids),
+            "index_sha256": _sha256(out / INDEX_FILE),
+            "ids": self.ids,
+        }
+        (out / (META_FILE + ".tmp")).write_text(json.dumps(meta))
+        os.replace(out / (META_FILE + ".tmp"), out / META_FILE)
+        return out
+
+    @classmethod
+    def load(
+        cls,
+        index_dir: str | os.PathLike,
+        retriever=None,
+        corpus=None,
+        with_title: bool | None = None,
+        use_gpu: bool | None = None,
+        verify: bool = True,
+    ) -> DenseIndex:
+        """Load a saved index. With ``retriever`` / ``corpus``, refuse one built for another model, dimension or corpus.
+
+        ``verify`` checks the FAISS file's sha256 against the metadata (a truncated or corrupt file is refused).
+        """
+        faiss = _faiss()
+        root = Path(index_dir)
+        meta_path, index_path = root / META_FILE, root / INDEX_FILE
+        if not meta_path.is_file() or not index_path.is_file():
+            raise ValueError(f"{root}: not a saved DenseIndex (expected {INDEX_FILE} and {META_FILE})")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{meta_path}: corrupt metadata ({err.msg})") from None
+        for key in ("index_type", "dim", "ids", "params"):
+            if key not in meta:
+                raise ValueError(f"{meta_path}: missing field {key!r}")
+        if verify and meta.get("index_sha256") and _sha256(index_path) != meta["index_sha256"]:
+            raise ValueError(f"{index_path}: the file does not match the sha256 in {META_FILE} (truncated or corrupt)")
+        if retriever is not None:
+            dim = retriever.dim
+            if dim != meta["dim"]:
+                raise ValueError(
+                    f"{root}: index dim {meta['dim']} (model {meta.get('model_id')!r}) does not match the retriever's "
+                    f"dim {dim} (model {retriever.model_id!r})"
+                )
+            if meta.get("score") and meta["score"] != retriever.score:
+                raise ValueError(f"{root}: index built for score {meta['score']!r}, retriever uses {retriever.score!r}")
+            if meta.get("model_fingerprint") and meta["model_fingerprint"] != retriever.fingerprint():
+                raise ValueError(
+                    f"{root}: index built with model {meta.get('model_id')!r} (fingerprint "
+                    f"{meta['model_fingerprint'][:12]}), not with this retriever {retriever.model_id!r} (fingerprint "
+                    f"{retriever.fingerprint()[:12]}); rebuild it with DenseIndex.from_corpus"
+                )
+        if corpus is not None:
+            wt = meta.get("with_title", True) if with_title is None else with_title
+            if meta.get("corpus_fingerprint") and meta["corpus_fingerprint"] != corpus.fingerprint(wt):
+                raise ValueError(f"{root}: index built for another corpus (corpus fingerprint differs); rebuild it")
+        try:
+            index = faiss.read_index(str(index_path))
+        except RuntimeError as err:
+            raise ValueError(f"{index_path}: cannot read the FAISS index ({str(err).splitlines()[0][:200]})") from None
+        if index.ntotal != len(meta["ids"]) or index.d != meta["dim"]:
+            raise ValueError(
+                f"{index_path}: holds {index.ntotal} vectors of dim {index.d}, metadata says {len(meta['ids'])} of "
+                f"dim {meta['dim']}"
+            )
+        params = meta["params"]
+        extra = {k: v for k, v in meta.items() if k not in {"ids", "params", "index_type", "dim", "format_version",
+                                                            "num_passages", "index_sha256"}}
+        return cls(
+            None,
+            meta["ids"],
+            index_type=meta["index_type"],
+            hnsw_m=params.get("hnsw_m", 32),
+            ef_construction=params.get("ef_construction", 200),
+            ef_search=params.get("ef_search", 128),
+            nlist=params.get("nlist"),
+            nprobe=params.get("nprobe", 16),
+            use_gpu=use_gpu,
+            metadata=extra,
+            _index=index,
+        )

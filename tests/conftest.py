@@ -1,0 +1,65 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+from _tiny_generator import build_tiny_generator  # noqa: E402
+from _tiny_retriever import build_tiny_retriever  # noqa: E402
+from trl_bporag.data import Corpus, QASplit  # noqa: E402
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_retriever_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_retriever")
+    model = build_tiny_retriever(path / "encoder")
+    model.save(str(path / "st"))
+    return str(path / "st")
+
+
+@pytest.fixture
+def tiny_st(tiny_retriever_dir):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(tiny_retriever_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_generator_dir(tmp_path_factory):
+    return build_tiny_generator(tmp_path_factory.mktemp("tiny_generator"))
+
+
+@pytest.fixture
+def toy_corpus():
+    return Corpus(
+        ids=["p1", "p2", "p3", "p4", "p5", "p6"],
+        titles=["Paris", "London", "Berlin", "Rome", "Madrid", "Seine"],
+        texts=[
+            "paris is the capital of france",
+            "london is the capital of england",
+            "berlin is the capital of germany",
+            "rome is the capital of italy",
+            "madrid is the capital of spain",
+            "the seine is a river in france",
+        ],
+    )
+
+
+@pytest.fixture
+def toy_split():
+    return QASplit(
+        ids=["q1", "q2", "q3"],
+        questions=["what is the capital of france", "what is the capital of italy", "which river is in france"],
+        answers=[["paris"], ["rome"], ["the seine", "seine"]],
+        gold_ids=[["p1"], ["p4"], ["p6"]],
+    )
+
+
+def shared_data(name):
+    path = os.path.abspath(os.path.join(SHARED_DATA, name))
+    if not os.path.isdir(path):
+        pytest.skip(f"shared data set {name} not found at {path}")
+    return path

@@ -1,0 +1,109 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trl_bporag import RAGPipeline, load_generator
+from trl_bporag.generation import build_messages, build_prompt, generate, truncate_passage
+from trl_bporag.retrieval import DenseIndex, Retriever
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def pipe(tiny_st, tiny_generator_dir, toy_corpus):
+    r = Retriever(tiny_st)
+    index = DenseIndex.from_corpus(r, toy_corpus)
+    model, tok = load_generator(tiny_generator_dir)
+    return RAGPipeline(r, index, toy_corpus, model, tok, k=2, max_new_tokens=4)
+
+
+def test_prompt_uses_chat_template_and_truncates_passages_only(tiny_generator_dir):
+    _, tok = load_generator(tiny_generator_dir)
+    long = " ".join(["paris"] * 50)
+    prompt = build_prompt(tok, "what is the capital of france", [long, "rome"], max_passage_tokens=5)
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
+    assert "Passage 1: paris paris paris paris paris\n" in prompt and "Passage 2: rome" in prompt
+    assert "Question: what is the capital of france" in prompt
+    assert truncate_passage(long, tok, None) == long
+    msgs = build_messages("q", ["a"], system_prompt=None)
+    assert msgs == [{"role": "user", "content": "Passage 1: a\n\nQuestion: q"}]
+
+
+def test_batched_generation_matches_one_by_one(tiny_generator_dir):
+    model, tok = load_generator(tiny_generator_dir)
+    prompts = [build_prompt(tok, q, ["paris is the capital of france"]) for q in
+               ["what is the capital of france", "which river", "who was king of england in the year 10"]]
+    batched = generate(model, tok, prompts, batch_size=3, max_new_tokens=5, clean=False)
+    single = [generate(model, tok, [p], batch_size=1, max_new_tokens=5, clean=False)[0] for p in prompts]
+    assert batched == single  # left padding: the padded batch gives the unpadded answers
+    assert tok.padding_side == "right"  # restored afterwards
+    sampled = generate(model, tok, prompts, max_new_tokens=5, do_sample=True, seed=3, num_return_sequences=2)
+    assert len(sampled) == 3 and all(len(s) == 2 for s in sampled)
+    assert sampled == generate(model, tok, prompts, max_new_tokens=5, do_sample=True, seed=3, num_return_sequences=2)
+
+
+def test_pipeline_retrieves_and_answers(pipe, toy_split):
+    out = pipe(toy_split.questions)
+    assert len(out) == 3
+    for row in out:
+        assert len(row["passage_ids"]) == 2 and len(row["passages"]) == 2 and isinstance(row["answer"], str)
+        assert row["scores"][0] >= row["scores"][1]
+    single = pipe("what is the capital of france")
+    assert single["passage_ids"] == out[0]["passage_ids"]
+    ids, _ = pipe.retrieve(toy_split.questions, k=6)
+    assert sorted(ids[0]) == sorted(pipe.corpus.ids)  # k = corpus size returns everything
+
+
+def test_pipeline_evaluate_reports_all_metrics(pipe, toy_split):
+    res = pipe.evaluate(toy_split, ks=(1, 6), return_predictions=True)
+    m = res["metrics"]
+    assert m["recall@6"] == 1.0 and m["answer_hit@6"] == 1.0  # the whole corpus holds every gold
+    assert 0.0 <= m["recall@1"] <= 1.0 and {"exact_match", "f1"} <= set(m)
+    assert len(res["predictions"]) == 3 and res["predictions"][0]["id"] == "q1"
+
+
+def test_pipeline_input_errors(tiny_st, toy_corpus):
+    r = Retriever(tiny_st)
+    index = DenseIndex.from_corpus(r, toy_corpus)
+    with pytest.raises(ValueError, match="generator and tokenizer go together"):
+        RAGPipeline(r, index, toy_corpus, generator=object())
+    smaller = type(toy_corpus)(toy_corpus.ids[:2], toy_corpus.texts[:2], toy_corpus.titles[:2])
+    with pytest.raises(ValueError, match="index holds 6 passages but the corpus has 2"):
+        RAGPipeline(r, index, smaller)
+    retrieval_only = RAGPipeline(r, index, toy_corpus)
+    with pytest.raises(ValueError, match="no generator"):
+        retrieval_only.prompts(["q"], [["p1"]])
+
+
+def write_toy_beir(root, corpus, split):
+    (root / "qrels").mkdir(parents=True)
+    with (root / "corpus.jsonl").open("w") as fh:
+        for pid, title, text in zip(corpus.ids, corpus.titles, corpus.texts):
+            fh.write(json.dumps({"_id": pid, "title": title, "text": text}) + "\n")
+    with (root / "queries.jsonl").open("w") as fh:
+        for qid, q, a in zip(split.ids, split.questions, split.answers):
+            fh.write(json.dumps({"_id": qid, "text": q, "answers": a}) + "\n")
+    (root / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{g[0]}\t1\n" for q, g in zip(split.ids, split.gold_ids))
+    )
+
+
+def test_evaluate_script_end_to_end(tmp_path, tiny_retriever_dir, tiny_generator_dir, toy_corpus, toy_split):
+    write_toy_beir(tmp_path / "data", toy_corpus, toy_split)
+    cmd = [sys.executable, str(REPO / "examples" / "evaluate.py"), "--dataset", str(tmp_path / "data"),
+           "--retriever", tiny_retriever_dir, "--generator", tiny_generator_dir, "--ks", "1,6", "--k", "2",
+           "--max_new_tokens", "3", "--index_dir", str(tmp_path / "index"), "--output_dir", str(tmp_path / "out")]
+    first = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "passages encoded: 6" in first.stderr
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["metrics"]["recall@6"] == 1.0 and "f1" in res["metrics"] and res["num_queries"] == 3
+    assert "| recall@1 |" in (tmp_path / "out" / "results.md").read_text()
+    assert len((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()) == 3
+    second = subprocess.run(cmd + ["--retrieval_only", "--max_queries", "2"], capture_output=True, text=True,
+                            check=True)
+    assert "passages encoded: 0" in second.stderr  # unchanged corpus + model: the saved index is reused
+    res2 = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res2["num_queries"] == 2 and "f1" not in res2["metrics"]

@@ -1,0 +1,164 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from _tiny_retriever import build_tiny_retriever
+from trl_bporag.retrieval import DenseIndex, Retriever, set_scores
+
+
+@pytest.fixture
+def retriever(tiny_st):
+    return Retriever(tiny_st)
+
+
+def test_encode_normalised_and_deduplicated(retriever):
+    emb = retriever.encode(["paris is big", "rome is old", "paris is big"])
+    assert emb.shape == (3, 32) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(emb[0], emb[2])
+    assert retriever.num_encoded == 2  # the repeated text is encoded once
+    raw = Retriever(retriever.model, score="dot").encode(["paris is big"])
+    assert not np.allclose(np.linalg.norm(raw), 1.0)
+    with pytest.raises(ValueError, match="texts"):
+        retriever.encode("paris")
+
+
+def test_cache_skips_known_texts(tiny_st):
+    r = Retriever(tiny_st, cache_size=10)
+    a = r.encode(["paris", "rome"])
+    b = r.encode(["rome", "berlin"])
+    assert r.num_encoded == 3
+    np.testing.assert_array_equal(a[1], b[0])
+
+
+def test_set_score_equals_manual_sum(retriever):
+    q = ["what is the capital of france", "which river is in france"]
+    lists = [["paris is big", "rome is old", "the seine", "berlin"], ["the thames", "the seine", "paris", "rome"]]
+    k = 3
+    got = retriever.set_score(q, lists, k)
+    qe = retriever.encode(q)
+    manual = [sum(float(qe[i] @ retriever.encode([p])[0]) for p in lists[i][:k]) for i in range(2)]
+    np.testing.assert_allclose(got, manual, rtol=1e-5)
+    # position weights: s = sum_i w_i f(q, P_i)
+    w = [1.0, 0.5, 0.25]
+    got_w = retriever.set_score(q, lists, k, weights=w)
+    manual_w = [sum(wi * float(qe[i] @ retriever.encode([p])[0]) for wi, p in zip(w, lists[i][:k])) for i in range(2)]
+    np.testing.assert_allclose(got_w, manual_w, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"lists\[0\]: has 4 passages, fewer than k=5"):
+        retriever.set_score(q, lists, 5)
+
+
+def test_set_scores_mask_and_shapes():
+    q = torch.tensor([[1.0, 0.0]])
+    p = torch.tensor([[[0.5, 0.0], [0.25, 1.0], [9.0, 9.0]]])
+    assert set_scores(q, p, 2).item() == pytest.approx(0.75)
+    assert set_scores(q, p, 2, mask=torch.tensor([[True, False, True]])).item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="k"):
+        set_scores(q, p, 4)
+    with pytest.raises(ValueError, match="position weights"):
+        set_scores(q, p, 2, weights=[1.0])
+
+
+def test_fingerprint_tracks_weights(tiny_st):
+    r = Retriever(tiny_st)
+    fp = r.fingerprint()
+    assert fp == Retriever(tiny_st).fingerprint()
+    with torch.no_grad():
+        next(tiny_st.parameters()).add_(1.0)
+    assert Retriever(tiny_st).fingerprint() != fp
+
+
+def random_unit(n, d, seed):
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf"])
+def test_search_matches_brute_force(index_type):
+    emb = random_unit(500, 16, 0)
+    q = random_unit(20, 16, 1)
+    ids = [f"p{i}" for i in range(500)]
+    index = DenseIndex(emb, ids, index_type=index_type, nprobe=64)
+    scores, rows = index.search(q, 5)
+    truth = np.argsort(-(q @ emb.T), axis=1)[:, :5]
+    if index_type == "flat":
+        np.testing.assert_array_equal(rows, truth)
+        np.testing.assert_allclose(scores, np.take_along_axis(q @ emb.T, truth, 1), rtol=1e-5)
+    else:  # approximate: top-1 agrees almost always at this size
+        assert (rows[:, 0] == truth[:, 0]).mean() >= 0.9
+    _, top_ids = index.search_ids(q[:1], 3)
+    assert top_ids[0] == [ids[r] for r in rows[0, :3]]
+    np.testing.assert_allclose(index.embeddings(), emb, rtol=1e-6)
+
+
+def test_index_validates_input():
+    with pytest.raises(ValueError, match="index_type"):
+        DenseIndex(random_unit(3, 4, 0), ["a", "b", "c"], index_type="lsh")
+    with pytest.raises(ValueError, match="one row per id"):
+        DenseIndex(random_unit(3, 4, 0), ["a", "b"])
+    with pytest.raises(ValueError, match="unique"):
+        DenseIndex(random_unit(2, 4, 0), ["a", "a"])
+    bad = random_unit(2, 4, 0)
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        DenseIndex(bad, ["a", "b"])
+    index = DenseIndex(random_unit(3, 4, 0), ["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"expected shape \[n, 4\]"):
+        index.search(random_unit(1, 5, 0), 2)
+    assert index.search(random_unit(1, 4, 0), 10)[1].shape == (1, 3)  # k is capped at the corpus size
+
+
+def test_from_corpus_save_load_and_reuse(tmp_path, tiny_st, toy_corpus):
+    r = Retriever(tiny_st)
+    index = DenseIndex.from_corpus(r, toy_corpus, index_dir=tmp_path / "idx")
+    assert r.num_encoded == len(toy_corpus)
+    meta = json.loads((tmp_path / "idx" / "metadata.json").read_text())
+    assert meta["dim"] == 32 and meta["ids"] == toy_corpus.ids and meta["model_fingerprint"] == r.fingerprint()
+    assert meta["corpus_fingerprint"] == toy_corpus.fingerprint() and meta["normalized"] is True
+    q = r.encode_queries(["what is the capital of france"])
+    loaded = DenseIndex.load(tmp_path / "idx", retriever=r, corpus=toy_corpus)
+    np.testing.assert_array_equal(loaded.search(q, 3)[1], index.search(q, 3)[1])
+    # second run on the unchanged corpus: nothing encoded
+    r2 = Retriever(tiny_st)
+    again = DenseIndex.from_corpus(r2, toy_corpus, index_dir=tmp_path / "idx")
+    assert r2.num_encoded == 0 and again.ids == index.ids
+    # a changed corpus is re-encoded
+    toy_corpus.texts[0] = "paris is a city"
+    toy_corpus2 = type(toy_corpus)(toy_corpus.ids, toy_corpus.texts, toy_corpus.titles)
+    r3 = Retriever(tiny_st)
+    DenseIndex.from_corpus(r3, toy_corpus2, index_dir=tmp_path / "idx")
+    assert r3.num_encoded == len(toy_corpus2)
+
+
+def test_load_refuses_mismatches(tmp_path, tiny_st, toy_corpus):
+    r = Retriever(tiny_st)
+    DenseIndex.from_corpus(r, toy_corpus, index_dir=tmp_path / "idx")
+    other = Retriever(build_tiny_retriever(tmp_path / "other", seed=1))
+    with pytest.raises(ValueError, match="index built with model .* not with this retriever"):
+        DenseIndex.load(tmp_path / "idx", retriever=other)
+    small = Retriever(build_tiny_retriever(tmp_path / "small", hidden_size=16))
+    with pytest.raises(ValueError, match="index dim 32 .* does not match the retriever's dim 16"):
+        DenseIndex.load(tmp_path / "idx", retriever=small)
+    changed = type(toy_corpus)(toy_corpus.ids, ["x"] * len(toy_corpus), toy_corpus.titles)
+    with pytest.raises(ValueError, match="another corpus"):
+        DenseIndex.load(tmp_path / "idx", corpus=changed)
+    with pytest.raises(ValueError, match="score 'cos'"):
+        DenseIndex.load(tmp_path / "idx", retriever=Retriever(tiny_st, score="dot"))
+
+
+def test_load_refuses_corrupt_or_truncated_files(tmp_path, tiny_st, toy_corpus):
+    DenseIndex.from_corpus(Retriever(tiny_st), toy_corpus, index_dir=tmp_path / "idx")
+    path = tmp_path / "idx" / "index.faiss"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        DenseIndex.load(tmp_path / "idx")
+    with pytest.raises(ValueError, match="cannot read the FAISS index"):
+        DenseIndex.load(tmp_path / "idx", verify=False)
+    (tmp_path / "idx" / "metadata.json").write_text("{oops")
+    with pytest.raises(ValueError, match="corrupt metadata"):
+        DenseIndex.load(tmp_path / "idx")
+    with pytest.raises(ValueError, match="not a saved DenseIndex"):
+        DenseIndex.load(tmp_path / "nothing")
