@@ -4,7 +4,7 @@
     python examples/evaluate.py --dataset ../shared/data/squad-dev --split test --retrieval_only
     python examples/evaluate.py --config eval.yaml
 
-Writes ``results.json`` and ``results.md`` to ``--output_dir``. The corpus index is cached (see ``--index_dir``): a
+Writes ``results.json``, ``results.md`` and ``predictions.jsonl`` to ``--output_dir``. The corpus index is cached (see ``--index_dir``): a
 second run with the same retriever and corpus encodes no passage.
 """
 
@@ -22,8 +22,8 @@ import torch
 from trl import TrlParser
 
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, RAGPipeline, load_generator, load_rag_dataset
-from trl_bporag.models import cache_dir
 from trl_bporag.retrieval import DenseIndex, Retriever
+from trl_bporag.retrieval.index import default_index_dir
 
 
 @dataclass
@@ -71,9 +71,7 @@ def main(args: EvalArguments) -> dict:
     split = data.split.head(args.max_queries)
     ks = tuple(int(x) for x in args.ks.split(","))
     retriever = Retriever(args.retriever, score=args.score)
-    index_dir = args.index_dir or str(
-        cache_dir() / "indexes" / f"{Path(args.dataset).name}-{retriever.fingerprint()[:12]}-{args.index_type}"
-    )
+    index_dir = args.index_dir or str(default_index_dir(retriever, data.corpus, args.index_type, args.with_title))
     before = retriever.num_encoded
     index = DenseIndex.from_corpus(retriever, data.corpus, index_dir=index_dir, index_type=args.index_type,
                                    with_title=args.with_title)

@@ -17,6 +17,7 @@ from .metrics import (
 from .models import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, load_generator, load_retriever
 from .pipeline import RAGPipeline
 from .retrieval import DenseIndex, Retriever, set_scores
+from .trainers import SetDPOConfig, SetDPOTrainer
 
 __all__ = [
     "Corpus",
@@ -43,4 +44,6 @@ __all__ = [
     "DenseIndex",
     "Retriever",
     "set_scores",
+    "SetDPOConfig",
+    "SetDPOTrainer",
 ]

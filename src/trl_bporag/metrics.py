@@ -148,7 +148,7 @@ METRIC_MODULES = Path(__file__).parent / "metrics_modules"
 
 
 def load_metric(name: str, **kwargs):
-    """Load ``rag_qa`` (EM/F1) or ``rag_retrieval`` (Recall@k / answer-hit@k) as an :mod:`evaluate` module.
+    """Load ``rag_qa`` (EM/F1) or ``rag_retrieval`` (Recall@k) as an :mod:`evaluate` module.
 
     The modules live in this package, so they load offline (``evaluate.load`` of a local path).
     """

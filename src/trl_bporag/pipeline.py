@@ -12,6 +12,7 @@ from .data import Corpus, QASplit
 from .generation import DEFAULT_SYSTEM_PROMPT, build_prompt, generate
 from .metrics import answer_metrics, retrieval_metrics
 from .retrieval import DenseIndex, Retriever
+from .retrieval.index import default_index_dir
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class RAGPipeline:
         generator: str | None = "HuggingFaceTB/SmolLM2-135M-Instruct",
         corpus: Corpus | None = None,
         index_dir: str | None = None,
+        cache_index: bool = True,
         index_type: str = "flat",
         k: int = 5,
         score: str = "cos",
@@ -70,15 +72,19 @@ class RAGPipeline:
         **kwargs,
     ) -> RAGPipeline:
         """Build from ids/folders: a retriever (e.g. an RPO-tuned sentence-transformers folder) and a generator (a
-        model id or folder, or a PEFT adapter folder, loaded on top of its base). The corpus is indexed (or the
-        index in ``index_dir`` reused when model and corpus are unchanged)."""
+        model id or folder, or a PEFT adapter folder, loaded on top of its base). The corpus is indexed and the
+        index saved in ``index_dir`` (default with ``cache_index``: :func:`~trl_bporag.retrieval.index.default_index_dir`);
+        a saved index is reused when model and corpus are unchanged."""
         from .models import load_generator
 
         if corpus is None:
             raise ValueError("corpus: a Corpus to retrieve from is required")
         ret = Retriever(retriever, score=score)
+        with_title = kwargs.get("with_title", True)
+        if index_dir is None and cache_index:
+            index_dir = str(default_index_dir(ret, corpus, index_type, with_title))
         index = DenseIndex.from_corpus(ret, corpus, index_dir=index_dir, index_type=index_type,
-                                       with_title=kwargs.get("with_title", True))
+                                       with_title=with_title)
         gen, tok = load_generator(generator, torch_dtype=generator_dtype) if generator else (None, None)
         return cls(ret, index, corpus, gen, tok, k=k, **kwargs)
 

@@ -40,6 +40,15 @@ def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+def default_index_dir(retriever, corpus, index_type: str = "flat", with_title: bool = True) -> Path:
+    """The cache folder for an index of ``corpus`` under ``retriever``: ``<cache>/indexes/<corpus>-<model>-<type>``."""
+    from trl_bporag.models import cache_dir
+
+    return cache_dir() / "indexes" / (
+        f"{corpus.fingerprint(with_title)[:12]}-{retriever.fingerprint()[:12]}-{index_type}"
+    )
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:

@@ -1,0 +1,203 @@
+"""Configuration of :class:`~trl_bporag.trainers.SetDPOTrainer` (set-level DPO for a dense retriever)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+logger = logging.getLogger(__name__)
+
+# TRL pairwise loss types that are functions of the per-pair margin Δ = (s_θ(P+) − s_ref(P+)) − (s_θ(P−) − s_ref(P−))
+# only. A set score is an unnormalised log-potential, s(q,P) = log π(P|q) + log Z(q): only chosen-minus-rejected
+# differences are identified, so losses that use the chosen and rejected rewards separately (nca_pair, bco_pair,
+# sppo_hard, apo_*, aot_unpaired) would depend on the unknown log Z_θ(q) − log Z_ref(q). aot couples the pairs of a
+# batch by sorting, sigmoid_norm/ipo-with-length normalise by completion tokens and sft needs token log-probabilities.
+SUPPORTED_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "robust", "discopop")
+SUPPORTED_SCORES = ("cos", "dot")
+
+
+def _default_bf16(fp16: bool, use_cpu: bool) -> bool:
+    """bf16 only where a CUDA device supports it (DPOConfig defaults to True, which fails on a CPU machine)."""
+    if fp16 or use_cpu:
+        return False
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    except Exception:  # pragma: no cover - defensive
+        return False
+
+
+@dataclass
+class SetDPOConfig(DPOConfig):
+    r"""
+    Configuration for [`SetDPOTrainer`]: DPO where the policy "log-probability" of a completion is replaced by the set
+    score of a retrieved list, s(q, P) = Σ_{i≤k} w_i f(q, P_i), with f the cosine (or dot) similarity of the
+    retriever's query and passage embeddings.
+
+    The loss is TRL's DPO loss on the logits β[(s_θ(P+) − s_θ(P−)) − (s_ref(P+) − s_ref(P−))]. All [`trl.DPOConfig`]
+    fields are accepted (so `trl/scripts/dpo.py` parses unchanged); those that only make sense for a causal LM
+    (`max_length`, `truncation_mode`, `padding_free`, `pad_to_multiple_of`, `model_init_kwargs`, ...) are ignored.
+
+    Parameters added to [`trl.DPOConfig`]:
+        k (`int`, *optional*, defaults to `5`):
+            Number of leading passages of each list that the generator reads; the set score sums over them. Every
+            `chosen`/`rejected` list must have at least `k` passages (extra ones are ignored).
+        score (`str`, *optional*, defaults to `"cos"`):
+            Similarity f(q, p): `"cos"` (dot product of L2-normalised embeddings) or `"dot"` (raw dot product).
+        position_weights (`list[float]`, *optional*):
+            Position-aware score s = Σ_{i≤k} w_i f(q, P_i) (only the first `k` weights are used). `None` means
+            w_i = 1: the order inside the first k does not matter, and two lists with the same first-k set have
+            the same score.
+        max_query_length (`int`, *optional*, defaults to `64`):
+            Truncation length of queries, in tokens (capped by the encoder's `max_seq_length`).
+        max_passage_length (`int`, *optional*, defaults to `256`):
+            Truncation length of passages, in tokens (capped by the encoder's `max_seq_length`).
+        precompute_ref_scores (`bool`, *optional*, defaults to `False`):
+            Precompute the reference set scores once over the train/eval datasets before training (columns
+            `ref_chosen_score`, `ref_rejected_score`), so that no reference forward runs during training and no
+            reference copy is kept in memory. Datasets that already have both columns are used as they are.
+            `precompute_ref_log_probs=True` (TRL's name) is an alias.
+
+    Defaults that differ from [`trl.DPOConfig`]: `learning_rate=2e-5`, `bf16=None` (resolved to `True` only on a CUDA
+    device with bf16 support), `gradient_checkpointing` off, `remove_unused_columns=False`, `max_length=None`.
+
+    Supported `loss_type` values: `"sigmoid"`, `"hinge"`, `"ipo"`, `"exo_pair"`, `"robust"`, `"discopop"` (the TRL
+    losses that depend only on the chosen-minus-rejected margin), alone or combined with `loss_weights`.
+    """
+
+    # Overridden DPOConfig / TrainingArguments defaults
+    learning_rate: float = field(
+        default=2e-5,
+        metadata={"help": "The initial learning rate for AdamW (retriever default 2e-5)."},
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Whether to use bf16 mixed precision. If not set, it is enabled only on a CUDA device that "
+            "supports bf16 (so the config constructs on a CPU machine)."
+        },
+    )
+    # None (= off) rather than False: transformers >= 5.2x treats a set `gradient_checkpointing` as the deprecated
+    # alias of `activation_checkpointing` and warns.
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Whether to enable gradient checkpointing in the encoder (default: off)."},
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Whether to drop dataset columns other than prompt/chosen/rejected/ref scores."},
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "Unused by SetDPOTrainer: see `max_query_length` and `max_passage_length`."},
+    )
+
+    # Set-DPO parameters
+    k: int = field(
+        default=5,
+        metadata={"help": "Number of leading passages of each list in the set score (the generator reads k)."},
+    )
+    score: str = field(
+        default="cos",
+        metadata={
+            "help": "Similarity f(q,p): 'cos' (dot of L2-normalised embeddings) or 'dot' (raw dot product).",
+            "choices": list(SUPPORTED_SCORES),
+        },
+    )
+    position_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Optional position weights w_1..w_k of the set score s = Σ_i w_i f(q, P_i)."},
+    )
+    max_query_length: int = field(
+        default=64,
+        metadata={"help": "Maximum query length in tokens."},
+    )
+    max_passage_length: int = field(
+        default=256,
+        metadata={"help": "Maximum passage length in tokens."},
+    )
+    precompute_ref_scores: bool = field(
+        default=False,
+        metadata={
+            "help": "Precompute reference set scores once over the datasets before training (alias: "
+            "precompute_ref_log_probs)."
+        },
+    )
+
+    def __post_init__(self):
+        if self.gradient_checkpointing is None and not hasattr(self, "activation_checkpointing"):
+            self.gradient_checkpointing = False  # transformers without the activation_checkpointing rename
+        if self.bf16 is None:
+            self.bf16 = _default_bf16(bool(self.fp16), bool(getattr(self, "use_cpu", False)))
+
+        if isinstance(self.loss_type, str):
+            self.loss_type = [self.loss_type]
+        self.loss_type = list(self.loss_type)
+        unsupported = [lt for lt in self.loss_type if lt not in SUPPORTED_LOSS_TYPES]
+        if unsupported:
+            raise ValueError(
+                f"loss_type={unsupported[0]!r} is not supported by SetDPOTrainer. Supported loss types (the TRL "
+                f"pairwise losses that depend only on the chosen-minus-rejected set-score margin): "
+                f"{list(SUPPORTED_LOSS_TYPES)}."
+            )
+        if not self.loss_type:
+            raise ValueError(f"loss_type must name at least one of {list(SUPPORTED_LOSS_TYPES)}.")
+
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {self.k!r}.")
+        if self.score not in SUPPORTED_SCORES:
+            raise ValueError(f"score must be one of {list(SUPPORTED_SCORES)}, got {self.score!r}.")
+        if self.position_weights is not None:
+            self.position_weights = [float(w) for w in self.position_weights]
+            if len(self.position_weights) < self.k:
+                raise ValueError(
+                    f"position_weights has {len(self.position_weights)} entries but k={self.k}: give at least k "
+                    "weights (only the first k are used)."
+                )
+            if not all(math.isfinite(w) for w in self.position_weights):
+                raise ValueError(f"position_weights must be finite numbers, got {self.position_weights}.")
+        if self.max_query_length < 1 or self.max_passage_length < 1:
+            raise ValueError("max_query_length and max_passage_length must be >= 1.")
+
+        # TRL's name is an alias: either flag turns precomputation on, and both are kept in sync.
+        self.precompute_ref_scores = bool(self.precompute_ref_scores or self.precompute_ref_log_probs)
+        self.precompute_ref_log_probs = self.precompute_ref_scores
+
+        # DPOConfig options that need token log-probabilities or a normalised policy have no set-score analogue.
+        if self.f_divergence_type != "reverse_kl":
+            raise ValueError(
+                f"f_divergence_type={self.f_divergence_type!r} is not supported by SetDPOTrainer: set scores are "
+                "unnormalised, so only the default 'reverse_kl' (standard DPO) is defined."
+            )
+        if self.use_weighting:
+            raise ValueError("use_weighting=True (WPO) needs token probabilities and is not supported for set scores.")
+        if self.ld_alpha is not None:
+            raise ValueError("ld_alpha (LD-DPO) weights completion tokens and is not supported for set scores.")
+        if "exo_pair" in self.loss_type and self.label_smoothing == 0.0:
+            raise ValueError(
+                "Label smoothing must be greater than 0.0 when using 'exo_pair' loss. The EXO paper recommends a "
+                "value of 1e-3."
+            )
+        if "robust" in self.loss_type and not (0.0 <= self.label_smoothing < 0.5):
+            logger.warning(
+                "The `label_smoothing` parameter should lie in [0.0, 0.5) for the 'robust' loss. You provided %s.",
+                self.label_smoothing,
+            )
+        if self.label_smoothing and not {"robust", "exo_pair"} & set(self.loss_type):
+            logger.warning(
+                "label_smoothing=%s has no effect on loss_type=%s: as in TRL 1.16 it is only used by 'robust' and "
+                "'exo_pair'.",
+                self.label_smoothing,
+                self.loss_type,
+            )
+        if self.sync_ref_model and self.precompute_ref_scores:
+            raise ValueError(
+                "You cannot use `sync_ref_model=True` together with precomputed reference scores: the reference is "
+                "updated during training, which would make the precomputed scores stale."
+            )
+
+        super().__post_init__()
