@@ -43,6 +43,7 @@ def build_tiny_generator(path: str | os.PathLike, seed: int = 0, chat_template: 
         vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
         num_key_value_heads=1, max_position_embeddings=512, bos_token_id=vocab["<|im_start|>"],
         eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<|im_end|>"], tie_word_embeddings=True,
+        initializer_range=0.5,  # large random weights: outputs that depend on the prompt
     )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(path)

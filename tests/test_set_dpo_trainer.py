@@ -157,11 +157,17 @@ def hand_loss(loss_type, delta, beta, eps=0.0, tau=0.05):
 def test_loss_matches_hand_computation(tmp_path, policy, other, pairs, loss_type):
     eps = 0.1 if loss_type in ("robust", "exo_pair") else 0.0
     beta = 0.5
-    args = make_args(tmp_path, loss_type=loss_type, beta=beta, label_smoothing=eps)
+    args = make_args(tmp_path, loss_type=loss_type, beta=beta, label_smoothing=eps, skip_shared_passages=False)
     trainer = SetDPOTrainer(policy, ref_model=other, args=args, train_dataset=pairs)
     batch = batch_of(trainer, pairs, 8)
     loss = trainer.compute_loss(trainer.model, batch)
     mode = "train" if trainer.model.training else "eval"  # encode() below switches the model to eval
+    trainer._skip_shared = True  # shared passages cancel in the margin: same loss without encoding them
+    torch.testing.assert_close(trainer.compute_loss(trainer.model, batch).detach(), loss.detach(), atol=1e-5, rtol=1e-5)
+    for name in ("rewards/margins", "rewards/accuracies"):
+        assert trainer._metrics[mode][name][-1] == pytest.approx(trainer._metrics[mode][name][-2], abs=1e-5)
+    for values in trainer._metrics[mode].values():
+        values.pop()  # keep the full computation's metrics for the checks below
 
     s_c, s_r = hand_scores(policy, batch)
     ref_c, ref_r = hand_scores(other, batch)
@@ -223,7 +229,7 @@ def test_gradient_only_through_policy(tmp_path, policy, pairs):
 # 3. unique-passage encoding == naive encoding
 # ----------------------------------------------------------------------------------------------------------------
 def test_unique_passage_encoding_matches_naive(tmp_path, policy, other, pairs):
-    args = make_args(tmp_path, beta=0.3)
+    args = make_args(tmp_path, beta=0.3, skip_shared_passages=False)
     trainer = SetDPOTrainer(policy, ref_model=other, args=args, train_dataset=pairs)
     batch = batch_of(trainer, pairs, 8)
 
@@ -255,6 +261,39 @@ def test_unique_passage_encoding_matches_naive(tmp_path, policy, other, pairs):
     assert n_unique < 2 * len(batch["prompt"]) * K
     naive_docs = [n for kind, n in results[False][2] if kind == "document"]
     assert sum(naive_docs) == 2 * 2 * len(batch["prompt"]) * K
+
+
+def test_skipping_shared_passages_is_exact_and_encodes_less(tmp_path, policy, other, pairs):
+    trainer = SetDPOTrainer(policy, ref_model=other, args=make_args(tmp_path, beta=0.3), train_dataset=pairs)
+    assert trainer._skip_shared  # the default with the sum score
+    batch = batch_of(trainer, pairs, 8)
+    encoded = []
+    original = trainer._encode
+
+    def recording_encode(model, texts, kind):
+        encoded.append((kind, len(texts)))
+        return original(model, texts, kind)
+
+    trainer._encode = recording_encode
+    results = {}
+    for skip in (True, False):
+        encoded.clear()
+        trainer._skip_shared = skip
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        grads = [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
+        results[skip] = (loss.detach(), grads, sum(n for kind, n in encoded if kind == "document"))
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-6, rtol=1e-5)
+    for g_skip, g_full in zip(results[True][1], results[False][1]):
+        torch.testing.assert_close(g_skip, g_full, atol=1e-6, rtol=1e-4)
+    differing = set()
+    for c, r in zip(batch["chosen"], batch["rejected"]):
+        differing |= set(c[:K]) ^ set(r[:K])
+    assert results[True][2] == 2 * len(differing) < results[False][2]  # policy + reference, differing passages only
+    weighted = SetDPOTrainer(policy, ref_model=other, train_dataset=pairs,
+                             args=make_args(tmp_path, position_weights=[1.0, 0.5, 0.25][:K] + [0.1] * max(0, K - 3)))
+    assert not weighted._skip_shared  # with position weights shared passages do not cancel
 
 
 # ----------------------------------------------------------------------------------------------------------------

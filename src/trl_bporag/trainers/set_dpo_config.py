@@ -61,6 +61,12 @@ class SetDPOConfig(DPOConfig):
             `ref_chosen_score`, `ref_rejected_score`), so that no reference forward runs during training and no
             reference copy is kept in memory. Datasets that already have both columns are used as they are.
             `precompute_ref_log_probs=True` (TRL's name) is an alias.
+        skip_shared_passages (`bool`, *optional*, defaults to `True`):
+            With the sum score (no `position_weights`), a passage in both the chosen and the rejected window of a
+            pair contributes the same f(q, p) to both set scores and cancels in the margin, for the policy and the
+            reference alike. It is then not encoded at all: the loss, `rewards/margins` and `rewards/accuracies` are
+            exactly those of the full computation, at a fraction of the cost for pairs that differ in few passages.
+            `scores/*` and `rewards/chosen|rejected` are then sums over the passages where the two windows differ.
 
     Defaults that differ from [`trl.DPOConfig`]: `learning_rate=2e-5`, `bf16=None` (resolved to `True` only on a CUDA
     device with bf16 support), `gradient_checkpointing` off, `remove_unused_columns=False`, `max_length=None`.
@@ -119,6 +125,11 @@ class SetDPOConfig(DPOConfig):
     max_passage_length: int = field(
         default=256,
         metadata={"help": "Maximum passage length in tokens."},
+    )
+    skip_shared_passages: bool = field(
+        default=True,
+        metadata={"help": "Do not encode passages shared by the chosen and rejected windows (they cancel in the "
+                  "margin under the sum score)."},
     )
     precompute_ref_scores: bool = field(
         default=False,

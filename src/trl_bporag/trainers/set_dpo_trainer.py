@@ -307,6 +307,8 @@ class SetDPOTrainer(DPOTrainer):
         self._position_weights = torch.tensor(weights, dtype=torch.float32)
         # Encode each unique passage of a batch once (False: encode every list entry, the naive reference path)
         self._encode_unique_passages = True
+        # Shared passages cancel in the margin under the sum score: skip them (exact loss, less encoding)
+        self._skip_shared = bool(getattr(args, "skip_shared_passages", False)) and args.position_weights is None
 
         # Data
         if data_collator is None:
@@ -559,7 +561,23 @@ class SetDPOTrainer(DPOTrainer):
         q_emb = self._encode(model, unique_queries, "query")
         q_emb = q_emb[torch.tensor([q_index[t] for t in queries], device=q_emb.device)]
 
-        if self._encode_unique_passages:
+        if self._skip_shared:
+            # a passage in both windows of a pair adds the same f(q, p) to both scores: slot it to a zero vector
+            shared = [set(c) & set(r) for c, r in zip(chosen, rejected)]
+            unique = list(dict.fromkeys(t for lst, sh in zip(chosen + rejected, shared + shared) for t in lst
+                                        if t not in sh))
+            index = {t: i for i, t in enumerate(unique)}
+            zero = len(unique)
+            p_emb = self._encode(model, unique, "document") if unique else None
+            if p_emb is None:
+                p_emb = q_emb.new_zeros((0, q_emb.shape[-1]))
+            p_emb = torch.cat([p_emb, p_emb.new_zeros((1, p_emb.shape[-1]))])
+            idx_c = torch.tensor([[zero if t in sh else index[t] for t in lst] for lst, sh in zip(chosen, shared)],
+                                 device=p_emb.device)
+            idx_r = torch.tensor([[zero if t in sh else index[t] for t in lst] for lst, sh in zip(rejected, shared)],
+                                 device=p_emb.device)
+            e_c, e_r = p_emb[idx_c], p_emb[idx_r]
+        elif self._encode_unique_passages:
             unique = list(dict.fromkeys(t for lst in chosen + rejected for t in lst))
             index = {t: i for i, t in enumerate(unique)}
             p_emb = self._encode(model, unique, "document")

@@ -1,0 +1,417 @@
+"""RetrievalPreferenceBuilder: preference pairs of evidence lists for RPO (stage 1 of BPO-RAG).
+
+For each training query: the base retriever's top-``top_n`` list (the *original*), ``num_perturbations`` perturbed
+lists, a judge score for the first ``k`` passages (the evidence window) of each list, and preference pairs between
+lists whose judge scores differ and whose windows differ. Output rows follow TRL's preference format::
+
+    {"prompt": query, "chosen": [k passage texts], "rejected": [k passage texts],
+     "chosen_ids": [...], "rejected_ids": [...], "chosen_score": float, "rejected_score": float,
+     "perturbation": "swap_one/original", "query_id": str}
+
+Perturbations act on the ordered list of row indices:
+
+* coarse (the paper's): ``drop`` (remove each entry with ``drop_rate``; lower ones move up), ``shuffle`` (permute the
+  whole list), ``noise`` (insert random corpus passages from outside the list at rate ``noise_rate``), ``hard_noise``
+  (insert passages ranked ``top_n+1 .. hard_negative_depth``);
+* minimal edits: ``swap_one`` (exchange one passage inside the window with one from ranks ``k+1..top_n``) and
+  ``drop_one`` (remove one passage inside the window; rank k+1 moves in). A pair built from them differs in one
+  passage, so it isolates one judgement (shared passages cancel in the set-score difference).
+
+Everything is seeded per query (``seed`` and the query id), so the pairs do not depend on batch sizes, on the number
+of processes (``accelerate launch``) or on resuming an interrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..data import Corpus, QASplit
+from ..generation import DEFAULT_SYSTEM_PROMPT, build_prompt, generate
+from ..metrics import qa_f1
+from ..utils import distributed_state
+from .judges import get_judge
+
+logger = logging.getLogger(__name__)
+
+PERTURBATIONS = ("drop", "shuffle", "noise", "hard_noise", "swap_one", "drop_one")
+RECIPES = {
+    "paper": ("drop", "shuffle", "noise"),
+    "minimal": ("swap_one", "drop_one"),
+    "mixed": ("swap_one", "drop_one", "drop", "shuffle", "noise"),
+}
+PAIRINGS = ("vs_original", "best_worst")
+STAT_KEYS = ("queries", "lists", "windows_judged", "generations", "pairs", "ties", "degenerate", "duplicates",
+             "short_lists")
+
+
+def _query_seed(seed: int, query_id: str) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}:{query_id}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+class RetrievalPreferenceBuilder:
+    """Build RPO preference pairs (see the module docstring).
+
+    Args:
+        retriever / index / corpus: the base :class:`~trl_bporag.retrieval.Retriever`, its
+            :class:`~trl_bporag.retrieval.DenseIndex` and the :class:`~trl_bporag.data.Corpus`.
+        generator / tokenizer: the base generator (needed by the ``generator_f1`` judge).
+        judge: ``"generator_f1"`` (paper), ``"answer_hit"`` or a callable ``(questions, answers, windows) -> scores``.
+        k: window size (the generator reads the first k passages).
+        top_n: depth of the original list.
+        perturbations: a recipe name (``"paper"``, ``"minimal"``, ``"mixed"``) or a list of perturbation names; the
+            perturbed lists cycle through them.
+        num_perturbations: perturbed lists per query.
+        pairing: ``"vs_original"`` (each perturbed list against the original: several pairs per query) or
+            ``"best_worst"`` (one pair per query: best against worst window, the paper's choice).
+        max_pairs_per_query: keep at most this many pairs per query (None: all).
+        order_matters: windows with the same passages in another order are distinct (use with a position-aware set
+            score); by default they are degenerate (no gradient under the sum score) and are not emitted.
+    """
+
+    def __init__(
+        self,
+        retriever,
+        index,
+        corpus: Corpus,
+        generator=None,
+        tokenizer=None,
+        judge: str | Callable = "generator_f1",
+        k: int = 5,
+        top_n: int = 50,
+        perturbations: str | Sequence[str] = "minimal",
+        num_perturbations: int = 4,
+        pairing: str = "vs_original",
+        max_pairs_per_query: int | None = None,
+        drop_rate: float = 0.3,
+        noise_rate: float = 0.3,
+        hard_negative_depth: int = 200,
+        order_matters: bool = False,
+        seed: int = 0,
+        with_title: bool = True,
+        batch_size: int = 8,
+        max_new_tokens: int = 24,
+        max_passage_tokens: int | None = 192,
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        query_batch_size: int = 32,
+    ):
+        if isinstance(perturbations, str):
+            if perturbations not in RECIPES:
+                raise ValueError(f"perturbations: expected a recipe {sorted(RECIPES)} or a list of {PERTURBATIONS}, "
+                                 f"got {perturbations!r}")
+            perturbations = RECIPES[perturbations]
+        unknown = [p for p in perturbations if p not in PERTURBATIONS]
+        if unknown or not perturbations:
+            raise ValueError(f"perturbations: unknown {unknown}; expected names from {PERTURBATIONS}")
+        if not 1 <= k < top_n:
+            raise ValueError(f"k: expected 1 <= k < top_n={top_n}, got {k}")
+        if top_n > len(corpus):
+            raise ValueError(f"top_n: {top_n} exceeds the corpus size {len(corpus)}")
+        if pairing not in PAIRINGS:
+            raise ValueError(f"pairing: expected one of {PAIRINGS}, got {pairing!r}")
+        if num_perturbations < 1:
+            raise ValueError(f"num_perturbations: expected >= 1, got {num_perturbations}")
+        for name, rate in (("drop_rate", drop_rate), ("noise_rate", noise_rate)):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name}: expected a value in [0, 1), got {rate}")
+        self.judge = get_judge(judge)
+        if self.judge == "generator_f1" and (generator is None or tokenizer is None):
+            raise ValueError("judge 'generator_f1' needs generator= and tokenizer= (or use judge='answer_hit')")
+        if len(index) != len(corpus):
+            raise ValueError(f"index holds {len(index)} passages but the corpus has {len(corpus)}")
+        self.retriever, self.index, self.corpus = retriever, index, corpus
+        self.generator, self.tokenizer = generator, tokenizer
+        self.k, self.top_n = k, top_n
+        self.perturbations = tuple(perturbations)
+        self.num_perturbations, self.pairing = num_perturbations, pairing
+        self.max_pairs_per_query = max_pairs_per_query
+        self.drop_rate, self.noise_rate = drop_rate, noise_rate
+        self.hard_negative_depth = max(hard_negative_depth, top_n + 1)
+        self.order_matters, self.seed, self.with_title = order_matters, seed, with_title
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.max_passage_tokens, self.system_prompt = max_passage_tokens, system_prompt
+        self.query_batch_size = query_batch_size
+        self.use_window_cache = True  # identical (query, window) pairs are judged once; off only for benchmarks
+        self.stats: Counter = Counter()
+
+    # -- perturbations ------------------------------------------------------------------------------------------
+    def perturb(self, name: str, ranked: list[int], rng: np.random.Generator, extra: list[int]) -> list[int]:
+        """Apply one perturbation to the ordered list of corpus rows ``ranked`` (the top-n). ``extra`` holds the
+        rows ranked top_n+1..hard_negative_depth (for ``hard_noise``)."""
+        k, lst = self.k, list(ranked)
+        if name == "drop":
+            keep = rng.random(len(lst)) >= self.drop_rate
+            if keep.sum() < k:  # keep the list usable: at least k entries survive
+                keep[np.sort(rng.choice(len(lst), k, replace=False))] = True
+            return [r for r, flag in zip(lst, keep) if flag]
+        if name == "shuffle":
+            return [lst[i] for i in rng.permutation(len(lst))]
+        if name in ("noise", "hard_noise"):
+            n_insert = max(1, int(round(self.noise_rate * len(lst))))
+            if name == "noise":
+                taken = set(lst)
+                pool = np.setdiff1d(np.arange(len(self.corpus)), np.fromiter(taken, dtype=np.int64))
+            else:
+                pool = np.asarray(extra, dtype=np.int64)
+            if len(pool) == 0:
+                return lst
+            new = rng.choice(pool, size=min(n_insert, len(pool)), replace=False).tolist()
+            for row in new:
+                lst.insert(int(rng.integers(0, len(lst) + 1)), int(row))
+            return lst
+        if name == "swap_one":
+            i, j = int(rng.integers(0, k)), int(rng.integers(k, len(lst)))
+            lst[i], lst[j] = lst[j], lst[i]
+            return lst
+        if name == "drop_one":
+            del lst[int(rng.integers(0, k))]
+            return lst
+        raise ValueError(f"perturbation {name!r}: expected one of {PERTURBATIONS}")
+
+    def candidate_lists(self, query_id: str, ranked: list[int], extra: list[int]) -> list[tuple[str, list[int]]]:
+        """The original list and the seeded perturbed lists of one query."""
+        rng = _query_seed(self.seed, query_id)
+        lists = [("original", list(ranked))]
+        for j in range(self.num_perturbations):
+            name = self.perturbations[j % len(self.perturbations)]
+            lists.append((name, self.perturb(name, ranked, rng, extra)))
+        return lists
+
+    # -- judging ------------------------------------------------------------------------------------------------
+    def _texts(self, rows: Sequence[int]) -> list[str]:
+        return [self.corpus.passage(r, self.with_title) for r in rows]
+
+    def judge_windows(self, questions, answers, windows: Sequence[Sequence[int]], keys=None) -> list[float]:
+        """Judge scores of evidence windows (rows). ``keys`` (hashable per window) de-duplicate the work."""
+        keys = list(keys) if keys is not None else [(q, tuple(w)) for q, w in zip(questions, windows)]
+        unique: dict = {}
+        for i, key in enumerate(keys):
+            unique.setdefault(key, []).append(i)
+        order = list(unique) if self.use_window_cache else list(range(len(keys)))
+        first = [unique[key][0] for key in order] if self.use_window_cache else order
+        texts = [self._texts(windows[i]) for i in first]
+        qs = [questions[i] for i in first]
+        ans = [answers[i] for i in first]
+        self.stats["windows_judged"] += len(first)
+        if self.judge == "generator_f1":
+            prompts = [build_prompt(self.tokenizer, q, t, self.max_passage_tokens, self.system_prompt)
+                       for q, t in zip(qs, texts)]
+            if self.use_window_cache:
+                outputs = generate(self.generator, self.tokenizer, prompts, batch_size=self.batch_size,
+                                   max_new_tokens=self.max_new_tokens)
+            else:  # the no-cache baseline: one generate call per (query, list)
+                outputs = [generate(self.generator, self.tokenizer, [p], batch_size=1,
+                                    max_new_tokens=self.max_new_tokens)[0] for p in prompts]
+            self.stats["generations"] += len(prompts)
+            scores = [qa_f1(o, a) for o, a in zip(outputs, ans)]
+        else:
+            scores = [float(s) for s in self.judge(qs, ans, texts)]
+            if len(scores) != len(texts) or not all(np.isfinite(scores)):
+                raise ValueError(f"judge returned {len(scores)} scores for {len(texts)} windows, or non-finite values")
+        if not self.use_window_cache:
+            return scores
+        out = [0.0] * len(keys)
+        for key, score in zip(order, scores):
+            for i in unique[key]:
+                out[i] = score
+        return out
+
+    # -- pairing ------------------------------------------------------------------------------------------------
+    def _window_key(self, window: Sequence[int]):
+        return tuple(window) if self.order_matters else frozenset(window)
+
+    def pairs_for_query(self, query_id, question, lists, scores) -> list[dict]:
+        """Preference rows of one query from its candidate lists (name, rows) and their window scores."""
+        k = self.k
+        if self.pairing == "vs_original":
+            candidates = [(0, j) for j in range(1, len(lists))]
+        else:
+            best = max(range(len(lists)), key=lambda j: (scores[j], -j))
+            worst = min(range(len(lists)), key=lambda j: (scores[j], -j))
+            candidates = [(best, worst)]
+        rows, seen = [], set()
+        for a, b in candidates:
+            wa, wb = lists[a][1][:k], lists[b][1][:k]
+            if self._window_key(wa) == self._window_key(wb):
+                self.stats["degenerate"] += 1
+                continue
+            if scores[a] == scores[b]:
+                self.stats["ties"] += 1
+                continue
+            (c, wc), (r, wr) = ((a, wa), (b, wb)) if scores[a] > scores[b] else ((b, wb), (a, wa))
+            key = (self._window_key(wc), self._window_key(wr))
+            if key in seen:
+                self.stats["duplicates"] += 1
+                continue
+            seen.add(key)
+            rows.append({
+                "prompt": question,
+                "chosen": self._texts(wc),
+                "rejected": self._texts(wr),
+                "chosen_ids": [self.corpus.ids[x] for x in wc],
+                "rejected_ids": [self.corpus.ids[x] for x in wr],
+                "chosen_score": float(scores[c]),
+                "rejected_score": float(scores[r]),
+                "perturbation": f"{lists[c][0]}/{lists[r][0]}",
+                "query_id": query_id,
+            })
+        if self.max_pairs_per_query is not None:
+            rows = rows[: self.max_pairs_per_query]
+        self.stats["pairs"] += len(rows)
+        return rows
+
+    # -- the whole build ----------------------------------------------------------------------------------------
+    def _process(self, split: QASplit, positions: Sequence[int]) -> list[tuple[int, list[dict], dict]]:
+        """Rows for the queries at ``positions`` of ``split``: [(position, rows, stats)]."""
+        questions = [split.questions[i] for i in positions]
+        depth = self.hard_negative_depth if "hard_noise" in self.perturbations else self.top_n
+        _, rows = self.index.search(self.retriever.encode_queries(questions), depth)
+        per_query, flat_q, flat_a, flat_w, flat_keys = [], [], [], [], []
+        for pos, ranked_all in zip(positions, rows):
+            ranked = [int(r) for r in ranked_all[: self.top_n] if r >= 0]
+            extra = [int(r) for r in ranked_all[self.top_n :] if r >= 0]
+            lists = self.candidate_lists(split.ids[pos], ranked, extra)
+            usable = [(n, lst) for n, lst in lists if len(lst) >= self.k]
+            self.stats["short_lists"] += len(lists) - len(usable)
+            per_query.append((pos, usable))
+            for _, lst in usable:
+                flat_q.append(split.questions[pos])
+                flat_a.append(split.answers[pos])
+                flat_w.append(lst[: self.k])
+                flat_keys.append((pos, tuple(lst[: self.k])))
+        scores = self.judge_windows(flat_q, flat_a, flat_w, flat_keys)
+        out, cursor = [], 0
+        for pos, usable in per_query:
+            before = Counter(self.stats)
+            query_scores = scores[cursor : cursor + len(usable)]
+            cursor += len(usable)
+            self.stats["queries"] += 1
+            self.stats["lists"] += len(usable)
+            rows_q = self.pairs_for_query(split.ids[pos], split.questions[pos], usable, query_scores)
+            delta = {key: self.stats[key] - before.get(key, 0) for key in ("queries", "lists", "pairs", "ties",
+                                                                            "degenerate", "duplicates")}
+            out.append((pos, rows_q, delta))
+        return out
+
+    def build(self, split: QASplit, output_dir: str | os.PathLike | None = None, resume: bool = True,
+              max_queries: int | None = None):
+        """Build the pairs for ``split`` and return them as a :class:`datasets.Dataset`.
+
+        With ``output_dir``: progress is appended to ``output_dir/shards/rank<r>.jsonl`` after each query batch, an
+        interrupted run resumes from what was written (``resume=True``), and the final data set is written with
+        ``save_to_disk(output_dir)`` plus ``stats.json``. Under ``accelerate launch`` the queries are split across
+        processes and the main process writes the merged result (identical to a single-process run).
+        """
+        from datasets import Dataset
+
+        state = distributed_state()
+        split = split.head(max_queries)
+        if not len(split):
+            raise ValueError("split: no queries to build pairs for")
+        for i, ans in enumerate(split.answers):
+            if not ans:
+                raise ValueError(f"split.answers[{i}] (query {split.ids[i]!r}): expected a non-empty list of answers")
+        done: dict[int, tuple[list[dict], dict]] = {}
+        shard_dir = Path(output_dir) / "shards" if output_dir is not None else None
+        if shard_dir is not None:
+            if state.is_main_process:
+                shard_dir.mkdir(parents=True, exist_ok=True)
+                if not resume:
+                    for f in shard_dir.glob("rank*.jsonl"):
+                        f.unlink()
+            state.wait_for_everyone()
+            done = self._read_shards(shard_dir, split)
+            if done and state.is_main_process:
+                logger.warning("Resuming: %d of %d queries already built in %s", len(done), len(split), shard_dir)
+        todo = [i for i in range(len(split)) if i % state.num_processes == state.process_index and i not in done]
+        shard = shard_dir / f"rank{state.process_index}.jsonl" if shard_dir is not None else None
+        if shard is not None and shard.exists() and shard.stat().st_size:
+            with shard.open("rb+") as fh:  # a line cut by an interruption must not swallow the next record
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    fh.write(b"\n")
+        mine: list[tuple[int, list[dict], dict]] = []
+        for start in range(0, len(todo), self.query_batch_size):
+            results = self._process(split, todo[start : start + self.query_batch_size])
+            if shard is not None:
+                with shard.open("a", encoding="utf-8") as fh:
+                    for pos, rows_q, delta in results:
+                        fh.write(json.dumps({"query_id": split.ids[pos], "position": pos, "rows": rows_q,
+                                             "stats": delta}) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            mine.extend(results)
+        if shard_dir is not None:
+            state.wait_for_everyone()
+            done = self._read_shards(shard_dir, split)
+        else:
+            done = {pos: (rows_q, delta) for pos, rows_q, delta in self._gather(mine, state)}
+        missing = [i for i in range(len(split)) if i not in done]
+        if missing:
+            raise RuntimeError(f"{len(missing)} queries have no result (first: {split.ids[missing[0]]!r})")
+        rows = [row for i in range(len(split)) for row in done[i][0]]
+        stats = Counter()
+        for i in range(len(split)):
+            stats.update(done[i][1])
+        stats.update({"windows_judged": self.stats["windows_judged"], "generations": self.stats["generations"],
+                      "short_lists": self.stats["short_lists"]})
+        self.stats = stats
+        dataset = Dataset.from_list(rows) if rows else Dataset.from_dict({c: [] for c in ROW_COLUMNS})
+        if not rows:
+            logger.warning("No preference pair was built from %d queries (ties %d, degenerate %d)", len(split),
+                           stats["ties"], stats["degenerate"])
+        if output_dir is not None and state.is_main_process:
+            dataset.save_to_disk(str(output_dir))
+            (Path(output_dir) / "stats.json").write_text(json.dumps(self.describe(), indent=2))
+        state.wait_for_everyone()
+        return dataset
+
+    @staticmethod
+    def _gather(mine, state):
+        if state.num_processes == 1:
+            return mine
+        from accelerate.utils import gather_object
+
+        return gather_object(mine)
+
+    @staticmethod
+    def _read_shards(shard_dir: Path, split: QASplit) -> dict[int, tuple[list[dict], dict]]:
+        done = {}
+        for path in sorted(shard_dir.glob("rank*.jsonl")):
+            with path.open(encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line cut by an interruption: that query is rebuilt
+                    pos = rec["position"]
+                    if pos < len(split) and split.ids[pos] == rec["query_id"]:
+                        done[pos] = (rec["rows"], rec["stats"])
+        return done
+
+    def describe(self) -> dict:
+        """The builder's configuration and the counts of the last build (stats.json)."""
+        judge = self.judge if isinstance(self.judge, str) else getattr(self.judge, "__name__", "callable")
+        return {
+            "config": {
+                "judge": judge, "k": self.k, "top_n": self.top_n, "perturbations": list(self.perturbations),
+                "num_perturbations": self.num_perturbations, "pairing": self.pairing,
+                "max_pairs_per_query": self.max_pairs_per_query, "drop_rate": self.drop_rate,
+                "noise_rate": self.noise_rate, "hard_negative_depth": self.hard_negative_depth,
+                "order_matters": self.order_matters, "seed": self.seed, "with_title": self.with_title,
+                "retriever": getattr(self.retriever, "model_id", None),
+            },
+            "stats": {key: int(self.stats.get(key, 0)) for key in STAT_KEYS},
+        }
+
+
+ROW_COLUMNS = ("prompt", "chosen", "rejected", "chosen_ids", "rejected_ids", "chosen_score", "rejected_score",
+               "perturbation", "query_id")

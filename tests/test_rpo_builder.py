@@ -1,0 +1,210 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import load_from_disk
+
+from trl_bporag import load_generator
+from trl_bporag.data import Corpus, QASplit
+from trl_bporag.preferences import RetrievalPreferenceBuilder, answer_hit_judge, get_judge
+from trl_bporag.retrieval import DenseIndex, Retriever
+
+REPO = Path(__file__).resolve().parents[1]
+FILL = "random filler text passage noise old new large small famous museum tower bridge war peace music art".split()
+
+
+def make_corpus(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    cities = [("paris", "france"), ("rome", "italy"), ("berlin", "germany"), ("madrid", "spain"),
+              ("london", "england")]
+    ids, texts = [], []
+    for i in range(n):
+        if i < len(cities):
+            texts.append(f"{cities[i][0]} is the capital of {cities[i][1]}")
+        else:
+            texts.append(" ".join(rng.choice(FILL, 6)) + f" {cities[i % 5][1]}")
+        ids.append(f"p{i:02d}")
+    return Corpus(ids, texts, [f"T{i}" for i in range(n)])
+
+
+@pytest.fixture
+def setup(tiny_st):
+    corpus = make_corpus()
+    r = Retriever(tiny_st)
+    index = DenseIndex.from_corpus(r, corpus)
+    split = QASplit(
+        ids=[f"q{i}" for i in range(5)],
+        questions=["what is the capital of france", "what is the capital of italy", "what is the capital of germany",
+                   "what is the capital of spain", "what is the capital of england"],
+        answers=[["paris"], ["rome"], ["berlin"], ["madrid"], ["london"]],
+    )
+    return r, index, corpus, split
+
+
+def test_perturbations(setup):
+    r, index, corpus, _ = setup
+    b = RetrievalPreferenceBuilder(r, index, corpus, judge="answer_hit", k=5, top_n=20, noise_rate=0.2)
+    ranked, extra = list(range(20)), list(range(20, 40))
+    rng = np.random.default_rng(0)
+    dropped = b.perturb("drop", ranked, rng, extra)
+    assert len(dropped) >= 5 and dropped == sorted(dropped) and set(dropped) < set(ranked)
+    shuffled = b.perturb("shuffle", ranked, rng, extra)
+    assert sorted(shuffled) == ranked and shuffled != ranked
+    noisy = b.perturb("noise", ranked, rng, extra)
+    assert len(noisy) == 24 and set(noisy) - set(ranked) and all(x not in ranked for x in set(noisy) - set(ranked))
+    hard = b.perturb("hard_noise", ranked, rng, extra)
+    assert set(hard) - set(ranked) <= set(extra) and len(hard) == 24
+    for _ in range(20):
+        swapped = b.perturb("swap_one", ranked, rng, extra)
+        assert len(set(swapped[:5]) ^ set(ranked[:5])) == 2  # exactly one passage in, one out
+        assert sorted(swapped) == ranked
+        one = b.perturb("drop_one", ranked, rng, extra)
+        assert set(one[:5]) - set(ranked[:5]) == {5} and len(one) == 19
+
+
+def test_pairs_have_different_windows_and_scores(setup):
+    r, index, corpus, split = setup
+    b = RetrievalPreferenceBuilder(r, index, corpus, judge="answer_hit", k=3, top_n=20, num_perturbations=6)
+    ds = b.build(split)
+    stats = b.describe()["stats"]
+    assert stats["queries"] == 5 and stats["lists"] == 35
+    assert stats["pairs"] == len(ds) > 0
+    # vs_original: 6 comparisons per query, each a pair, a tie, a degenerate or a duplicate
+    assert stats["pairs"] + stats["ties"] + stats["degenerate"] + stats["duplicates"] == 30
+    for row in ds:
+        assert row["chosen_score"] > row["rejected_score"]
+        assert set(row["chosen_ids"]) != set(row["rejected_ids"]) and len(row["chosen"]) == 3
+        assert row["chosen"] == [corpus.passage(corpus.index_of(p)) for p in row["chosen_ids"]]
+        golds = split.answers[split.ids.index(row["query_id"])]
+        assert row["chosen_score"] == pytest.approx(answer_hit_judge([row["prompt"]], [golds], [row["chosen"]])[0])
+    assert set(ds.column_names) >= {"prompt", "chosen", "rejected", "chosen_ids", "rejected_ids", "perturbation"}
+
+
+def test_degenerate_and_ties_are_counted_not_emitted(setup):
+    r, index, corpus, split = setup
+    # shuffle of a list whose window is kept: make windows equal by k = top_n - 1 and shuffling only... use a judge
+    # that always ties: nothing is emitted, every non-degenerate comparison is a tie.
+    b = RetrievalPreferenceBuilder(r, index, corpus, judge=lambda q, a, w: [0.5] * len(w), k=3, top_n=20,
+                                   perturbations=["drop_one", "shuffle"], num_perturbations=4)
+    ds = b.build(split)
+    stats = b.describe()["stats"]
+    assert len(ds) == 0 and stats["pairs"] == 0 and stats["ties"] + stats["degenerate"] == 20 and stats["ties"] >= 10
+    # a judge that distinguishes every window: degenerate comparisons (same first-k set) are still dropped
+    b2 = RetrievalPreferenceBuilder(r, index, corpus, judge=lambda q, a, w: [float(hash(tuple(x))) for x in w], k=19,
+                                    top_n=20, perturbations=["shuffle"], num_perturbations=3)
+    b2.build(split)
+    # the window (19 of 20) changes set only when the shuffle moves the 20th passage into it
+    s2 = b2.describe()["stats"]
+    assert s2["degenerate"] + s2["pairs"] + s2["ties"] + s2["duplicates"] == 15
+
+
+def test_seeded_and_reproducible(setup):
+    r, index, corpus, split = setup
+    kw = dict(judge="answer_hit", k=3, top_n=20, perturbations="mixed", num_perturbations=5)
+    a = RetrievalPreferenceBuilder(r, index, corpus, seed=1, **kw).build(split)
+    b = RetrievalPreferenceBuilder(r, index, corpus, seed=1, query_batch_size=2, **kw).build(split)
+    assert a.to_list() == b.to_list()  # batch size does not matter
+    c = RetrievalPreferenceBuilder(r, index, corpus, seed=2, **kw).build(split)
+    assert a.to_list() != c.to_list()
+
+
+def test_generator_judge_caches_identical_windows(setup, tiny_generator_dir):
+    from trl_bporag.generation import build_prompt, generate
+
+    r, index, corpus, split = setup
+    gen, tok = load_generator(tiny_generator_dir)
+    kw = dict(judge="generator_f1", k=2, top_n=10, perturbations=["drop_one", "swap_one"], num_perturbations=6,
+              max_new_tokens=3)
+    # make the judge discriminate: the gold answer of each query is what the generator says for one window
+    windows = [[0, 1], [2, 3], [0, 1], [4, 5]]
+    questions = [split.questions[0]] * 4
+    said = generate(gen, tok, [build_prompt(tok, questions[0], [corpus.passage(i) for i in w], 192)
+                               for w in windows[:2]], max_new_tokens=3)
+    assert said[0] != said[1]
+    answers = [[said[0]]] * 4
+    cached = RetrievalPreferenceBuilder(r, index, corpus, gen, tok, **kw)
+    scores = cached.judge_windows(questions, answers, windows)
+    assert cached.stats["generations"] == 3  # the repeated window is generated once
+    assert scores[0] == scores[2] == 1.0 and scores[1] < 1.0
+    naive = RetrievalPreferenceBuilder(r, index, corpus, gen, tok, **kw)
+    naive.use_window_cache = False
+    assert naive.judge_windows(questions, answers, windows) == scores
+    assert naive.stats["generations"] == 4
+    # whole builds: same pairs, fewer generations with the cache
+    cached = RetrievalPreferenceBuilder(r, index, corpus, gen, tok, **kw)
+    naive = RetrievalPreferenceBuilder(r, index, corpus, gen, tok, **kw)
+    naive.use_window_cache = False
+    ds, ds_naive = cached.build(split), naive.build(split)
+    assert ds.to_list() == ds_naive.to_list()
+    assert naive.stats["generations"] == 35 and cached.stats["generations"] < 35
+    with pytest.raises(ValueError, match="generator_f1' needs generator"):
+        RetrievalPreferenceBuilder(r, index, corpus, judge="generator_f1", top_n=20)
+
+
+def test_resume_after_interruption(setup, tmp_path):
+    r, index, corpus, split = setup
+    kw = dict(judge="answer_hit", k=3, top_n=20, num_perturbations=4, query_batch_size=1)
+    full = RetrievalPreferenceBuilder(r, index, corpus, **kw).build(split, output_dir=tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "stats.json").read_text())["stats"]["pairs"] == len(full)
+    assert load_from_disk(str(tmp_path / "a")).to_list() == full.to_list()
+    # simulate a kill after 2 queries, the last line half written
+    shard = tmp_path / "a" / "shards" / "rank0.jsonl"
+    lines = shard.read_text().splitlines(keepends=True)
+    shard.write_text("".join(lines[:2]) + lines[2][:15])
+    again = RetrievalPreferenceBuilder(r, index, corpus, **kw)
+    resumed = again.build(split, output_dir=tmp_path / "a")
+    assert resumed.to_list() == full.to_list()  # nothing lost or duplicated
+    fresh = RetrievalPreferenceBuilder(r, index, corpus, **kw)
+    fresh.build(split)
+    assert 0 < again.stats["windows_judged"] < fresh.stats["windows_judged"]  # only the 3 unfinished queries
+    assert again.describe()["stats"]["pairs"] == len(full)
+
+
+def test_input_errors(setup):
+    r, index, corpus, split = setup
+    with pytest.raises(ValueError, match="perturbations: unknown"):
+        RetrievalPreferenceBuilder(r, index, corpus, judge="answer_hit", perturbations=["explode"], top_n=20)
+    with pytest.raises(ValueError, match="perturbations: expected a recipe"):
+        RetrievalPreferenceBuilder(r, index, corpus, judge="answer_hit", perturbations="chaos", top_n=20)
+    with pytest.raises(ValueError, match="k: expected 1 <= k < top_n"):
+        RetrievalPreferenceBuilder(r, index, corpus, judge="answer_hit", k=20, top_n=20)
+    with pytest.raises(ValueError, match="top_n: 50 exceeds the corpus size 40"):
+        RetrievalPreferenceBuilder(r, index, corpus, judge="answer_hit")
+    with pytest.raises(ValueError, match="judge: expected one of"):
+        get_judge("bleu")
+    with pytest.raises(ValueError, match="pairing"):
+        RetrievalPreferenceBuilder(r, index, corpus, judge="answer_hit", top_n=20, pairing="random")
+
+
+def write_beir(root, corpus, split):
+    (root / "qrels").mkdir(parents=True)
+    with (root / "corpus.jsonl").open("w") as fh:
+        for pid, title, text in zip(corpus.ids, corpus.titles, corpus.texts):
+            fh.write(json.dumps({"_id": pid, "title": title, "text": text}) + "\n")
+    with (root / "queries.jsonl").open("w") as fh:
+        for qid, q, a in zip(split.ids, split.questions, split.answers):
+            fh.write(json.dumps({"_id": qid, "text": q, "answers": a}) + "\n")
+    (root / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\tp0{i}\t1\n" for i, q in enumerate(split.ids))
+    )
+
+
+def test_one_and_two_processes_give_the_same_pairs(setup, tmp_path, tiny_retriever_dir):
+    _, _, corpus, split = setup
+    write_beir(tmp_path / "data", corpus, split)
+    base = ["examples/build_rpo_pairs.py", "--dataset", str(tmp_path / "data"), "--retriever", tiny_retriever_dir,
+            "--judge", "answer_hit", "--k", "3", "--top_n", "20", "--perturbations", "mixed",
+            "--num_perturbations", "5", "--index_dir", str(tmp_path / "index")]
+    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": __import__("os").environ["PATH"]}
+    subprocess.run([sys.executable, *base, "--output_dir", str(tmp_path / "one")], cwd=REPO, check=True,
+                   capture_output=True, env=env)
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *base,
+                          "--output_dir", str(tmp_path / "two")], cwd=REPO, capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert len(list((tmp_path / "two" / "shards").glob("rank*.jsonl"))) == 2  # both processes did work
+    one_ds, two_ds = load_from_disk(str(tmp_path / "one")), load_from_disk(str(tmp_path / "two"))
+    assert one_ds.num_rows > 0 and one_ds.to_list() == two_ds.to_list()

@@ -1,0 +1,33 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_rpo_script_trains_and_saves_a_sentence_transformers_folder(tmp_path, tiny_retriever_dir):
+    rows = []
+    for city, country, other in [("paris", "france", "rome"), ("rome", "italy", "berlin"),
+                                 ("berlin", "germany", "madrid"), ("madrid", "spain", "paris")] * 3:
+        rows.append({"prompt": f"what is the capital of {country}",
+                     "chosen": [f"{city} is the capital", "the river", "old city"],
+                     "rejected": [f"{other} is the capital", "the river", "old city"]})
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "pairs"))
+    out = tmp_path / "model"
+    cmd = [sys.executable, "examples/rpo.py", "--dataset_name", str(tmp_path / "pairs"), "--model_name_or_path",
+           tiny_retriever_dir, "--output_dir", str(out), "--k", "3", "--per_device_train_batch_size", "4",
+           "--num_train_epochs", "2", "--learning_rate", "1e-3", "--eval_strategy", "epoch",
+           "--eval_fraction", "0.25", "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1"]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1",
+                                                                             "PATH": __import__("os").environ["PATH"]})
+    assert res.returncode == 0, res.stderr[-3000:]
+    tuned = SentenceTransformer(str(out), device="cpu")
+    base = SentenceTransformer(tiny_retriever_dir, device="cpu")
+    q = ["what is the capital of france"]
+    assert not np.allclose(tuned.encode(q), base.encode(q))  # the weights moved
+    card = (out / "README.md").read_text()
+    assert "set_dpo" in card and "k: 3" in card
