@@ -74,7 +74,7 @@ def main():
     trainer = SetDPOTrainer(policy, args=cfg, train_dataset=pairs.shuffle(seed=0))
     trainer.train()
     logs = [h for h in trainer.state.log_history if "rewards/accuracies" in h]
-    print(json.dumps({"train_curve": [(h["step"], round(h["loss"], 4), round(h["rewards/accuracies"], 3))
+    print(json.dumps({"train_curve": [(h["step"], round(h.get("loss", h.get("train_loss", float("nan"))), 4), round(h["rewards/accuracies"], 3))
                                       for h in logs]}), flush=True)
     trainer.save_model()
     tuned = trainer.model

@@ -161,6 +161,12 @@ def test_resume_after_interruption(setup, tmp_path):
     fresh.build(split)
     assert 0 < again.stats["windows_judged"] < fresh.stats["windows_judged"]  # only the 3 unfinished queries
     assert again.describe()["stats"]["pairs"] == len(full)
+    other = RetrievalPreferenceBuilder(r, index, corpus, **{**kw, "num_perturbations": 2})
+    with pytest.raises(ValueError, match="another builder configuration"):
+        other.build(split, output_dir=tmp_path / "a")
+    restarted = other.build(split, output_dir=tmp_path / "a", resume=False)  # an explicit restart works
+    assert restarted.to_list() == RetrievalPreferenceBuilder(r, index, corpus, **{**kw, "num_perturbations": 2}).build(
+        split).to_list()
 
 
 def test_input_errors(setup):

@@ -322,11 +322,19 @@ class RetrievalPreferenceBuilder:
         done: dict[int, tuple[list[dict], dict]] = {}
         shard_dir = Path(output_dir) / "shards" if output_dir is not None else None
         if shard_dir is not None:
+            config = json.dumps(self.describe()["config"], sort_keys=True)
+            config_path = shard_dir / "config.json"
             if state.is_main_process:
                 shard_dir.mkdir(parents=True, exist_ok=True)
+                if resume and config_path.is_file() and config_path.read_text() != config:
+                    raise ValueError(
+                        f"{shard_dir}: holds a partial build made with another builder configuration; resume with "
+                        f"the same configuration, or pass resume=False (--no_resume) to start over"
+                    )
                 if not resume:
                     for f in shard_dir.glob("rank*.jsonl"):
                         f.unlink()
+                config_path.write_text(config)
             state.wait_for_everyone()
             done = self._read_shards(shard_dir, split)
             if done and state.is_main_process:
