@@ -14,8 +14,9 @@ logger = logging.getLogger(__name__)
 # only. A set score is an unnormalised log-potential, s(q,P) = log π(P|q) + log Z(q): only chosen-minus-rejected
 # differences are identified, so losses that use the chosen and rejected rewards separately (nca_pair, bco_pair,
 # sppo_hard, apo_*, aot_unpaired) would depend on the unknown log Z_θ(q) − log Z_ref(q). aot couples the pairs of a
-# batch by sorting, sigmoid_norm/ipo-with-length normalise by completion tokens and sft needs token log-probabilities.
-SUPPORTED_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "robust", "discopop")
+# batch by sorting, sigmoid_norm/ipo-with-length normalise by completion tokens. "sft" is not a margin loss: it is the
+# contrastive NLL of the chosen-only passages against the batch (see SetDPOConfig.contrastive_scale).
+SUPPORTED_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft")
 SUPPORTED_SCORES = ("cos", "dot")
 
 
@@ -61,6 +62,11 @@ class SetDPOConfig(DPOConfig):
             `ref_chosen_score`, `ref_rejected_score`), so that no reference forward runs during training and no
             reference copy is kept in memory. Datasets that already have both columns are used as they are.
             `precompute_ref_log_probs=True` (TRL's name) is an alias.
+        contrastive_scale (`float`, *optional*, defaults to `20.0`):
+            Scale of the `"sft"` loss type. `loss_type=["sigmoid", "sft"]` with `loss_weights=[1.0, alpha]` adds, as TRL
+            does for a causal LM (the former `rpo_alpha`), an NLL term on what the chosen list prefers: for each
+            passage in the chosen window and not in the rejected one, −log softmax of `contrastive_scale · f(q, ·)`
+            over all passages encoded for the batch (the other passages of the chosen window masked out).
         skip_shared_passages (`bool`, *optional*, defaults to `True`):
             With the sum score (no `position_weights`), a passage in both the chosen and the rejected window of a
             pair contributes the same f(q, p) to both set scores and cancels in the margin, for the policy and the
@@ -125,6 +131,11 @@ class SetDPOConfig(DPOConfig):
     max_passage_length: int = field(
         default=256,
         metadata={"help": "Maximum passage length in tokens."},
+    )
+    contrastive_scale: float = field(
+        default=20.0,
+        metadata={"help": "Scale (inverse temperature) of the 'sft' loss type: the contrastive NLL of the chosen-only "
+                  "passages against the batch's passages (sentence-transformers' MNRL default is 20)."},
     )
     skip_shared_passages: bool = field(
         default=True,

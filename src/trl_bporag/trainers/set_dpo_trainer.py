@@ -547,8 +547,11 @@ class SetDPOTrainer(DPOTrainer):
             p = F.normalize(p, p=2, dim=-1)
         return torch.einsum("bd,bkd->bk", q, p)
 
-    def compute_set_scores(self, inputs: dict[str, Any], model=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Set scores s(q, P+) and s(q, P−) of a collated batch under ``model`` (default: the policy); [B] each."""
+    def compute_set_scores(self, inputs: dict[str, Any], model=None, return_embeddings: bool = False):
+        """Set scores s(q, P+) and s(q, P−) of a collated batch under ``model`` (default: the policy); [B] each.
+
+        With ``return_embeddings`` a third item ``(q_emb [B, d], passages [N], p_emb [N, d])`` holds the embeddings
+        of the batch's (encoded) unique passages, for the ``sft`` term."""
         model = self.model if model is None else model
         k = self.k
         queries = list(inputs["prompt"])
@@ -587,11 +590,38 @@ class SetDPOTrainer(DPOTrainer):
         else:
             e_c = self._encode(model, [t for lst in chosen for t in lst], "document").view(batch_size, k, -1)
             e_r = self._encode(model, [t for lst in rejected for t in lst], "document").view(batch_size, k, -1)
+            unique = [t for lst in chosen for t in lst]
+            p_emb = e_c.reshape(-1, e_c.shape[-1])
 
         weights = self._position_weights.to(device=q_emb.device)
         chosen_scores = (self._similarities(q_emb, e_c) * weights).sum(-1)
         rejected_scores = (self._similarities(q_emb, e_r) * weights).sum(-1)
+        if return_embeddings:
+            return chosen_scores, rejected_scores, (q_emb, unique, p_emb[: len(unique)])
         return chosen_scores, rejected_scores
+
+    def contrastive_nll(self, inputs: dict[str, Any], q_emb: torch.Tensor, passages: list[str],
+                        p_emb: torch.Tensor) -> torch.Tensor:
+        """The ``sft`` term: for each passage in the chosen window but not the rejected one (what the pair prefers),
+        −log softmax over all of the batch's encoded passages of ``contrastive_scale · f(q, p)``; the query's other
+        chosen passages are masked out. The set analogue of TRL's NLL on the chosen completion (the old
+        ``rpo_alpha``), with the batch's passages as negatives."""
+        k = self.k
+        index = {t: i for i, t in enumerate(passages)}
+        sims = self._similarities(q_emb, p_emb.unsqueeze(0).expand(q_emb.shape[0], -1, -1))
+        logits = self.args.contrastive_scale * sims
+        terms = []
+        for b, (c, r) in enumerate(zip(inputs["chosen"], inputs["rejected"])):
+            chosen_rows = [index[t] for t in c[:k] if t in index]
+            for t in c[:k]:
+                if t in set(r[:k]) or t not in index:
+                    continue
+                mask = torch.zeros_like(logits[b], dtype=torch.bool)
+                mask[[j for j in chosen_rows if j != index[t]]] = True
+                terms.append(torch.logsumexp(logits[b].masked_fill(mask, float("-inf")), 0) - logits[b, index[t]])
+        if not terms:
+            return logits.new_zeros(())
+        return torch.stack(terms).mean()
 
     def compute_ref_scores(self, inputs: dict[str, Any], model=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference set scores (no grad): ``model`` if given, else the reference model, else the adapter-disabled
@@ -671,24 +701,31 @@ class SetDPOTrainer(DPOTrainer):
     # ----------------------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        chosen_scores, rejected_scores = self.compute_set_scores(inputs, model)
+        chosen_scores, rejected_scores, (q_emb, passages, p_emb) = self.compute_set_scores(
+            inputs, model, return_embeddings=True
+        )
         if self.precompute_ref_scores and REF_CHOSEN_COLUMN in inputs and REF_REJECTED_COLUMN in inputs:
             ref_chosen = inputs[REF_CHOSEN_COLUMN].to(chosen_scores.device, torch.float32)
             ref_rejected = inputs[REF_REJECTED_COLUMN].to(chosen_scores.device, torch.float32)
         else:
             ref_chosen, ref_rejected = self.compute_ref_scores(inputs)
 
+        pairwise = [(lt, w) for lt, w in zip(self.loss_types, self.loss_weights) if lt != "sft"]
         loss = set_dpo_loss(
             chosen_scores,
             rejected_scores,
             ref_chosen,
             ref_rejected,
             beta=self.beta,
-            loss_type=self.loss_types,
-            loss_weights=self.loss_weights,
+            loss_type=[lt for lt, _ in pairwise],
+            loss_weights=[w for _, w in pairwise],
             label_smoothing=self.label_smoothing,
             discopop_tau=self.args.discopop_tau,
         )
+        if "sft" in self.loss_types:
+            nll = self.contrastive_nll(inputs, q_emb, passages, p_emb)
+            loss = loss + self.loss_weights[self.loss_types.index("sft")] * nll
+            self._metrics[mode]["nll_loss"].append(self.accelerator.gather_for_metrics(nll.detach()).mean().item())
 
         # Metrics, with TRL's names
         chosen_rewards = self.beta * (chosen_scores.detach() - ref_chosen)
