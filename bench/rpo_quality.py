@@ -40,7 +40,9 @@ def main():
     p.add_argument("--max_pairs_per_query", type=int, default=None)
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--loss_type", default="sigmoid")
+    p.add_argument("--loss_type", default="sigmoid", help="comma-separated, e.g. sigmoid,sft")
+    p.add_argument("--loss_weights", default=None, help="comma-separated, one per loss type")
+    p.add_argument("--contrastive_scale", type=float, default=20.0)
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--epochs", type=float, default=1.0)
@@ -48,6 +50,7 @@ def main():
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--output_dir", default="runs/bench-rpo")
     p.add_argument("--skip_base", action="store_true")
+    p.add_argument("--pairs_dir", default=None, help="reuse pairs built by an earlier run (skips building)")
     args = p.parse_args()
     out = Path(args.output_dir)
     t0 = time.perf_counter()
@@ -55,18 +58,27 @@ def main():
     if not args.skip_base:
         for name, split in (("squad-dev", "test"), ("hotpotqa-distractor", "test")):
             print(json.dumps({"model": "base", "data": name, **recall(base, name, split)}), flush=True)
-    train = load_beir(DATA / "squad-dev", "train")
-    r = Retriever(base)
-    index = DenseIndex.from_corpus(r, train.corpus)
-    builder = RetrievalPreferenceBuilder(r, index, train.corpus, judge=args.judge, k=args.k,
-                                         perturbations=args.recipe.split(",") if "," in args.recipe else args.recipe,
-                                         num_perturbations=args.num_perturbations, pairing=args.pairing,
-                                         max_pairs_per_query=args.max_pairs_per_query)
-    pairs = builder.build(train.split.head(args.train_queries), output_dir=out / "pairs", resume=False)
+    if args.pairs_dir:
+        from datasets import load_from_disk
+
+        pairs = load_from_disk(args.pairs_dir)
+        stats = json.loads((Path(args.pairs_dir) / "stats.json").read_text())["stats"]
+    else:
+        train = load_beir(DATA / "squad-dev", "train")
+        r = Retriever(base)
+        index = DenseIndex.from_corpus(r, train.corpus)
+        recipe = args.recipe.split(",") if "," in args.recipe else args.recipe
+        builder = RetrievalPreferenceBuilder(r, index, train.corpus, judge=args.judge, k=args.k, perturbations=recipe,
+                                             num_perturbations=args.num_perturbations, pairing=args.pairing,
+                                             max_pairs_per_query=args.max_pairs_per_query)
+        pairs = builder.build(train.split.head(args.train_queries), output_dir=out / "pairs", resume=False)
+        stats = builder.describe()["stats"]
     t_pairs = time.perf_counter() - t0
-    print(json.dumps({"pairs": len(pairs), **builder.describe()["stats"], "seconds": round(t_pairs, 1)}), flush=True)
+    print(json.dumps({"pairs": len(pairs), **stats, "seconds": round(t_pairs, 1)}), flush=True)
     pw = [float(x) for x in args.position_weights.split(",")] if args.position_weights else None
-    cfg = SetDPOConfig(output_dir=str(out / "model"), k=args.k, beta=args.beta, loss_type=args.loss_type,
+    weights = [float(x) for x in args.loss_weights.split(",")] if args.loss_weights else None
+    cfg = SetDPOConfig(output_dir=str(out / "model"), k=args.k, beta=args.beta, loss_type=args.loss_type.split(","),
+                       loss_weights=weights, contrastive_scale=args.contrastive_scale,
                        learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
                        num_train_epochs=args.epochs, logging_steps=10, save_strategy="no", report_to=[],
                        position_weights=pw, bf16=args.bf16, use_cpu=True, seed=0, max_passage_length=256)

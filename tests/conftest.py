@@ -1,3 +1,4 @@
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -63,3 +64,18 @@ def shared_data(name):
     if not os.path.isdir(path):
         pytest.skip(f"shared data set {name} not found at {path}")
     return path
+
+
+def write_beir(root, corpus, split, split_name="test"):
+    """Write a Corpus + QASplit (with gold_ids) as a BEIR-with-answers folder."""
+    (root / "qrels").mkdir(parents=True)
+    with (root / "corpus.jsonl").open("w") as fh:
+        for pid, title, text in zip(corpus.ids, corpus.titles, corpus.texts):
+            fh.write(json.dumps({"_id": pid, "title": title, "text": text}) + "\n")
+    with (root / "queries.jsonl").open("w") as fh:
+        for qid, q, a in zip(split.ids, split.questions, split.answers):
+            fh.write(json.dumps({"_id": qid, "text": q, "answers": a}) + "\n")
+    (root / "qrels" / f"{split_name}.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{g}\t1\n" for q, gs in zip(split.ids, split.gold_ids) for g in gs)
+    )
+    return root

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_beir
 from trl_bporag import RAGPipeline, load_generator
 from trl_bporag.generation import build_messages, build_prompt, generate, truncate_passage
 from trl_bporag.retrieval import DenseIndex, Retriever
@@ -78,21 +79,8 @@ def test_pipeline_input_errors(tiny_st, toy_corpus):
         retrieval_only.prompts(["q"], [["p1"]])
 
 
-def write_toy_beir(root, corpus, split):
-    (root / "qrels").mkdir(parents=True)
-    with (root / "corpus.jsonl").open("w") as fh:
-        for pid, title, text in zip(corpus.ids, corpus.titles, corpus.texts):
-            fh.write(json.dumps({"_id": pid, "title": title, "text": text}) + "\n")
-    with (root / "queries.jsonl").open("w") as fh:
-        for qid, q, a in zip(split.ids, split.questions, split.answers):
-            fh.write(json.dumps({"_id": qid, "text": q, "answers": a}) + "\n")
-    (root / "qrels" / "test.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{g[0]}\t1\n" for q, g in zip(split.ids, split.gold_ids))
-    )
-
-
 def test_evaluate_script_end_to_end(tmp_path, tiny_retriever_dir, tiny_generator_dir, toy_corpus, toy_split):
-    write_toy_beir(tmp_path / "data", toy_corpus, toy_split)
+    write_beir(tmp_path / "data", toy_corpus, toy_split)
     cmd = [sys.executable, str(REPO / "examples" / "evaluate.py"), "--dataset", str(tmp_path / "data"),
            "--retriever", tiny_retriever_dir, "--generator", tiny_generator_dir, "--ks", "1,6", "--k", "2",
            "--max_new_tokens", "3", "--index_dir", str(tmp_path / "index"), "--output_dir", str(tmp_path / "out")]

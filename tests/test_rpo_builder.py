@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from datasets import load_from_disk
 
+from conftest import write_beir
 from trl_bporag import load_generator
 from trl_bporag.data import Corpus, QASplit
 from trl_bporag.preferences import RetrievalPreferenceBuilder, answer_hit_judge, get_judge
@@ -40,6 +41,7 @@ def setup(tiny_st):
         questions=["what is the capital of france", "what is the capital of italy", "what is the capital of germany",
                    "what is the capital of spain", "what is the capital of england"],
         answers=[["paris"], ["rome"], ["berlin"], ["madrid"], ["london"]],
+        gold_ids=[[f"p{i:02d}"] for i in range(5)],
     )
     return r, index, corpus, split
 
@@ -185,22 +187,9 @@ def test_input_errors(setup):
         RetrievalPreferenceBuilder(r, index, corpus, judge="answer_hit", top_n=20, pairing="random")
 
 
-def write_beir(root, corpus, split):
-    (root / "qrels").mkdir(parents=True)
-    with (root / "corpus.jsonl").open("w") as fh:
-        for pid, title, text in zip(corpus.ids, corpus.titles, corpus.texts):
-            fh.write(json.dumps({"_id": pid, "title": title, "text": text}) + "\n")
-    with (root / "queries.jsonl").open("w") as fh:
-        for qid, q, a in zip(split.ids, split.questions, split.answers):
-            fh.write(json.dumps({"_id": qid, "text": q, "answers": a}) + "\n")
-    (root / "qrels" / "train.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\tp0{i}\t1\n" for i, q in enumerate(split.ids))
-    )
-
-
 def test_one_and_two_processes_give_the_same_pairs(setup, tmp_path, tiny_retriever_dir):
     _, _, corpus, split = setup
-    write_beir(tmp_path / "data", corpus, split)
+    write_beir(tmp_path / "data", corpus, split, "train")
     base = ["examples/build_rpo_pairs.py", "--dataset", str(tmp_path / "data"), "--retriever", tiny_retriever_dir,
             "--judge", "answer_hit", "--k", "3", "--top_n", "20", "--perturbations", "mixed",
             "--num_perturbations", "5", "--index_dir", str(tmp_path / "index")]

@@ -264,11 +264,8 @@ def test_gradient_only_through_policy(tmp_path, policy, pairs):
 # ----------------------------------------------------------------------------------------------------------------
 # 3. unique-passage encoding == naive encoding
 # ----------------------------------------------------------------------------------------------------------------
-def test_unique_passage_encoding_matches_naive(tmp_path, policy, other, pairs):
-    args = make_args(tmp_path, beta=0.3, skip_shared_passages=False)
-    trainer = SetDPOTrainer(policy, ref_model=other, args=args, train_dataset=pairs)
-    batch = batch_of(trainer, pairs, 8)
-
+def loss_grads_and_encodings(trainer, batch, attribute, values):
+    """For each value of ``trainer.<attribute>``: (loss, policy gradients, [(kind, number of texts)] encoded)."""
     encoded = []
     original = trainer._encode
 
@@ -278,14 +275,23 @@ def test_unique_passage_encoding_matches_naive(tmp_path, policy, other, pairs):
 
     trainer._encode = recording_encode
     results = {}
-    for unique in (True, False):
+    for value in values:
         encoded.clear()
-        trainer._encode_unique_passages = unique
+        setattr(trainer, attribute, value)
         trainer.model.zero_grad()
         loss = trainer.compute_loss(trainer.model, batch)
         loss.backward()
         grads = [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
-        results[unique] = (loss.detach(), grads, list(encoded))
+        results[value] = (loss.detach(), grads, list(encoded))
+    trainer._encode = original
+    return results
+
+
+def test_unique_passage_encoding_matches_naive(tmp_path, policy, other, pairs):
+    args = make_args(tmp_path, beta=0.3, skip_shared_passages=False)
+    trainer = SetDPOTrainer(policy, ref_model=other, args=args, train_dataset=pairs)
+    batch = batch_of(trainer, pairs, 8)
+    results = loss_grads_and_encodings(trainer, batch, "_encode_unique_passages", (True, False))
 
     torch.testing.assert_close(results[True][0], results[False][0], atol=1e-6, rtol=1e-5)
     for g_unique, g_naive in zip(results[True][1], results[False][1]):
@@ -303,30 +309,15 @@ def test_skipping_shared_passages_is_exact_and_encodes_less(tmp_path, policy, ot
     trainer = SetDPOTrainer(policy, ref_model=other, args=make_args(tmp_path, beta=0.3), train_dataset=pairs)
     assert trainer._skip_shared  # the default with the sum score
     batch = batch_of(trainer, pairs, 8)
-    encoded = []
-    original = trainer._encode
-
-    def recording_encode(model, texts, kind):
-        encoded.append((kind, len(texts)))
-        return original(model, texts, kind)
-
-    trainer._encode = recording_encode
-    results = {}
-    for skip in (True, False):
-        encoded.clear()
-        trainer._skip_shared = skip
-        trainer.model.zero_grad()
-        loss = trainer.compute_loss(trainer.model, batch)
-        loss.backward()
-        grads = [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
-        results[skip] = (loss.detach(), grads, sum(n for kind, n in encoded if kind == "document"))
+    results = loss_grads_and_encodings(trainer, batch, "_skip_shared", (True, False))
+    n_docs = {skip: sum(n for kind, n in results[skip][2] if kind == "document") for skip in (True, False)}
     torch.testing.assert_close(results[True][0], results[False][0], atol=1e-6, rtol=1e-5)
     for g_skip, g_full in zip(results[True][1], results[False][1]):
         torch.testing.assert_close(g_skip, g_full, atol=1e-6, rtol=1e-4)
     differing = set()
     for c, r in zip(batch["chosen"], batch["rejected"]):
         differing |= set(c[:K]) ^ set(r[:K])
-    assert results[True][2] == 2 * len(differing) < results[False][2]  # policy + reference, differing passages only
+    assert n_docs[True] == 2 * len(differing) < n_docs[False]  # policy + reference, differing passages only
     weighted = SetDPOTrainer(policy, ref_model=other, train_dataset=pairs,
                              args=make_args(tmp_path, position_weights=[1.0, 0.5, 0.25][:K] + [0.1] * max(0, K - 3)))
     assert not weighted._skip_shared  # with position weights shared passages do not cancel

@@ -111,10 +111,14 @@ class Retriever:
 
     @property
     def dim(self) -> int:
-        dim = self.model.get_sentence_embedding_dimension()
+        dim = self._model_dim()
         if dim is None:
             dim = int(self.encode(["dimension probe"]).shape[1])
         return int(dim)
+
+    def _model_dim(self) -> int | None:
+        getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return getter()
 
     @property
     def normalize(self) -> bool:
@@ -163,7 +167,7 @@ class Retriever:
                     self._cache.popitem(last=False)
         lookup = {**{t: self._cache[t] for t in unique if t in self._cache and t not in new}, **new}
         if not texts:
-            return np.zeros((0, self.model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
+            return np.zeros((0, self._model_dim() or 0), dtype=np.float32)
         return np.stack([lookup[t] for t in texts])
 
     def encode_queries(self, queries: Sequence[str], **kwargs) -> np.ndarray:

@@ -90,7 +90,9 @@ class SetDPOConfig(DPOConfig):
         default=None,
         metadata={
             "help": "Whether to use bf16 mixed precision. If not set, it is enabled only on a CUDA device that "
-            "supports bf16 (so the config constructs on a CPU machine)."
+            "supports bf16 (so the config constructs on a CPU machine). A bare `--bf16` means true.",
+            "nargs": "?",
+            "const": True,
         },
     )
     # None (= off) rather than False: transformers >= 5.2x treats a set `gradient_checkpointing` as the deprecated
