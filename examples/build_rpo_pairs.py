@@ -17,7 +17,6 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-import torch
 from trl import TrlParser
 
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, DenseIndex, Retriever, load_generator, load_rag_dataset
@@ -62,7 +61,7 @@ def main(args: BuildArguments):
         index = DenseIndex.from_corpus(retriever, data.corpus, index_dir=index_dir)
     gen = tok = None
     if args.judge == "generator_f1":
-        gen, tok = load_generator(args.generator, torch_dtype=getattr(torch, args.generator_dtype),
+        gen, tok = load_generator(args.generator, torch_dtype=args.generator_dtype,
                                   device=str(state.device))
     perturbations = args.perturbations.split(",") if "," in args.perturbations else args.perturbations
     builder = RetrievalPreferenceBuilder(

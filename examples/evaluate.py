@@ -18,7 +18,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 from trl import TrlParser
 
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, RAGPipeline, load_generator, load_rag_dataset
@@ -60,13 +59,8 @@ def markdown_table(args: EvalArguments, result: dict) -> str:
     return "\n".join([head, sep, row]) + "\n"
 
 
-DTYPES = ("bfloat16", "float32", "float16")
-
-
 def main(args: EvalArguments) -> dict:
     start = time.perf_counter()
-    if args.generator_dtype not in DTYPES:
-        raise ValueError(f"--generator_dtype: expected one of {DTYPES}, got {args.generator_dtype!r}")
     data = load_rag_dataset(args.dataset, args.split)
     split = data.split.head(args.max_queries)
     ks = tuple(int(x) for x in args.ks.split(","))
@@ -77,7 +71,7 @@ def main(args: EvalArguments) -> dict:
                                    with_title=args.with_title)
     encoded = retriever.num_encoded - before
     gen, tok = (None, None) if args.retrieval_only else load_generator(
-        args.generator, torch_dtype=getattr(torch, args.generator_dtype)
+        args.generator, torch_dtype=args.generator_dtype
     )
     pipe = RAGPipeline(retriever, index, data.corpus, gen, tok, k=args.k, with_title=args.with_title,
                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,

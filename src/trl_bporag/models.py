@@ -182,15 +182,25 @@ def generator_path(id_or_path: str = DEFAULT_GENERATOR) -> str:
     return resolved
 
 
+DTYPES = ("bfloat16", "float32", "float16")
+
+
 def load_generator(id_or_path: str = DEFAULT_GENERATOR, torch_dtype=None, device: str | None = None, **kwargs):
     """Load a causal LM generator and its tokenizer: returns ``(model, tokenizer)``.
+
+    ``torch_dtype`` is a ``torch.dtype``, one of the names in :data:`DTYPES`, or None (the model's default).
 
     The tokenizer gets a pad token (eos when it has none). Left padding is set for batched generation by
     :mod:`trl_bporag.generation`; the tokenizer is returned as the model ships it otherwise.
     A folder holding a PEFT adapter (``adapter_config.json``) is loaded on top of its base model.
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if isinstance(torch_dtype, str):
+        if torch_dtype not in DTYPES:
+            raise ValueError(f"torch_dtype: expected one of {DTYPES}, got {torch_dtype!r}")
+        torch_dtype = getattr(torch, torch_dtype)
     path = id_or_path if os.path.isdir(id_or_path) else generator_path(id_or_path)
     adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))
     try:
