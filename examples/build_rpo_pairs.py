@@ -7,7 +7,7 @@
 (on a CPU-only machine ``--multi_gpu`` makes accelerate start N processes; they form a gloo group.)
 
 Writes a ``datasets`` folder (``load_from_disk``) with ``stats.json``; an interrupted run resumes when restarted with
-the same arguments. ``--push_to_hub REPO`` also pushes the pairs.
+the same arguments. ``--push_to_hub REPO`` also pushes the pairs as a Hub dataset (parquet + card + stats.json).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from trl import TrlParser
 
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, DenseIndex, Retriever, load_generator, load_rag_dataset
+from trl_bporag.hub import push_pairs_to_hub
 from trl_bporag.preferences import RetrievalPreferenceBuilder
 from trl_bporag.retrieval.index import default_index_dir
 from trl_bporag.utils import distributed_state
@@ -76,8 +77,8 @@ def main(args: BuildArguments):
     if state.is_main_process:
         print(json.dumps(builder.describe(), indent=2))
         print(f"{len(pairs)} pairs written to {args.output_dir}")
-        if args.push_to_hub:
-            pairs.push_to_hub(args.push_to_hub)
+        if args.push_to_hub:  # parquet rows + dataset card + stats.json; load_dataset(repo_id) reads it back
+            print(push_pairs_to_hub(pairs, args.push_to_hub, description=builder.describe(), kind="rpo"))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ tuple (ScriptArguments, config, ModelConfig), ``--config yaml`` supported.
 
 ``--dataset_name`` is a Hub id or a ``save_to_disk`` folder; a single Dataset is split into train/test when
 ``--eval_strategy`` is not "no" (``--eval_fraction``). ``--model_name_or_path`` defaults to all-MiniLM-L6-v2.
+``--retrieval_eval_dataset ../shared/data/squad-dev`` measures Recall@k before and after training; the model card
+records both (as does ``--push_to_hub --hub_model_id user/name``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,25 @@ from trl_bporag import DEFAULT_RETRIEVER, SetDPOConfig, SetDPOTrainer
 @dataclass
 class RPOScriptArguments(ScriptArguments):
     eval_fraction: float = field(default=0.05, metadata={"help": "held-out pairs when the data set has no test split"})
+    retrieval_eval_dataset: str | None = field(
+        default=None,
+        metadata={"help": "BEIR folder or HF QA data set: measure Recall@k / answer-hit@k before and after training "
+                  "and record both in the model card"},
+    )
+    retrieval_eval_split: str = field(default="test")
+    retrieval_eval_max_queries: int | None = field(default=None)
+    retrieval_eval_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+
+
+def retrieval_eval(model, script_args) -> dict[str, float]:
+    """Retrieval metrics of ``model`` on ``--retrieval_eval_dataset`` (a fresh in-memory index, no generation)."""
+    from trl_bporag import RAGPipeline, load_rag_dataset
+
+    data = load_rag_dataset(script_args.retrieval_eval_dataset, script_args.retrieval_eval_split)
+    pipe = RAGPipeline.from_pretrained(retriever=model, generator=None, corpus=data.corpus, cache_index=False)
+    metrics = pipe.evaluate(data.split.head(script_args.retrieval_eval_max_queries),
+                            ks=script_args.retrieval_eval_ks)["metrics"]
+    return {name: value for name, value in metrics.items() if "@" in name}
 
 
 def load_pairs(name: str, script_args: RPOScriptArguments, need_eval: bool) -> DatasetDict:
@@ -52,7 +73,15 @@ def main(script_args, training_args, model_args):
         eval_dataset=dataset[script_args.dataset_test_split] if need_eval else None,
         peft_config=get_peft_config(model_args),
     )
+    card_metrics = None
+    if script_args.retrieval_eval_dataset and trainer.is_world_process_zero():
+        card_metrics = {"dataset": script_args.retrieval_eval_dataset, "split": script_args.retrieval_eval_split,
+                        "before": retrieval_eval(trainer.model, script_args)}
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if card_metrics is not None:
+        card_metrics["after"] = retrieval_eval(trainer.accelerator.unwrap_model(trainer.model), script_args)
+        trainer.set_retrieval_metrics(card_metrics)
+        trainer.accelerator.print(f"Retrieval metrics: {card_metrics}")
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Retriever saved to {training_args.output_dir} (a sentence-transformers folder).")
     if training_args.push_to_hub:

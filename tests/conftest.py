@@ -79,3 +79,12 @@ def write_beir(root, corpus, split, split_name="test"):
         "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{g}\t1\n" for q, gs in zip(split.ids, split.gold_ids) for g in gs)
     )
     return root
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """A local stand-in for the Hub (see tests/_fake_hub.py): pushes land in ``fake_hub.repo_dir(repo_id, type)``,
+    ``fake_hub.uploads()`` lists what was sent, and ``snapshot_download`` reads the repos back."""
+    from _fake_hub import FakeHub
+
+    return FakeHub(tmp_path / "fake-hub").install(monkeypatch)

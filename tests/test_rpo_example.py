@@ -9,7 +9,11 @@ from sentence_transformers import SentenceTransformer
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_rpo_script_trains_and_saves_a_sentence_transformers_folder(tmp_path, tiny_retriever_dir):
+def test_rpo_script_trains_and_saves_a_sentence_transformers_folder(tmp_path, tiny_retriever_dir, toy_corpus,
+                                                                    toy_split):
+    from conftest import write_beir
+
+    write_beir(tmp_path / "qa", toy_corpus, toy_split)
     rows = []
     for city, country, other in [("paris", "france", "rome"), ("rome", "italy", "berlin"),
                                  ("berlin", "germany", "madrid"), ("madrid", "spain", "paris")] * 3:
@@ -21,7 +25,8 @@ def test_rpo_script_trains_and_saves_a_sentence_transformers_folder(tmp_path, ti
     cmd = [sys.executable, "examples/rpo.py", "--dataset_name", str(tmp_path / "pairs"), "--model_name_or_path",
            tiny_retriever_dir, "--output_dir", str(out), "--k", "3", "--per_device_train_batch_size", "4",
            "--num_train_epochs", "2", "--learning_rate", "1e-3", "--eval_strategy", "epoch",
-           "--eval_fraction", "0.25", "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1"]
+           "--eval_fraction", "0.25", "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1",
+           "--retrieval_eval_dataset", str(tmp_path / "qa"), "--retrieval_eval_ks", "1", "3"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1",
                                                                              "PATH": __import__("os").environ["PATH"]})
     assert res.returncode == 0, res.stderr[-3000:]
@@ -31,3 +36,6 @@ def test_rpo_script_trains_and_saves_a_sentence_transformers_folder(tmp_path, ti
     assert not np.allclose(tuned.encode(q), base.encode(q))  # the weights moved
     card = (out / "README.md").read_text()
     assert "set_dpo" in card and "k: 3" in card
+    # --retrieval_eval_dataset: Recall@k before and after training, in the card
+    assert "## Retrieval metrics" in card and "| recall@3 |" in card and "| answer_hit@1 |" in card
+    assert "Retrieval metrics: {" in res.stdout

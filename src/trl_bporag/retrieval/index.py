@@ -229,6 +229,91 @@ class DenseIndex:
         os.replace(out / (META_FILE + ".tmp"), out / META_FILE)
         return out
 
+    def card(self, repo_id: str | None = None) -> str:
+        """The ``README.md`` pushed with the index: YAML (tags, model, dimension, size, fingerprints) and usage."""
+        import yaml
+
+        meta = self.metadata
+        info = {
+            "model_id": meta.get("model_id"),
+            "model_fingerprint": meta.get("model_fingerprint"),
+            "score": meta.get("score"),
+            "dim": self.dim,
+            "num_passages": len(self),
+            "index_type": self.index_type,
+            "corpus_fingerprint": meta.get("corpus_fingerprint"),
+            "with_title": meta.get("with_title"),
+        }
+        info = {key: value for key, value in info.items() if value is not None}
+        header = {"tags": ["faiss", "retrieval-index", "trl", "bporag"], "bporag_index": info}
+        rows = "\n".join(f"| {key} | {value} |" for key, value in info.items())
+        name = repo_id or "INDEX_REPO"
+        body = f"""# {name.split("/")[-1]}
+
+A FAISS inner-product index ({self.index_type}) of {len(self)} passage embeddings, built with trl-bporag's
+`DenseIndex`. `index.faiss` is the index; `metadata.json` holds the passage ids in row order, the index parameters,
+the sha256 of `index.faiss`, and the fingerprints of the retriever and of the corpus it was built from.
+
+| field | value |
+|---|---|
+{rows}
+
+```python
+from trl_bporag import DenseIndex, Retriever
+
+retriever = Retriever("{info.get("model_id", "RETRIEVER")}")
+index = DenseIndex.from_pretrained("{name}", retriever=retriever)  # refuses another retriever or a corrupt file
+scores, ids = index.search_ids(retriever.encode_queries(["..."]), k=5)
+```
+"""
+        return f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n{body}"
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        repo_type: str = "dataset",
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+    ) -> str:
+        """Upload the index to a Hub repo (a dataset repo by default): ``index.faiss``, ``metadata.json`` (as
+        :meth:`save` writes them) and a ``README.md`` card. Returns the commit URL. Read it back with
+        :meth:`from_pretrained`."""
+        import tempfile
+
+        from trl_bporag.hub import push_folder_to_hub
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save(tmp)
+            (Path(tmp) / "README.md").write_text(self.card(repo_id))
+            return push_folder_to_hub(
+                tmp, repo_id, repo_type=repo_type, private=private, token=token, revision=revision,
+                commit_message=commit_message or f"Upload a {self.index_type} index of {len(self)} passages",
+            )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id_or_path: str | os.PathLike,
+        *,
+        repo_type: str = "dataset",
+        revision: str | None = None,
+        token: str | None = None,
+        **load_kwargs,
+    ) -> DenseIndex:
+        """Load an index from a local folder or a Hub repo id (downloaded with ``huggingface_hub.snapshot_download``).
+
+        ``load_kwargs`` go to :meth:`load` (``retriever=``, ``corpus=``, ``use_gpu=``, ...), so the same checks apply:
+        a corrupt file, or an index built for another retriever or corpus, is refused.
+        """
+        from trl_bporag.hub import snapshot
+
+        folder = snapshot(repo_id_or_path, repo_type=repo_type, revision=revision, token=token,
+                          allow_patterns=[INDEX_FILE, META_FILE, "README.md"])
+        return cls.load(folder, **load_kwargs)
+
     @classmethod
     def load(
         cls,

@@ -894,13 +894,48 @@ class SetDPOTrainer(DPOTrainer):
         model_name: str | None = None,
         dataset_name: str | None = None,
         tags: str | list[str] | None = None,
+        retrieval_metrics: dict[str, Any] | None = None,
         **kwargs,
     ) -> None:
-        """Write ``README.md`` to ``args.output_dir`` (used by ``push_to_hub`` and at each checkpoint, as in TRL)."""
+        """Write ``README.md`` to ``args.output_dir`` (used by ``push_to_hub`` and at each checkpoint, as in TRL).
+
+        ``trainer.push_to_hub(dataset_name=..., retrieval_metrics=...)`` passes its keyword arguments here.
+
+        Args:
+            model_name: the card's title (default: the output folder's name).
+            dataset_name: the preference data set (Hub id or folder); recorded in the card's ``datasets``.
+            tags: extra tags.
+            retrieval_metrics: retrieval quality before and after training, recorded in the card's YAML
+                (``retrieval_metrics``) and as a table, e.g. ``{"dataset": "squad-dev", "split": "test",
+                "before": {"recall@5": 0.61}, "after": {"recall@5": 0.64}}``. ``before``/``after`` map metric names
+                to numbers; the other keys are free-form. Kept for later cards (checkpoints, ``save_model``).
+        """
+        if retrieval_metrics is not None:
+            self.set_retrieval_metrics(retrieval_metrics)
         if not self.is_world_process_zero():
             return
         os.makedirs(self.args.output_dir, exist_ok=True)
         self._write_model_card(self.args.output_dir, model_name=model_name, dataset_name=dataset_name, tags=tags)
+
+    def set_retrieval_metrics(self, retrieval_metrics: dict[str, Any]) -> None:
+        """Record retrieval metrics before/after training for the model card (see :meth:`create_model_card`)."""
+        if not isinstance(retrieval_metrics, dict) or not ({"before", "after"} & set(retrieval_metrics)):
+            raise ValueError(
+                "retrieval_metrics: expected a dict with 'before' and/or 'after' (metric name -> number), got "
+                f"{retrieval_metrics!r}"
+            )
+        clean: dict[str, Any] = {}
+        for key, value in retrieval_metrics.items():
+            if key in ("before", "after"):
+                if not isinstance(value, dict):
+                    raise ValueError(f"retrieval_metrics[{key!r}]: expected a dict of metric -> number, got {value!r}")
+                for name, number in value.items():
+                    if isinstance(number, bool) or not isinstance(number, (int, float)) or number != number:
+                        raise ValueError(f"retrieval_metrics[{key!r}][{name!r}]: expected a number, got {number!r}")
+                clean[key] = {str(name): float(number) for name, number in value.items()}
+            else:
+                clean[str(key)] = value
+        self._card_metrics = clean
 
     def _write_model_card(self, output_dir, model_name=None, dataset_name=None, tags=None) -> None:
         if dataset_name:
@@ -951,6 +986,23 @@ class SetDPOTrainer(DPOTrainer):
             tags=all_tags,
             set_dpo={k: v for k, v in config.items() if v is not None},
         )
+        metrics = getattr(self, "_card_metrics", None)
+        metrics_section = ""
+        if metrics:
+            card_data.retrieval_metrics = metrics
+            before, after = metrics.get("before", {}), metrics.get("after", {})
+            names = list(dict.fromkeys([*before, *after]))
+
+            def cell(table, name):
+                return f"{table[name]:.4f}" if name in table else "-"
+
+            where = ", ".join(f"{key}: `{value}`" for key, value in metrics.items() if key not in ("before", "after"))
+            metric_rows = "\n".join(f"| {name} | {cell(before, name)} | {cell(after, name)} |" for name in names)
+            metrics_section = (
+                "\n## Retrieval metrics\n\n"
+                + (f"Measured on {where}.\n\n" if where else "")
+                + f"| metric | before | after |\n|---|---|---|\n{metric_rows}\n"
+            )
         rows = "\n".join(f"| {key} | {value} |" for key, value in config.items() if value is not None)
         repo = self.hub_model_id or model_name
         citation = self._paper.get("citation", "")
@@ -969,7 +1021,7 @@ preference pairs (P+, P−) with logits β[(s_θ(P+) − s_θ(P−)) − (s_ref(
 | parameter | value |
 |---|---|
 {rows}
-
+{metrics_section}
 ## Usage
 
 ```python
