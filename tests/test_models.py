@@ -125,6 +125,7 @@ def test_real_packaged_models_offline(tmp_path, monkeypatch):
     assert (folder / "config.json").is_file()
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     again, _ = load_generator(DEFAULT_GENERATOR)
-    assert again.name_or_path == str(folder)  # loaded from the converted folder...
+    assert again.config._name_or_path == str(folder)  # loaded from the converted folder...
+    assert again.name_or_path == DEFAULT_GENERATOR  # ...but adapters trained on it record the Hub id as their base
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp  # ...which was not written again
     assert os.listdir(tmp_path / "models") == ["HuggingFaceTB--SmolLM2-135M-Instruct"]

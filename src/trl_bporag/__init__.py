@@ -16,6 +16,7 @@ from .metrics import (
 )
 from .models import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, load_generator, load_retriever
 from .pipeline import RAGPipeline
+from .preferences import GenerationPreferenceBuilder, RetrievalPreferenceBuilder
 from .retrieval import DenseIndex, Retriever, set_scores
 from .trainers import SetDPOConfig, SetDPOTrainer
 
@@ -41,6 +42,8 @@ __all__ = [
     "load_generator",
     "load_retriever",
     "RAGPipeline",
+    "GenerationPreferenceBuilder",
+    "RetrievalPreferenceBuilder",
     "DenseIndex",
     "Retriever",
     "set_scores",

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Sequence
 
 import torch
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 DEFAULT_SYSTEM_PROMPT = (
     "You answer questions using the given passages. Reply with the answer only: a few words, no full sentence."
@@ -76,6 +84,48 @@ def _left_padding(tokenizer):
         tokenizer.padding_side = side
 
 
+def _mix_seed(*parts) -> int:
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class SeededGumbelSampling(LogitsProcessor):
+    """Sampling with one random stream per row, so that a row's draws do not depend on the batch it is in.
+
+    Applies temperature / top-k / top-p, then adds Gumbel noise drawn from a generator seeded by the row's seed and the
+    decoding step. Greedy decoding on the result is an exact draw from the warped distribution (the Gumbel-max trick):
+    ``argmax(log p + G) ~ p``. Used by :func:`generate` when ``sample_seeds`` is given.
+    """
+
+    def __init__(self, row_seeds: Sequence[int], temperature: float | None = 1.0, top_p: float | None = None,
+                 top_k: int | None = None):
+        self.row_seeds = [int(s) for s in row_seeds]
+        self.step = 0
+        self.warpers = []
+        if temperature is not None and temperature != 1.0:
+            if temperature <= 0:
+                raise ValueError(f"temperature: expected a positive value for sampling, got {temperature}")
+            self.warpers.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            self.warpers.append(TopKLogitsWarper(top_k))
+        if top_p is not None and top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.shape[0] != len(self.row_seeds):
+            raise ValueError(f"SeededGumbelSampling: {len(self.row_seeds)} row seeds for a batch of {scores.shape[0]}")
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        noise = torch.empty(logp.shape, dtype=torch.float32)
+        for b, seed in enumerate(self.row_seeds):
+            gen = torch.Generator().manual_seed(_mix_seed(seed, self.step))
+            u = torch.rand(logp.shape[1], generator=gen).clamp_(1e-10, 1.0 - 1e-7)
+            noise[b] = -torch.log(-torch.log(u))
+        self.step += 1
+        return logp + noise.to(logp.device)
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -86,24 +136,47 @@ def generate(
     num_return_sequences: int = 1,
     seed: int | None = None,
     clean: bool = True,
+    sample_seeds: Sequence[int] | None = None,
     **generate_kwargs,
 ) -> list[str] | list[list[str]]:
     """Batched generation with left padding; prompts are grouped by length and answers come back in input order.
 
     ``generate_kwargs`` go to ``model.generate`` (``do_sample``, ``num_beams``, ``temperature``, ``top_p``...;
     default greedy). With ``num_return_sequences > 1`` each entry is a list of that many answers.
-    ``seed`` makes sampling reproducible (the generator is re-seeded per batch from ``seed`` and the batch's first
-    prompt position, so results do not depend on ``batch_size`` ordering across runs with the same inputs).
+
+    Reproducible sampling, two ways:
+
+    * ``sample_seeds`` (one int per prompt, with ``do_sample=True``): each answer is drawn from its own random stream
+      (:class:`SeededGumbelSampling`), seeded by the prompt's seed and the answer's number. The answers do not depend
+      on the batch size, on the other prompts, or on how prompts are split across processes.
+    * ``seed``: the global torch generator is re-seeded per batch (``seed`` + the batch's first position in length
+      order). Reproducible for the same prompts and batch size only.
     """
     if isinstance(prompts, str):
         raise ValueError("prompts: expected a list of strings, got a single string")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     generate_kwargs.setdefault("do_sample", False)
+    row_seeds = None
+    n_out = num_return_sequences
+    if sample_seeds is not None:
+        if not generate_kwargs["do_sample"]:
+            raise ValueError("sample_seeds: only used for sampling; pass do_sample=True")
+        if len(sample_seeds) != len(prompts):
+            raise ValueError(f"sample_seeds: expected one seed per prompt ({len(prompts)}), got {len(sample_seeds)}")
+        if generate_kwargs.get("num_beams", 1) > 1:
+            raise ValueError("sample_seeds: beam sampling (num_beams > 1) is not supported")
+        processor = dict(temperature=generate_kwargs.pop("temperature", 1.0), top_p=generate_kwargs.pop("top_p", None),
+                         top_k=generate_kwargs.pop("top_k", None))
+        generate_kwargs["do_sample"] = False
+        prompts = [p for p in prompts for _ in range(n_out)]  # one row per answer, each with its own stream
+        row_seeds = [_mix_seed(s, j) for s in sample_seeds for j in range(n_out)]
+        num_return_sequences = 1
     if not generate_kwargs["do_sample"]:
-        generate_kwargs.setdefault("temperature", None)
-        generate_kwargs.setdefault("top_p", None)
-        generate_kwargs.setdefault("top_k", None)
+        generate_kwargs["temperature"] = None
+        generate_kwargs["top_p"] = None
+        generate_kwargs["top_k"] = None
+    extra_processors = generate_kwargs.pop("logits_processor", None)
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     out: list = [None] * len(prompts)
@@ -115,11 +188,15 @@ def generate(
             enc = {k: v.to(device) for k, v in enc.items()}
             if seed is not None:
                 torch.manual_seed(seed + start)
+            processors = LogitsProcessorList(extra_processors or [])
+            if row_seeds is not None:
+                processors.append(SeededGumbelSampling([row_seeds[i] for i in idx], **processor))
             gen = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
                 num_return_sequences=num_return_sequences,
                 pad_token_id=tokenizer.pad_token_id,
+                logits_processor=processors if len(processors) else None,
                 **generate_kwargs,
             )
             texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -128,4 +205,6 @@ def generate(
             for j, i in enumerate(idx):
                 chunk = texts[j * num_return_sequences : (j + 1) * num_return_sequences]
                 out[i] = chunk if num_return_sequences > 1 else chunk[0]
+    if row_seeds is not None and n_out > 1:
+        out = [out[i : i + n_out] for i in range(0, len(out), n_out)]
     return out

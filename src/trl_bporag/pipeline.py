@@ -60,13 +60,13 @@ class RAGPipeline:
     @classmethod
     def from_pretrained(
         cls,
-        retriever: str = "sentence-transformers/all-MiniLM-L6-v2",
+        retriever: str | None = None,
         generator: str | None = "HuggingFaceTB/SmolLM2-135M-Instruct",
         corpus: Corpus | None = None,
         index_dir: str | None = None,
         cache_index: bool = True,
         index_type: str = "flat",
-        k: int = 5,
+        k: int | None = None,
         score: str = "cos",
         generator_dtype=None,
         **kwargs,
@@ -74,11 +74,31 @@ class RAGPipeline:
         """Build from ids/folders: a retriever (e.g. an RPO-tuned sentence-transformers folder) and a generator (a
         model id or folder, or a PEFT adapter folder, loaded on top of its base). The corpus is indexed and the
         index saved in ``index_dir`` (default with ``cache_index``: :func:`~trl_bporag.retrieval.index.default_index_dir`);
-        a saved index is reused when model and corpus are unchanged."""
-        from .models import load_generator
+        a saved index is reused when model and corpus are unchanged.
+
+        A GPO adapter folder holds ``bporag_config.json`` (the retriever and k it was aligned under): with
+        ``retriever=None`` / ``k=None`` those are used, so ``from_pretrained(generator="runs/gpo", corpus=...)``
+        rebuilds the BPO-RAG pipeline (Eq. 8-9). Otherwise the defaults are all-MiniLM-L6-v2 and k=5."""
+        import os
+
+        from .models import DEFAULT_RETRIEVER, load_generator
+        from .preferences.gpo import BPORAG_CONFIG_NAME, read_bporag_config
 
         if corpus is None:
             raise ValueError("corpus: a Corpus to retrieve from is required")
+        aligned = {}
+        if generator and os.path.isfile(os.path.join(str(generator), BPORAG_CONFIG_NAME)):
+            aligned = read_bporag_config(generator) or {}
+        if retriever is None:
+            retriever = aligned.get("retriever") or DEFAULT_RETRIEVER
+        elif aligned.get("retriever") and str(retriever) != aligned["retriever"]:
+            logger.warning("The generator %s was aligned under retriever %s; pairing it with %s", generator,
+                           aligned["retriever"], retriever)
+        if k is None:
+            k = int(aligned.get("k") or 5)
+        for key in ("system_prompt", "max_passage_tokens", "with_title"):
+            if key in aligned and key not in kwargs:
+                kwargs[key] = aligned[key]
         ret = Retriever(retriever, score=score)
         with_title = kwargs.get("with_title", True)
         if index_dir is None and cache_index:

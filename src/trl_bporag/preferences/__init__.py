@@ -1,4 +1,18 @@
+from .base import ShardedPreferenceBuilder
+from .gpo import GPO_PAIRINGS, GenerationPreferenceBuilder, check_dpo_lengths, read_bporag_config
 from .judges import JUDGES, answer_hit_judge, get_judge
 from .rpo import PERTURBATIONS, RECIPES, RetrievalPreferenceBuilder
 
-__all__ = ["JUDGES", "PERTURBATIONS", "RECIPES", "RetrievalPreferenceBuilder", "answer_hit_judge", "get_judge"]
+__all__ = [
+    "GPO_PAIRINGS",
+    "JUDGES",
+    "PERTURBATIONS",
+    "RECIPES",
+    "GenerationPreferenceBuilder",
+    "RetrievalPreferenceBuilder",
+    "ShardedPreferenceBuilder",
+    "answer_hit_judge",
+    "check_dpo_lengths",
+    "get_judge",
+    "read_bporag_config",
+]

@@ -1,0 +1,97 @@
+"""GPO: train the generator with stock ``trl.DPOTrainer`` (+ LoRA) on pairs from build_gpo_pairs.py.
+
+TRL's ``trl/scripts/dpo.py`` flow, unchanged trainer: (ScriptArguments, DPOConfig, ModelConfig), ``--config yaml``.
+
+    python examples/gpo.py --dataset_name runs/gpo-pairs --output_dir runs/generator-gpo --use_peft
+    accelerate launch examples/gpo.py --dataset_name runs/gpo-pairs --output_dir runs/generator-gpo --use_peft
+
+What it adds around the stock trainer:
+
+* the generator is loaded with ``load_generator`` (``--model_name_or_path``, default SmolLM2-135M-Instruct, resolved
+  offline to the packaged copy);
+* rows that do not fit ``--max_length`` are counted and dropped with a warning (TRL would drop some silently and cut
+  the answers of others);
+* the saved adapter gets ``bporag_config.json`` and a model-card section naming the retriever and k of the pairs
+  (read from the pairs' ``stats.json``), so ``RAGPipeline.from_pretrained(generator=output_dir, corpus=...)`` pairs
+  it with its retriever;
+* defaults that work for LoRA DPO on a CPU-only machine (``gpo_defaults``: learning rate 5e-5, ``use_cpu`` + bf16
+  autocast when there is no CUDA, no gradient checkpointing); any flag or ``--config`` value overrides them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
+
+from trl_bporag import DEFAULT_GENERATOR, load_generator
+from trl_bporag.preferences import check_dpo_lengths, read_bporag_config
+from trl_bporag.trainers import add_bporag_card, gpo_defaults
+
+logger = logging.getLogger("gpo")
+
+
+def load_pairs(name: str, script_args: ScriptArguments, need_eval: bool, eval_fraction: float = 0.05):
+    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+    if os.path.isdir(name) and (os.path.isfile(os.path.join(name, "dataset_info.json"))
+                                or os.path.isfile(os.path.join(name, "dataset_dict.json"))):
+        data = load_from_disk(name)
+    else:
+        data = load_dataset(name, name=script_args.dataset_config)
+    if isinstance(data, Dataset):
+        if need_eval:
+            parts = data.train_test_split(test_size=eval_fraction, seed=0)
+            data = DatasetDict({script_args.dataset_train_split: parts["train"],
+                                script_args.dataset_test_split: parts["test"]})
+        else:
+            data = DatasetDict({script_args.dataset_train_split: data})
+    return data
+
+
+def main(script_args, training_args, model_args, bporag_config: dict | None = None):
+    need_eval = training_args.eval_strategy != "no"
+    dataset = load_pairs(script_args.dataset_name, script_args, need_eval)
+    if bporag_config is None:
+        bporag_config = (read_bporag_config(script_args.dataset_name) if os.path.isdir(script_args.dataset_name)
+                         else None) or {}
+    model, tokenizer = load_generator(model_args.model_name_or_path or DEFAULT_GENERATOR, torch_dtype=model_args.dtype)
+    for split in list(dataset):
+        dataset[split], _ = check_dpo_lengths(dataset[split], tokenizer, training_args.max_length)
+    trainer = DPOTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset[script_args.dataset_train_split],
+        eval_dataset=dataset[script_args.dataset_test_split] if need_eval else None,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    card = {key: bporag_config.get(key) for key in ("retriever", "k", "system_prompt", "max_passage_tokens",
+                                                    "with_title", "num_beams", "num_samples", "pairing")}
+    card.update(generator=model_args.model_name_or_path or DEFAULT_GENERATOR, pairs=script_args.dataset_name,
+                beta=training_args.beta, loss_type=training_args.loss_type, learning_rate=training_args.learning_rate)
+    if card.get("retriever") is not None and card.get("k") is not None:
+        add_bporag_card(trainer, card)
+    else:
+        logger.warning("%s has no stats.json naming the retriever and k: the card will not record them",
+                       script_args.dataset_name)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.create_model_card(dataset_name=script_args.dataset_name)
+    trainer.accelerator.print(f"Generator adapter saved to {training_args.output_dir}.")
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    return trainer
+
+
+def make_parser() -> TrlParser:
+    parser = TrlParser((ScriptArguments, DPOConfig, ModelConfig))
+    parser.set_defaults_with_config(**gpo_defaults())
+    return parser
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"))
+    script_args, training_args, model_args = make_parser().parse_args_and_config()
+    main(script_args, training_args, model_args)

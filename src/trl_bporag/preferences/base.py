@@ -1,0 +1,156 @@
+"""What the RPO and GPO pair builders share: a resumable, multi-process build loop over the queries of a split.
+
+A subclass implements ``_process(split, positions) -> [(position, rows, stats_delta)]`` (the rows and per-query
+counts of a batch of queries) and ``describe() -> {"config": ..., "stats": ...}``. The loop:
+
+* splits the queries across processes (``accelerate launch``; query ``i`` goes to rank ``i % num_processes``);
+* appends each batch's results to ``output_dir/shards/rank<r>.jsonl`` (fsync'ed), so an interrupted run resumes from
+  what was written, and refuses to resume shards written with another configuration;
+* merges the results in query order, so the output does not depend on the number of processes or on resuming;
+* returns a :class:`datasets.Dataset` and writes it with ``save_to_disk`` plus ``stats.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..data import QASplit
+from ..utils import distributed_state
+
+logger = logging.getLogger(__name__)
+
+
+class ShardedPreferenceBuilder:
+    """Base class of :class:`RetrievalPreferenceBuilder` and :class:`GenerationPreferenceBuilder`."""
+
+    #: columns of an empty output data set
+    row_columns: tuple[str, ...] = ()
+    #: counters that are per process (work done), not per query; they are not resumed from shards
+    local_stat_keys: tuple[str, ...] = ()
+    #: counters reported by ``describe()``
+    stat_keys: tuple[str, ...] = ()
+
+    stats: Counter
+    query_batch_size: int
+
+    def _process(self, split: QASplit, positions: Sequence[int]) -> list[tuple[int, list[dict], dict]]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+    def _check_split(self, split: QASplit) -> None:
+        if not len(split):
+            raise ValueError("split: no queries to build pairs for")
+        for i, ans in enumerate(split.answers):
+            if not isinstance(ans, (list, tuple)) or not ans:
+                raise ValueError(f"split.answers[{i}] (query {split.ids[i]!r}): expected a non-empty list of answers, "
+                                 f"got {ans!r}")
+
+    def build(self, split: QASplit, output_dir: str | os.PathLike | None = None, resume: bool = True,
+              max_queries: int | None = None, push_to_hub: str | None = None):
+        """Build the pairs for ``split`` and return them as a :class:`datasets.Dataset`.
+
+        With ``output_dir``: progress is appended to ``output_dir/shards/rank<r>.jsonl`` after each query batch, an
+        interrupted run resumes from what was written (``resume=True``), and the final data set is written with
+        ``save_to_disk(output_dir)`` plus ``stats.json``. Under ``accelerate launch`` the queries are split across
+        processes and the main process writes the merged result (identical to a single-process run).
+        ``push_to_hub``: a Hub data set repo id the main process pushes the pairs to.
+        """
+        from datasets import Dataset
+
+        state = distributed_state()
+        split = split.head(max_queries)
+        self._check_split(split)
+        done: dict[int, tuple[list[dict], dict]] = {}
+        shard_dir = Path(output_dir) / "shards" if output_dir is not None else None
+        if shard_dir is not None:
+            config = json.dumps(self.describe()["config"], sort_keys=True)
+            config_path = shard_dir / "config.json"
+            if state.is_main_process:
+                shard_dir.mkdir(parents=True, exist_ok=True)
+                if resume and config_path.is_file() and config_path.read_text() != config:
+                    raise ValueError(
+                        f"{shard_dir}: holds a partial build made with another builder configuration; resume with "
+                        f"the same configuration, or pass resume=False (--no_resume) to start over"
+                    )
+                if not resume:
+                    for f in shard_dir.glob("rank*.jsonl"):
+                        f.unlink()
+                config_path.write_text(config)
+            state.wait_for_everyone()
+            done = self._read_shards(shard_dir, split)
+            if done and state.is_main_process:
+                logger.warning("Resuming: %d of %d queries already built in %s", len(done), len(split), shard_dir)
+        todo = [i for i in range(len(split)) if i % state.num_processes == state.process_index and i not in done]
+        shard = shard_dir / f"rank{state.process_index}.jsonl" if shard_dir is not None else None
+        if shard is not None and shard.exists() and shard.stat().st_size:
+            with shard.open("rb+") as fh:  # a line cut by an interruption must not swallow the next record
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    fh.write(b"\n")
+        mine: list[tuple[int, list[dict], dict]] = []
+        for start in range(0, len(todo), self.query_batch_size):
+            results = self._process(split, todo[start : start + self.query_batch_size])
+            if shard is not None:
+                with shard.open("a", encoding="utf-8") as fh:
+                    for pos, rows_q, delta in results:
+                        fh.write(json.dumps({"query_id": split.ids[pos], "position": pos, "rows": rows_q,
+                                             "stats": delta}) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            mine.extend(results)
+        if shard_dir is not None:
+            state.wait_for_everyone()
+            done = self._read_shards(shard_dir, split)
+        else:
+            done = {pos: (rows_q, delta) for pos, rows_q, delta in self._gather(mine, state)}
+        missing = [i for i in range(len(split)) if i not in done]
+        if missing:
+            raise RuntimeError(f"{len(missing)} queries have no result (first: {split.ids[missing[0]]!r})")
+        rows = [row for i in range(len(split)) for row in done[i][0]]
+        stats = Counter()
+        for i in range(len(split)):
+            stats.update(done[i][1])
+        stats.update({key: self.stats[key] for key in self.local_stat_keys})
+        self.stats = stats
+        dataset = Dataset.from_list(rows) if rows else Dataset.from_dict({c: [] for c in self.row_columns})
+        if not rows:
+            logger.warning("No preference pair was built from %d queries (%s)", len(split),
+                           ", ".join(f"{k} {v}" for k, v in sorted(stats.items())))
+        if state.is_main_process:
+            if output_dir is not None:
+                dataset.save_to_disk(str(output_dir))
+                (Path(output_dir) / "stats.json").write_text(json.dumps(self.describe(), indent=2))
+            if push_to_hub:
+                dataset.push_to_hub(push_to_hub)
+        state.wait_for_everyone()
+        return dataset
+
+    @staticmethod
+    def _gather(mine, state):
+        if state.num_processes == 1:
+            return mine
+        from accelerate.utils import gather_object
+
+        return gather_object(mine)
+
+    @staticmethod
+    def _read_shards(shard_dir: Path, split: QASplit) -> dict[int, tuple[list[dict], dict]]:
+        done = {}
+        for path in sorted(shard_dir.glob("rank*.jsonl")):
+            with path.open(encoding="utf-8") as fh:
+                for line in fh:
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # a line cut by an interruption: that query is rebuilt
+                    pos = rec["position"]
+                    if pos < len(split) and split.ids[pos] == rec["query_id"]:
+                        done[pos] = (rec["rows"], rec["stats"])
+        return done

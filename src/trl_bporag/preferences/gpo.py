@@ -1,0 +1,332 @@
+"""GenerationPreferenceBuilder: preference pairs of answers for GPO (stage 2 of BPO-RAG).
+
+For each training query: the frozen (tuned) retriever's top-k passages, one prompt, and several answers of the
+generator under that identical prompt: a beam-search answer (``num_beams``) and ``num_samples`` sampled answers
+(temperature / top-p, seeded per query). Each answer is judged by token F1 against the gold answers; the best and the
+worst answer form a pair when their F1 differ (equal F1: a tie, counted and skipped).
+
+Rows are standard TRL preference rows that stock :class:`trl.DPOTrainer` consumes unchanged; conversational when the
+generator has a chat template::
+
+    {"prompt": [{"role": "system", ...}, {"role": "user", "content": passages + question}],
+     "chosen": [{"role": "assistant", "content": "..."}], "rejected": [{"role": "assistant", "content": "..."}],
+     "chosen_f1": float, "rejected_f1": float, "chosen_source": "beam", "rejected_source": "sample_0",
+     "query_id": str, "passage_ids": [k ids]}
+
+and ``{"prompt": str, "chosen": str, "rejected": str, ...}`` (plain text) otherwise. The extra columns are ignored by
+``DPOTrainer``.
+
+Prompts keep the answer: passages (never the question or the completion) are cut so that the prompt plus the
+longest possible answer (``max_new_tokens``) fits in ``max_length`` tokens, the ``DPOConfig.max_length`` you train
+with. See :func:`check_dpo_lengths` for data built elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..data import Corpus
+from ..generation import (
+    DEFAULT_SYSTEM_PROMPT,
+    _mix_seed,
+    build_messages,
+    build_prompt,
+    generate,
+    has_chat_template,
+    truncate_passage,
+)
+from ..metrics import qa_f1
+from .base import ShardedPreferenceBuilder
+
+logger = logging.getLogger(__name__)
+
+GPO_PAIRINGS = ("best_worst", "beam_vs_sample")
+GPO_STAT_KEYS = ("queries", "pairs", "ties", "identical", "chosen_beam", "generations", "shortened_prompts")
+GPO_ROW_COLUMNS = ("prompt", "chosen", "rejected", "chosen_f1", "rejected_f1", "chosen_source", "rejected_source",
+                   "query_id", "passage_ids")
+BPORAG_CONFIG_NAME = "bporag_config.json"
+
+
+class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
+    """Build GPO preference pairs (see the module docstring).
+
+    Args:
+        retriever / index / corpus: the frozen (RPO-tuned) :class:`~trl_bporag.retrieval.Retriever`, its
+            :class:`~trl_bporag.retrieval.DenseIndex` and the :class:`~trl_bporag.data.Corpus`.
+        generator / tokenizer: the generator to align (the base model for GPO).
+        k: passages in the prompt.
+        num_beams: beams of the beam-search answer (1: greedy).
+        num_samples: sampled answers per query (temperature ``temperature``, nucleus ``top_p``, ``top_k``).
+        pairing: ``"best_worst"`` (one pair per query: the best against the worst of all answers; with one sample this
+            is the paper's beam-vs-sample pair) or ``"beam_vs_sample"`` (the beam answer against each sample whose F1
+            differs: up to ``num_samples`` pairs per query).
+        judge: ``(prediction, gold_answers) -> float``; default SQuAD token F1 (max over the gold answers).
+        max_length: the ``DPOConfig.max_length`` the pairs will be trained with; passages are cut so that prompt +
+            ``max_new_tokens`` + 1 fits (None: only ``max_passage_tokens`` applies).
+        conversational: rows in TRL's conversational format (default: when the tokenizer has a chat template).
+        seed: sampling seed; each query's samples come from their own stream (seed, query id), so the pairs do not
+            depend on batch sizes, the number of processes or resuming.
+
+    :meth:`build` runs it over a split (resumable, ``accelerate launch``-aware) and returns a
+    :class:`datasets.Dataset`.
+    """
+
+    row_columns = GPO_ROW_COLUMNS
+    local_stat_keys = ("generations",)
+    stat_keys = GPO_STAT_KEYS
+
+    def __init__(
+        self,
+        retriever,
+        index,
+        corpus: Corpus,
+        generator,
+        tokenizer,
+        k: int = 5,
+        num_beams: int = 4,
+        num_samples: int = 1,
+        temperature: float = 1.0,
+        top_p: float | None = 0.95,
+        top_k: int | None = None,
+        pairing: str = "best_worst",
+        judge: Callable[[str, list[str]], float] | None = None,
+        seed: int = 0,
+        with_title: bool = True,
+        batch_size: int = 8,
+        max_new_tokens: int = 24,
+        max_passage_tokens: int | None = 192,
+        max_length: int | None = 1024,
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        conversational: bool | None = None,
+        query_batch_size: int = 32,
+    ):
+        if generator is None or tokenizer is None:
+            raise ValueError("generator and tokenizer: both are required to build GPO pairs")
+        if k < 1 or k > len(corpus):
+            raise ValueError(f"k: expected 1 <= k <= corpus size {len(corpus)}, got {k}")
+        if len(index) != len(corpus):
+            raise ValueError(f"index holds {len(index)} passages but the corpus has {len(corpus)}")
+        if num_beams < 1:
+            raise ValueError(f"num_beams: expected >= 1, got {num_beams}")
+        if num_samples < 1:
+            raise ValueError(f"num_samples: expected >= 1, got {num_samples}")
+        if pairing not in GPO_PAIRINGS:
+            raise ValueError(f"pairing: expected one of {GPO_PAIRINGS}, got {pairing!r}")
+        if temperature <= 0:
+            raise ValueError(f"temperature: expected a positive value, got {temperature}")
+        if max_length is not None and max_length <= max_new_tokens + 1:
+            raise ValueError(f"max_length: {max_length} leaves no room for a prompt with max_new_tokens="
+                             f"{max_new_tokens}")
+        if conversational is None:
+            conversational = has_chat_template(tokenizer)
+        elif conversational and not has_chat_template(tokenizer):
+            raise ValueError("conversational=True needs a tokenizer with a chat template")
+        self.retriever, self.index, self.corpus = retriever, index, corpus
+        self.generator, self.tokenizer = generator, tokenizer
+        self.k, self.num_beams, self.num_samples = k, num_beams, num_samples
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+        self.pairing, self.judge = pairing, judge or qa_f1
+        self.seed, self.with_title = seed, with_title
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.max_passage_tokens, self.max_length = max_passage_tokens, max_length
+        self.system_prompt, self.conversational = system_prompt, conversational
+        self.query_batch_size = query_batch_size
+        self.batched = True  # False: one generate call per answer (the benchmark baseline)
+        self.stats: Counter = Counter()
+
+    # -- prompts ------------------------------------------------------------------------------------------------
+    def _render(self, question: str, passages: Sequence[str]):
+        """(TRL prompt: messages or text, the text the generator reads)."""
+        if self.conversational:
+            messages = build_messages(question, passages, self.system_prompt)
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return messages, text
+        text = build_prompt(self.tokenizer, question, passages, None, self.system_prompt)
+        return text, text
+
+    def fit_prompt(self, question: str, passages: Sequence[str]):
+        """The prompt for ``question`` and ``passages``, passages cut to ``max_passage_tokens`` and then shorter until
+        prompt + ``max_new_tokens`` + 1 tokens fit in ``max_length``. Returns (TRL prompt, text, shortened)."""
+        budget = self.max_passage_tokens
+        cut = [truncate_passage(p, self.tokenizer, budget) for p in passages]
+        prompt, text = self._render(question, cut)
+        if self.max_length is None:
+            return prompt, text, False
+        limit = self.max_length - self.max_new_tokens - 1
+        n_tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if n_tokens <= limit:
+            return prompt, text, False
+        longest = max((len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in cut), default=0)
+        budget = longest
+        while n_tokens > limit and budget > 0:
+            budget = max(0, min(budget - 1, int(budget * limit / n_tokens)))
+            cut = [truncate_passage(p, self.tokenizer, budget) for p in passages]
+            prompt, text = self._render(question, cut)
+            n_tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if n_tokens > limit:
+            raise ValueError(f"max_length: {self.max_length} tokens cannot hold the question {question[:60]!r} plus "
+                             f"{self.max_new_tokens} answer tokens even without passages")
+        return prompt, text, True
+
+    # -- answers ------------------------------------------------------------------------------------------------
+    def answers(self, texts: Sequence[str], query_ids: Sequence[str]) -> list[list[tuple[str, str]]]:
+        """Candidate answers per prompt: [("beam", a), ("sample_0", a), ...]."""
+        seeds = [_mix_seed(self.seed, qid) for qid in query_ids]
+        beam_kwargs = {"num_beams": self.num_beams} if self.num_beams > 1 else {}
+        sample_kwargs = dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        if self.batched:
+            beams = generate(self.generator, self.tokenizer, list(texts), batch_size=self.batch_size,
+                             max_new_tokens=self.max_new_tokens, **beam_kwargs)
+            samples = generate(self.generator, self.tokenizer, list(texts), batch_size=self.batch_size,
+                               max_new_tokens=self.max_new_tokens, num_return_sequences=self.num_samples,
+                               sample_seeds=seeds, **sample_kwargs)
+        else:  # baseline: one model.generate call per answer (batch_size=1), same seeds as the batched path
+            beams = [generate(self.generator, self.tokenizer, [text], batch_size=1,
+                              max_new_tokens=self.max_new_tokens, **beam_kwargs)[0] for text in texts]
+            samples = [generate(self.generator, self.tokenizer, [text], batch_size=1,
+                                max_new_tokens=self.max_new_tokens, num_return_sequences=self.num_samples,
+                                sample_seeds=[s], **sample_kwargs)[0] for text, s in zip(texts, seeds)]
+        if self.num_samples == 1:
+            samples = [[s] for s in samples]
+        self.stats["generations"] += len(texts) * (1 + self.num_samples)
+        return [[("beam", b)] + [(f"sample_{j}", a) for j, a in enumerate(ss)] for b, ss in zip(beams, samples)]
+
+    # -- pairing ------------------------------------------------------------------------------------------------
+    def pairs_for_query(self, query_id, prompt, candidates, gold, passage_ids) -> list[dict]:
+        scores = [float(self.judge(a, gold)) for _, a in candidates]
+        if self.pairing == "best_worst":
+            best = max(range(len(candidates)), key=lambda j: (scores[j], -j))
+            worst = min(range(len(candidates)), key=lambda j: (scores[j], -j))
+            options = [(best, worst)]
+        else:
+            options = [(0, j) for j in range(1, len(candidates))]
+        rows, seen = [], set()
+        for a, b in options:
+            if candidates[a][1].strip() == candidates[b][1].strip():
+                self.stats["identical"] += 1
+                continue
+            if scores[a] == scores[b]:
+                self.stats["ties"] += 1
+                continue
+            c, r = (a, b) if scores[a] > scores[b] else (b, a)
+            if (candidates[c][1], candidates[r][1]) in seen:
+                continue
+            seen.add((candidates[c][1], candidates[r][1]))
+            self.stats["chosen_beam"] += int(candidates[c][0] == "beam")
+            if self.conversational:
+                chosen = [{"role": "assistant", "content": candidates[c][1]}]
+                rejected = [{"role": "assistant", "content": candidates[r][1]}]
+            else:
+                chosen, rejected = " " + candidates[c][1], " " + candidates[r][1]
+            rows.append({
+                "prompt": prompt, "chosen": chosen, "rejected": rejected,
+                "chosen_f1": scores[c], "rejected_f1": scores[r],
+                "chosen_source": candidates[c][0], "rejected_source": candidates[r][0],
+                "query_id": query_id, "passage_ids": list(passage_ids),
+            })
+        self.stats["pairs"] += len(rows)
+        return rows
+
+    def _process(self, split, positions):
+        questions = [split.questions[i] for i in positions]
+        _, rows = self.index.search(self.retriever.encode_queries(questions), self.k)
+        prompts, texts, pids, shortened = [], [], [], []
+        for q, ranked in zip(questions, rows):
+            window = [int(r) for r in ranked if r >= 0][: self.k]
+            prompt, text, cut = self.fit_prompt(q, [self.corpus.passage(r, self.with_title) for r in window])
+            prompts.append(prompt)
+            texts.append(text)
+            pids.append([self.corpus.ids[r] for r in window])
+            shortened.append(cut)
+        candidates = self.answers(texts, [split.ids[i] for i in positions])
+        out = []
+        for n, pos in enumerate(positions):
+            before = Counter(self.stats)
+            self.stats["queries"] += 1
+            self.stats["shortened_prompts"] += int(shortened[n])
+            rows_q = self.pairs_for_query(split.ids[pos], prompts[n], candidates[n], split.answers[pos], pids[n])
+            delta = {key: self.stats[key] - before.get(key, 0) for key in GPO_STAT_KEYS if key != "generations"}
+            out.append((pos, rows_q, delta))
+        return out
+
+    def describe(self) -> dict:
+        """The builder's configuration (also written next to the pairs, read by examples/gpo.py) and its counts."""
+        judge = "f1" if self.judge is qa_f1 else getattr(self.judge, "__name__", "callable")
+        stats = {key: int(self.stats.get(key, 0)) for key in GPO_STAT_KEYS}
+        return {
+            "config": {
+                "retriever": getattr(self.retriever, "model_id", None), "k": self.k, "num_beams": self.num_beams,
+                "num_samples": self.num_samples, "temperature": self.temperature, "top_p": self.top_p,
+                "top_k": self.top_k, "pairing": self.pairing, "judge": judge, "seed": self.seed,
+                "with_title": self.with_title, "max_new_tokens": self.max_new_tokens,
+                "max_passage_tokens": self.max_passage_tokens, "max_length": self.max_length,
+                "system_prompt": self.system_prompt, "conversational": self.conversational,
+                "generator": getattr(self.generator, "name_or_path", None),
+            },
+            "stats": stats,
+        }
+
+
+def _token_count(tokenizer, prompt, completion=None) -> int:
+    if isinstance(prompt, list):  # conversational
+        messages = prompt + (completion or [])
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=completion is None)
+        n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return n
+    text = prompt + (completion or "")
+    return len(tokenizer(text)["input_ids"]) + (1 if completion is not None else 0)  # + the eos TRL appends
+
+
+def check_dpo_lengths(dataset, tokenizer, max_length: int | None, drop: bool = True):
+    """Check preference rows against ``DPOConfig.max_length`` before training.
+
+    TRL keeps the first ``max_length`` tokens of prompt + completion: rows whose prompt alone fills ``max_length`` are
+    dropped by ``DPOTrainer`` without a word, and rows whose prompt + chosen or rejected answer is longer have their
+    answer cut. Both are counted and logged as a warning; with ``drop=True`` such rows are removed here (the warning
+    says how many), so that no answer is trained cut. Returns ``(dataset, counts)``.
+    """
+    for column in ("prompt", "chosen", "rejected"):
+        if column not in dataset.column_names:
+            raise ValueError(f"dataset: missing column {column!r} (expected TRL preference rows: prompt, chosen, "
+                             f"rejected); has {dataset.column_names}")
+    counts = {"rows": len(dataset), "prompt_too_long": 0, "completion_cut": 0}
+    if max_length is None or not len(dataset):
+        return dataset, counts
+    bad = []
+    for i, row in enumerate(dataset):
+        n_prompt = _token_count(tokenizer, row["prompt"])
+        n_full = max(_token_count(tokenizer, row["prompt"], row["chosen"]),
+                     _token_count(tokenizer, row["prompt"], row["rejected"]))
+        if n_prompt >= max_length:
+            counts["prompt_too_long"] += 1
+            bad.append(i)
+        elif n_full > max_length:
+            counts["completion_cut"] += 1
+            bad.append(i)
+    if bad:
+        action = "dropping them" if drop else "TRL will drop the first kind and cut the answers of the second"
+        logger.warning(
+            "%d of %d preference rows do not fit max_length=%d: %d prompts fill it, %d answers would be cut; %s. "
+            "Build the pairs with the same max_length (GenerationPreferenceBuilder cuts passages instead).",
+            len(bad), len(dataset), max_length, counts["prompt_too_long"], counts["completion_cut"], action,
+        )
+        if drop:
+            keep = sorted(set(range(len(dataset))) - set(bad))
+            dataset = dataset.select(keep)
+    return dataset, counts
+
+
+def read_bporag_config(path: str | os.PathLike) -> dict | None:
+    """The BPO-RAG settings saved next to a pairs folder (``stats.json``) or a GPO adapter (``bporag_config.json``)."""
+    path = Path(path)
+    for name in (BPORAG_CONFIG_NAME, "stats.json"):
+        f = path / name
+        if f.is_file():
+            data = json.loads(f.read_text())
+            return data.get("config", data)
+    return None

@@ -1,0 +1,214 @@
+"""GPO: GenerationPreferenceBuilder, seeded sampling, TRL DPOTrainer on its rows, the adapter card and the pipeline."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset, load_from_disk
+
+from _tiny_generator import build_tiny_generator
+from test_rpo_builder import make_corpus
+from trl_bporag import RAGPipeline, load_generator
+from trl_bporag.data import QASplit
+from trl_bporag.generation import build_prompt, generate
+from trl_bporag.preferences import GenerationPreferenceBuilder, check_dpo_lengths
+from trl_bporag.retrieval import DenseIndex, Retriever
+
+REPO = Path(__file__).resolve().parents[1]
+CITIES = [("paris", "france"), ("rome", "italy"), ("berlin", "germany"), ("madrid", "spain"), ("london", "england")]
+
+
+def make_split(n=10):
+    qs = [(f"what is the capital of {c}", a) for a, c in CITIES] + [(f"which city is in {c} ?", a) for a, c in CITIES]
+    qs = qs[:n]
+    return QASplit(ids=[f"q{i}" for i in range(len(qs))], questions=[q for q, _ in qs], answers=[[a] for _, a in qs],
+                   gold_ids=[[f"p{i % 5:02d}"] for i in range(len(qs))])
+
+
+@pytest.fixture
+def parts(tiny_st, tiny_generator_dir):
+    corpus = make_corpus()
+    r = Retriever(tiny_st)
+    index = DenseIndex.from_corpus(r, corpus)
+    gen, tok = load_generator(tiny_generator_dir)
+    return r, index, corpus, gen, tok
+
+
+def word_judge(prediction, answers):
+    """A judge with many distinct values on the tiny model's random words: the fraction of 'a'-free words."""
+    words = prediction.split()
+    return sum("a" not in w for w in words) / max(len(words), 1)
+
+
+def builder(parts, **kw):
+    r, index, corpus, gen, tok = parts
+    kw.setdefault("judge", word_judge)
+    return GenerationPreferenceBuilder(r, index, corpus, gen, tok, k=3, num_beams=2, max_new_tokens=6,
+                                       batch_size=4, query_batch_size=4, **kw)
+
+
+def test_sampling_with_seeds_does_not_depend_on_the_batch(tiny_generator_dir):
+    gen, tok = load_generator(tiny_generator_dir)
+    prompts = [build_prompt(tok, q, ["paris is the capital of france"]) for q in
+               ("what is the capital of france", "who is the capital of italy ? the answer", "where")]
+    kw = dict(max_new_tokens=6, do_sample=True, num_return_sequences=2)
+    a = generate(gen, tok, prompts, batch_size=3, sample_seeds=[1, 2, 3], **kw)
+    b = generate(gen, tok, prompts, batch_size=1, sample_seeds=[1, 2, 3], **kw)
+    c = generate(gen, tok, prompts[1:], batch_size=2, sample_seeds=[2, 3], **kw)
+    d = generate(gen, tok, prompts, batch_size=3, sample_seeds=[4, 5, 6], **kw)
+    assert a == b and a[1:] == c
+    assert a != d  # other seeds, other draws
+    assert all(len(x) == 2 for x in a) and any(x[0] != x[1] for x in a)
+    with pytest.raises(ValueError, match="sample_seeds"):
+        generate(gen, tok, prompts, sample_seeds=[1], do_sample=True)
+
+
+def test_seeded_gumbel_sampling_matches_the_softmax():
+    from trl_bporag.generation import SeededGumbelSampling
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    counts = torch.zeros(4)
+    for s in range(4000):
+        counts[SeededGumbelSampling([s]).__call__(None, logits.clone()).argmax()] += 1
+    expected = torch.softmax(logits[0], -1)
+    assert torch.allclose(counts / counts.sum(), expected, atol=0.03)
+    # top_p=0.5 keeps only the most likely token (p=0.64)
+    picks = {int(SeededGumbelSampling([s], top_p=0.5)(None, logits.clone()).argmax()) for s in range(200)}
+    assert picks == {0}
+
+
+def test_builder_rows_stats_and_reproducibility(parts, tmp_path):
+    split = make_split()
+    b = builder(parts, num_samples=2)
+    pairs = b.build(split, output_dir=tmp_path / "pairs")
+    stats = b.describe()["stats"]
+    assert stats["queries"] == 10
+    assert stats["pairs"] == len(pairs) > 0
+    assert stats["pairs"] + stats["ties"] + stats["identical"] == 10  # best_worst: one outcome per query
+    assert stats["generations"] == 10 * 3
+    row = pairs[0]
+    assert row["prompt"][0]["role"] == "system" and row["prompt"][-1]["role"] == "user"
+    assert "Question: " in row["prompt"][-1]["content"] and "Passage 3:" in row["prompt"][-1]["content"]
+    assert row["chosen"][0]["role"] == "assistant" and row["rejected"][0]["role"] == "assistant"
+    assert len(row["passage_ids"]) == 3
+    for r in pairs:
+        assert r["chosen_f1"] > r["rejected_f1"]
+        assert word_judge(r["chosen"][0]["content"], None) == pytest.approx(r["chosen_f1"])
+        assert {r["chosen_source"], r["rejected_source"]} <= {"beam", "sample_0", "sample_1"}
+    saved = load_from_disk(str(tmp_path / "pairs"))
+    assert saved.to_list() == pairs.to_list()
+    meta = json.loads((tmp_path / "pairs" / "stats.json").read_text())
+    assert meta["config"]["k"] == 3 and meta["config"]["retriever"] is not None
+    # the same seed gives the same pairs whatever the batch sizes; another seed changes the samples
+    again = builder(parts, num_samples=2)
+    again.batch_size, again.query_batch_size = 3, 7
+    assert again.build(split).to_list() == pairs.to_list()
+    other = builder(parts, num_samples=2, seed=1).build(split)
+    assert other.to_list() != pairs.to_list()
+
+
+def test_unbatched_baseline_gives_the_same_pairs(parts):
+    split = make_split(6)
+    fast = builder(parts, num_samples=2).build(split)
+    slow_b = builder(parts, num_samples=2)
+    slow_b.batched = False
+    assert slow_b.build(split).to_list() == fast.to_list()
+
+
+def test_ties_are_counted_and_not_emitted(parts, caplog):
+    split = make_split(4)
+    b = builder(parts, judge=lambda prediction, answers: 0.5)
+    with caplog.at_level(logging.WARNING):
+        pairs = b.build(split)
+    assert len(pairs) == 0
+    assert b.stats["ties"] + b.stats["identical"] == 4 and b.stats["pairs"] == 0
+    assert "No preference pair" in caplog.text
+    assert set(pairs.column_names) >= {"prompt", "chosen", "rejected"}
+
+
+def test_beam_vs_sample_pairing(parts):
+    b = builder(parts, num_samples=3, pairing="beam_vs_sample")
+    pairs = b.build(make_split())
+    assert b.stats["pairs"] + b.stats["ties"] + b.stats["identical"] <= 30
+    assert all("beam" in (r["chosen_source"], r["rejected_source"]) for r in pairs)
+    assert max(pairs.to_pandas().groupby("query_id").size()) > 1  # several pairs per query
+
+
+def test_prompts_are_fitted_to_max_length_by_cutting_passages(parts):
+    r, index, corpus, gen, tok = parts
+    long_passage = " ".join(["paris is the capital of france"] * 40)
+    b = builder(parts, max_length=120)
+    prompt, text, cut = b.fit_prompt("what is the capital of france", [long_passage] * 3)
+    n = len(tok(text, add_special_tokens=False)["input_ids"])
+    assert cut and n <= 120 - 6 - 1
+    assert prompt[-1]["content"].endswith("Question: what is the capital of france")  # the question is kept whole
+    free = builder(parts, max_length=None)
+    _, text_free, cut_free = free.fit_prompt("what is the capital of france", [long_passage] * 3)
+    assert not cut_free and len(tok(text_free, add_special_tokens=False)["input_ids"]) > 120
+    with pytest.raises(ValueError, match="max_length"):
+        builder(parts, max_length=6)
+
+
+def test_plain_text_rows_without_a_chat_template(tiny_st, tmp_path):
+    corpus = make_corpus()
+    r = Retriever(tiny_st)
+    gen, tok = load_generator(build_tiny_generator(tmp_path / "gen", chat_template=False))
+    b = GenerationPreferenceBuilder(r, DenseIndex.from_corpus(r, corpus), corpus, gen, tok, k=2, num_beams=2,
+                                    max_new_tokens=5, judge=word_judge)
+    pairs = b.build(make_split())
+    assert len(pairs) and isinstance(pairs[0]["prompt"], str) and pairs[0]["prompt"].endswith("Answer:")
+    assert pairs[0]["chosen"].startswith(" ")
+
+
+def test_check_dpo_lengths_counts_and_drops(tiny_generator_dir, caplog):
+    _, tok = load_generator(tiny_generator_dir)
+    user = lambda n: [{"role": "user", "content": " ".join(["paris"] * n)}]  # noqa: E731
+    ans = lambda n: [{"role": "assistant", "content": " ".join(["rome"] * n)}]  # noqa: E731
+    ds = Dataset.from_list([
+        {"prompt": user(5), "chosen": ans(2), "rejected": ans(1)},     # fits
+        {"prompt": user(60), "chosen": ans(2), "rejected": ans(1)},    # the prompt fills max_length
+        {"prompt": user(30), "chosen": ans(30), "rejected": ans(1)},   # the chosen answer would be cut
+    ])
+    with caplog.at_level(logging.WARNING):
+        kept, counts = check_dpo_lengths(ds, tok, max_length=50)
+    assert counts == {"rows": 3, "prompt_too_long": 1, "completion_cut": 1}
+    assert len(kept) == 1 and kept[0]["prompt"] == ds[0]["prompt"]
+    assert "2 of 3 preference rows" in caplog.text
+    with pytest.raises(ValueError, match="'rejected'"):
+        check_dpo_lengths(ds.remove_columns("rejected"), tok, 50)
+
+
+def test_gpo_script_trains_lora_and_the_pipeline_uses_the_adapter(parts, tmp_path, tiny_retriever_dir,
+                                                                  tiny_generator_dir, toy_corpus, toy_split):
+    r, index, corpus, gen, tok = parts
+    b = GenerationPreferenceBuilder(Retriever(tiny_retriever_dir), index, corpus, gen, tok, k=3, num_beams=2,
+                                    max_new_tokens=6, judge=word_judge, max_length=256)
+    pairs = b.build(make_split(), output_dir=tmp_path / "pairs")
+    assert len(pairs) >= 2
+    out = tmp_path / "gpo"
+    cmd = [sys.executable, "examples/gpo.py", "--dataset_name", str(tmp_path / "pairs"), "--model_name_or_path",
+           tiny_generator_dir, "--output_dir", str(out), "--use_peft", "--lora_r", "4", "--lora_alpha", "8",
+           "--per_device_train_batch_size", "2", "--max_steps", "2", "--learning_rate", "1e-2", "--max_length", "256",
+           "--bf16", "false", "--logging_steps", "1"]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""})
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert (out / "adapter_config.json").is_file()
+    config = json.loads((out / "bporag_config.json").read_text())
+    assert config["retriever"] == tiny_retriever_dir and config["k"] == 3
+    card = (out / "README.md").read_text()
+    assert "## BPO-RAG" in card and tiny_retriever_dir in card and "| k | `3` |" in card
+    assert "DPO" in card  # TRL's own card is kept above our section
+    tuned, _ = load_generator(str(out))
+    lora_b = [p for n, p in tuned.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # LoRA B starts at zero: the step moved it
+    # the pipeline pairs the adapter with the retriever and k it was aligned under
+    pipe = RAGPipeline.from_pretrained(generator=str(out), corpus=toy_corpus, cache_index=False)
+    assert pipe.k == 3 and pipe.retriever.model_id == tiny_retriever_dir
+    answer = pipe(toy_split.questions[0])
+    assert isinstance(answer["answer"], str) and len(answer["passage_ids"]) == 3
