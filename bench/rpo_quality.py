@@ -18,6 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from trl_bporag import DenseIndex, Retriever, SetDPOConfig, SetDPOTrainer, load_beir, load_retriever  # noqa: E402
 from trl_bporag.metrics import recall_at_k  # noqa: E402
 from trl_bporag.preferences import RetrievalPreferenceBuilder  # noqa: E402
+from trl_bporag.retrieval.index import default_index_dir  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -25,7 +26,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def recall(model, name, split, index_dir=None):
     data = load_beir(DATA / name, split)
     r = Retriever(model)
-    index = DenseIndex.from_corpus(r, data.corpus, index_dir=index_dir)
+    index = DenseIndex.from_corpus(r, data.corpus, index_dir=index_dir or str(default_index_dir(r, data.corpus)))
     _, ids = index.search_ids(r.encode_queries(data.split.questions), 10)
     return {f"R@{k}": round(recall_at_k(ids, data.split.gold_ids, k), 4) for k in (1, 5, 10)}
 
@@ -51,13 +52,19 @@ def main():
     p.add_argument("--output_dir", default="runs/bench-rpo")
     p.add_argument("--skip_base", action="store_true")
     p.add_argument("--pairs_dir", default=None, help="reuse pairs built by an earlier run (skips building)")
+    p.add_argument("--init_model", default=None,
+                   help="start from this retriever (e.g. a tuned one, for an iterative round): it mines the pairs, "
+                        "initialises the policy and is the frozen reference")
     args = p.parse_args()
     out = Path(args.output_dir)
     t0 = time.perf_counter()
     base = load_retriever()
+    base_results = {}
     if not args.skip_base:
         for name, split in (("squad-dev", "test"), ("hotpotqa-distractor", "test")):
-            print(json.dumps({"model": "base", "data": name, **recall(base, name, split)}), flush=True)
+            base_results[name] = recall(base, name, split)
+            print(json.dumps({"model": "base", "data": name, **base_results[name]}), flush=True)
+    start = load_retriever(args.init_model) if args.init_model else base
     if args.pairs_dir:
         from datasets import load_from_disk
 
@@ -65,7 +72,7 @@ def main():
         stats = json.loads((Path(args.pairs_dir) / "stats.json").read_text())["stats"]
     else:
         train = load_beir(DATA / "squad-dev", "train")
-        r = Retriever(base)
+        r = Retriever(start)
         index = DenseIndex.from_corpus(r, train.corpus)
         recipe = args.recipe.split(",") if "," in args.recipe else args.recipe
         builder = RetrievalPreferenceBuilder(r, index, train.corpus, judge=args.judge, k=args.k, perturbations=recipe,
@@ -82,7 +89,7 @@ def main():
                        learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
                        num_train_epochs=args.epochs, logging_steps=10, save_strategy="no", report_to=[],
                        position_weights=pw, bf16=args.bf16, use_cpu=True, seed=0, max_passage_length=256)
-    policy = load_retriever()
+    policy = load_retriever(args.init_model) if args.init_model else load_retriever()
     trainer = SetDPOTrainer(policy, args=cfg, train_dataset=pairs.shuffle(seed=0))
     trainer.train()
     logs = [h for h in trainer.state.log_history if "rewards/accuracies" in h]
@@ -95,7 +102,10 @@ def main():
         results[name] = recall(tuned, name, split)
         print(json.dumps({"model": "rpo", "data": name, **results[name], "args": vars(args)}), flush=True)
     print(f"total seconds {time.perf_counter() - t0:.0f}")
-    print(f"squad-dev test R@1 relative change vs base 0.658: {results['squad-dev']['R@1'] / 0.658 - 1:+.3f}")
+    if not base_results:  # --skip_base: measure the base model's squad R@1 now, for the ratio
+        base_results["squad-dev"] = recall(base, "squad-dev", "test")
+    r1 = base_results["squad-dev"]["R@1"]
+    print(f"squad-dev test R@1 relative change vs base {r1:.3f}: {results['squad-dev']['R@1'] / r1 - 1:+.3f}")
 
 
 if __name__ == "__main__":

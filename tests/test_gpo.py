@@ -212,3 +212,79 @@ def test_gpo_script_trains_lora_and_the_pipeline_uses_the_adapter(parts, tmp_pat
     assert pipe.k == 3 and pipe.retriever.model_id == tiny_retriever_dir
     answer = pipe(toy_split.questions[0])
     assert isinstance(answer["answer"], str) and len(answer["passage_ids"]) == 3
+
+
+def test_bporag_end_to_end_with_tiny_models(tmp_path, tiny_retriever_dir, tiny_generator_dir, monkeypatch):
+    """examples/bporag.py: every stage runs, writes its artifact, and the four rows are evaluated; a rerun reuses."""
+    import functools
+
+    from conftest import write_beir
+
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    import bporag
+
+    # the tiny random generator never hits a gold answer (all F1 ties): judge its words instead
+    monkeypatch.setattr(bporag, "GenerationPreferenceBuilder",
+                        functools.partial(GenerationPreferenceBuilder, judge=word_judge))
+
+    corpus = make_corpus(60)
+    split = make_split()
+    write_beir(tmp_path / "qa", corpus, split, "train")
+    write_beir(tmp_path / "qa_test", corpus, make_split(5), "test")
+    out = tmp_path / "run"
+    args = bporag.BPORAGArguments(
+        dataset=str(tmp_path / "qa"), eval_datasets=f"{tmp_path / 'qa_test'}:test", output_dir=str(out),
+        retriever=tiny_retriever_dir, generator=tiny_generator_dir, k=3, rpo_queries=10, rpo_top_n=20,
+        rpo_num_perturbations=4, rpo_batch_size=4, rpo_learning_rate=1e-3, gpo_queries=10, num_samples=2,
+        gpo_learning_rate=1e-2, gpo_batch_size=2, gpo_grad_accum=1, lora_r=4, lora_alpha=8, max_length=256,
+        max_new_tokens=6, eval_queries=5, bf16=False, plot=False,
+    )
+    results = bporag.main(args)
+    assert [r["row"] for r in results["rows"]] == list(bporag.ROWS)
+    rows = {r["row"]: r for r in results["rows"]}
+    assert rows["+RPO"]["retriever"] == rows["BPO-RAG"]["retriever"] == str(out / "retriever-rpo")
+    assert rows["+GPO"]["generator"] == rows["BPO-RAG"]["generator"] == str(out / "generator-gpo")
+    assert rows["vanilla"]["recall@5"] == rows["+GPO"]["recall@5"]  # same retriever, same retrieval
+    for name in ("rpo-pairs/stats.json", "retriever-rpo/modules.json", "gpo-pairs/stats.json",
+                 "generator-gpo/adapter_config.json", "generator-gpo/bporag_config.json", "results.json",
+                 "results.md"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "generator-gpo" / "bporag_config.json").read_text())["retriever"] == str(
+        out / "retriever-rpo")
+    assert "| qa_test | BPO-RAG | 5 |" in (out / "results.md").read_text()
+    stamp = (out / "generator-gpo" / "adapter_model.safetensors").stat().st_mtime_ns
+    bporag.main(args)  # the rerun reuses every artifact
+    assert (out / "generator-gpo" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_stock_dpo_trainer_push_sends_adapter_card_and_bporag_config(tmp_path, tiny_generator_dir, fake_hub):
+    """GPO adapter push: stock DPOTrainer.push_to_hub with add_bporag_card sends the adapter, the card naming the
+    retriever and k, and bporag_config.json; what was sent loads back as base + adapter."""
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    from trl_bporag.hub import snapshot
+    from trl_bporag.trainers import add_bporag_card
+
+    model, tok = load_generator(tiny_generator_dir)
+    rows = [{"prompt": [{"role": "user", "content": "what is the capital of france"}],
+             "chosen": [{"role": "assistant", "content": "paris"}],
+             "rejected": [{"role": "assistant", "content": "rome is the capital"}]}] * 4
+    args = DPOConfig(output_dir=str(tmp_path / "gpo"), per_device_train_batch_size=2, max_steps=1, bf16=False,
+                     use_cpu=True, report_to="none", save_strategy="no", learning_rate=1e-2, push_to_hub=True,
+                     hub_model_id="user/gpo-adapter")
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    add_bporag_card(trainer, {"retriever": "user/retriever-rpo", "k": 5})
+    trainer.train()
+    trainer.push_to_hub(dataset_name="user/gpo-pairs")
+    files = set(fake_hub.files("user/gpo-adapter"))
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "bporag_config.json"} <= files
+    sent = snapshot("user/gpo-adapter")
+    card = (sent / "README.md").read_text()
+    assert "## BPO-RAG" in card and "`user/retriever-rpo`" in card and "| k | `5` |" in card
+    assert json.loads((sent / "bporag_config.json").read_text()) == {"retriever": "user/retriever-rpo", "k": 5}
+    loaded, _ = load_generator(str(sent))
+    assert type(loaded).__name__.startswith("Peft")
+    with pytest.raises(ValueError, match="retriever"):
+        add_bporag_card(trainer, {"k": 5})
