@@ -288,3 +288,43 @@ def test_stock_dpo_trainer_push_sends_adapter_card_and_bporag_config(tmp_path, t
     assert type(loaded).__name__.startswith("Peft")
     with pytest.raises(ValueError, match="retriever"):
         add_bporag_card(trainer, {"k": 5})
+
+
+SCRIPT = '''
+import sys
+from trl_bporag import DenseIndex, Retriever, load_generator, load_rag_dataset
+from trl_bporag.preferences import GenerationPreferenceBuilder
+from trl_bporag.utils import distributed_state
+
+def word_judge(prediction, answers):
+    words = prediction.split()
+    return sum("a" not in w for w in words) / max(len(words), 1)
+
+data_dir, retriever_dir, generator_dir, out = sys.argv[1:5]
+state = distributed_state()
+data = load_rag_dataset(data_dir, "train")
+r = Retriever(retriever_dir)
+index = DenseIndex.from_corpus(r, data.corpus)
+gen, tok = load_generator(generator_dir)
+b = GenerationPreferenceBuilder(r, index, data.corpus, gen, tok, k=3, num_beams=2, num_samples=2, max_new_tokens=6,
+                                judge=word_judge, batch_size=3, query_batch_size=2)
+b.build(data.split, output_dir=out)
+'''
+
+
+def test_one_and_two_processes_give_the_same_gpo_pairs(tmp_path, tiny_retriever_dir, tiny_generator_dir):
+    from conftest import write_beir
+
+    write_beir(tmp_path / "data", make_corpus(), make_split(), "train")
+    (tmp_path / "build.py").write_text(SCRIPT)
+    args = [str(tmp_path / "build.py"), str(tmp_path / "data"), tiny_retriever_dir, tiny_generator_dir]
+    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": os.environ["PATH"]}
+    one = subprocess.run([sys.executable, *args, str(tmp_path / "one")], capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *args,
+                          str(tmp_path / "two")], capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert len(list((tmp_path / "two" / "shards").glob("rank*.jsonl"))) == 2  # both processes did work
+    one_ds, two_ds = load_from_disk(str(tmp_path / "one")), load_from_disk(str(tmp_path / "two"))
+    assert one_ds.num_rows > 0 and one_ds.to_list() == two_ds.to_list()
