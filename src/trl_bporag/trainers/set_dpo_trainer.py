@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import shutil
 import textwrap
@@ -146,13 +147,29 @@ class DataCollatorForSetPreference:
                     raise ValueError(
                         f"Field {name!r} of an example has {n} passage(s), fewer than k={self.k} (query: {prompt!r})."
                     )
-                batch[name].append([str(p) for p in passages[: self.k]])
+                window = list(passages[: self.k])
+                if not all(isinstance(p, str) for p in window):
+                    bad = next(p for p in window if not isinstance(p, str))
+                    raise ValueError(
+                        f"Field {name!r} of an example holds a {type(bad).__name__}, not a passage text (query: "
+                        f"{prompt!r})."
+                    )
+                if len(set(window)) < len(window):
+                    dup = next(p for i, p in enumerate(window) if p in window[:i])
+                    raise ValueError(
+                        f"Field {name!r} of an example repeats the passage {dup[:60]!r} in its first k={self.k} "
+                        f"(query: {prompt!r}); a list holds distinct passages."
+                    )
+                batch[name].append(window)
         if self.with_ref_scores and all(
             REF_CHOSEN_COLUMN in ex and REF_REJECTED_COLUMN in ex and ex[REF_CHOSEN_COLUMN] is not None
             for ex in examples
         ):
             batch[REF_CHOSEN_COLUMN] = torch.tensor([float(ex[REF_CHOSEN_COLUMN]) for ex in examples])
             batch[REF_REJECTED_COLUMN] = torch.tensor([float(ex[REF_REJECTED_COLUMN]) for ex in examples])
+            for column in (REF_CHOSEN_COLUMN, REF_REJECTED_COLUMN):
+                if not torch.isfinite(batch[column]).all():
+                    raise ValueError(f"Field {column!r} holds NaN or inf in a batch (query: {batch['prompt'][0]!r}).")
         return batch
 
 
@@ -497,6 +514,23 @@ class SetDPOTrainer(DPOTrainer):
                             f"Row {row} of the {dataset_name} dataset: field {name!r} has {n} passage(s), fewer "
                             f"than k={k}. Every chosen/rejected list needs at least k passages."
                         )
+                for row, passages in enumerate(dataset[name]):
+                    window = passages[:k]
+                    if len(set(window)) < len(window):
+                        dup = next(p for i, p in enumerate(window) if p in window[:i])
+                        raise ValueError(
+                            f"Row {row} of the {dataset_name} dataset: field {name!r} repeats the passage "
+                            f"{str(dup)[:60]!r} in its first k={k}. A list holds distinct passages (a repeated one "
+                            "would count twice in the set score)."
+                        )
+            for column in (REF_CHOSEN_COLUMN, REF_REJECTED_COLUMN, "chosen_score", "rejected_score"):
+                if column in columns:
+                    for row, value in enumerate(dataset[column]):
+                        if value is not None and not math.isfinite(float(value)):
+                            raise ValueError(
+                                f"Row {row} of the {dataset_name} dataset: field {column!r} is {value!r}; scores "
+                                "must be finite numbers."
+                            )
         return dataset
 
     @staticmethod
