@@ -61,9 +61,11 @@ class RetrievalPreferenceBuilder:
     """Build RPO preference pairs (see the module docstring).
 
     Args:
-        retriever / index / corpus: the base :class:`~trl_bporag.retrieval.Retriever`, its
-            :class:`~trl_bporag.retrieval.DenseIndex` and the :class:`~trl_bporag.data.Corpus`.
-        generator / tokenizer: the base generator (needed by the ``generator_f1`` judge).
+        retriever: the base :class:`~trl_bporag.retrieval.Retriever`.
+        index: its :class:`~trl_bporag.retrieval.DenseIndex` over ``corpus``.
+        corpus: the :class:`~trl_bporag.data.Corpus`.
+        generator: the base generator (needed by the ``generator_f1`` judge).
+        tokenizer: its tokenizer.
         judge: ``"generator_f1"`` (paper), ``"answer_hit"`` or a callable ``(questions, answers, windows) -> scores``.
         k: window size (the generator reads the first k passages).
         top_n: depth of the original list.

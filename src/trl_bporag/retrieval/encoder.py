@@ -66,7 +66,10 @@ class Retriever:
         batch_size: encoding batch size.
         cache_size: keep up to this many text embeddings in memory (0 = off). Only for a frozen model: call
             :meth:`clear_cache` after changing its weights.
-        query_prompt / passage_prompt: optional strings prepended to queries / passages (e.g. E5's "query: ").
+        query_prompt: optional string prepended to queries (e.g. E5's ``"query: "``).
+        passage_prompt: optional string prepended to passages (e.g. E5's ``"passage: "``).
+        device: device of a model loaded from an id / path (default: sentence-transformers' choice).
+        show_progress_bar: show encoding progress bars (default: sentence-transformers' choice).
     """
 
     def __init__(

@@ -64,8 +64,11 @@ class DenseIndex:
         embeddings: ``[n, d]`` float32 passage embeddings (normalised for cosine retrieval).
         ids: the ``n`` passage ids, in row order.
         index_type: ``"flat"`` (exact, default), ``"hnsw"`` or ``"ivf"``.
-        hnsw_m / ef_construction / ef_search: HNSW graph degree and beam widths.
-        nlist / nprobe: IVF lists (default ``4*sqrt(n)``, at most ``n/39``) and lists probed per query.
+        hnsw_m: HNSW graph degree.
+        ef_construction: HNSW beam width while building.
+        ef_search: HNSW beam width while searching.
+        nlist: IVF lists (default ``4*sqrt(n)``, at most ``n/39``).
+        nprobe: IVF lists probed per query.
         use_gpu: move a flat / IVF index to the GPU (default: when faiss-gpu sees a GPU). HNSW stays on the CPU.
         metadata: extra fields stored in ``metadata.json`` (model id, fingerprints, ...).
     """

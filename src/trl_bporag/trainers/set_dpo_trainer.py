@@ -221,9 +221,12 @@ class SetDPOTrainer(DPOTrainer):
         ref_model: optional reference ``SentenceTransformer`` (or id / path); frozen.
         args: a [`SetDPOConfig`].
         data_collator: defaults to [`DataCollatorForSetPreference`].
-        train_dataset, eval_dataset: RPO pair datasets (``eval_dataset`` may be a dict of datasets).
+        train_dataset: RPO pair dataset (``Dataset`` or ``IterableDataset``).
+        eval_dataset: RPO pair dataset, or a dict of them (metrics ``eval_<name>_...``).
         processing_class: defaults to the retriever's tokenizer (the encoder always tokenises with its own).
-        compute_metrics, callbacks, optimizers: as in ``transformers.Trainer``.
+        compute_metrics: as in ``transformers.Trainer``.
+        callbacks: as in ``transformers.Trainer``.
+        optimizers: as in ``transformers.Trainer``.
         quantization_config: not supported (must be ``None``); accepted for signature compatibility with DPOTrainer.
         peft_config: a ``peft.PeftConfig`` (e.g. ``LoraConfig``) applied to the encoder's transformer. The reference is
             then the policy with the adapter disabled. Saved folders contain the merged encoder (loadable with
