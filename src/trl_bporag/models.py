@@ -13,6 +13,7 @@ ships:
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -229,17 +230,33 @@ def load_generator(id_or_path: str = DEFAULT_GENERATOR, torch_dtype=None, device
         if torch_dtype not in DTYPES:
             raise ValueError(f"torch_dtype: expected one of {DTYPES}, got {torch_dtype!r}")
         torch_dtype = getattr(torch, torch_dtype)
+    if not isinstance(id_or_path, (str, os.PathLike)):
+        raise ValueError(f"generator: expected a model id or folder, got {type(id_or_path).__name__}")
+    id_or_path = str(id_or_path)
     path = id_or_path if os.path.isdir(id_or_path) else generator_path(id_or_path)
     check_model_folder(path, "generator")
-    adapter = os.path.isfile(os.path.join(path, "adapter_config.json"))
+    adapter_file = os.path.join(path, "adapter_config.json")
     try:
-        if adapter:
-            from peft import AutoPeftModelForCausalLM
+        if os.path.isfile(adapter_file):
+            # A PEFT adapter: load its base the way we load any generator (a Hub id resolves offline to the packaged
+            # copy), then the adapter on top.
+            from peft import PeftModel
 
-            model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+            with open(adapter_file, encoding="utf-8") as fh:
+                base_id = json.load(fh).get("base_model_name_or_path")
+            if not base_id:
+                raise ValueError(f"{adapter_file}: base_model_name_or_path is missing; cannot tell which base to load")
+            base, _ = load_generator(base_id, torch_dtype=torch_dtype, **kwargs)
+            model = PeftModel.from_pretrained(base, path)
+            tok_dir = path if os.path.isfile(os.path.join(path, "tokenizer_config.json")) else generator_path(base_id)
+            tokenizer = AutoTokenizer.from_pretrained(tok_dir)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            if path != id_or_path:
+                # Resolved from a Hub id (e.g. to the packaged copy): adapters trained on it record the Hub id as
+                # their base, not this machine's cache path. config._name_or_path keeps the loadable path.
+                model.name_or_path = id_or_path
     except OSError as err:
         raise _missing_model_error(id_or_path, "generator") from err
     if tokenizer.pad_token is None:

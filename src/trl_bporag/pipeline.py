@@ -24,7 +24,8 @@ class RAGPipeline:
         retriever: a :class:`~trl_bporag.retrieval.Retriever` (or a SentenceTransformer / id, wrapped in one).
         index: the :class:`~trl_bporag.retrieval.DenseIndex` over ``corpus``.
         corpus: the :class:`~trl_bporag.data.Corpus` whose passage texts the generator reads.
-        generator / tokenizer: a causal LM and its tokenizer (optional: without them the pipeline only retrieves).
+        generator: a causal LM (optional: without it the pipeline only retrieves).
+        tokenizer: the generator's tokenizer (required with ``generator``).
         k: passages given to the generator.
         with_title: the generator reads ``title + " " + text`` (as the retriever does by default).
     """
@@ -45,8 +46,7 @@ class RAGPipeline:
     ):
         if not isinstance(retriever, Retriever):
             retriever = Retriever(retriever)
-        if len(index) != len(corpus):
-            raise ValueError(f"index holds {len(index)} passages but the corpus has {len(corpus)}")
+        index.check_compatible(retriever, corpus, with_title)  # same passages; where recorded, same model and texts
         if (generator is None) != (tokenizer is None):
             raise ValueError("generator and tokenizer go together: pass both or neither")
         if k < 1:

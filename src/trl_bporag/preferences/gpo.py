@@ -56,9 +56,11 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
     """Build GPO preference pairs (see the module docstring).
 
     Args:
-        retriever / index / corpus: the frozen (RPO-tuned) :class:`~trl_bporag.retrieval.Retriever`, its
-            :class:`~trl_bporag.retrieval.DenseIndex` and the :class:`~trl_bporag.data.Corpus`.
-        generator / tokenizer: the generator to align (the base model for GPO).
+        retriever: the frozen (RPO-tuned) :class:`~trl_bporag.retrieval.Retriever`.
+        index: its :class:`~trl_bporag.retrieval.DenseIndex` over ``corpus``.
+        corpus: the :class:`~trl_bporag.data.Corpus` the prompts' passages come from.
+        generator: the generator to align (the base model for GPO).
+        tokenizer: its tokenizer.
         k: passages in the prompt.
         num_beams: beams of the beam-search answer (1: greedy).
         num_samples: sampled answers per query (temperature ``temperature``, nucleus ``top_p``, ``top_k``).
@@ -109,8 +111,8 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
             raise ValueError("generator and tokenizer: both are required to build GPO pairs")
         if k < 1 or k > len(corpus):
             raise ValueError(f"k: expected 1 <= k <= corpus size {len(corpus)}, got {k}")
-        if len(index) != len(corpus):
-            raise ValueError(f"index holds {len(index)} passages but the corpus has {len(corpus)}")
+        # same passages in the same order; where recorded, the same retriever weights and corpus texts
+        index.check_compatible(retriever, corpus, with_title)
         if num_beams < 1:
             raise ValueError(f"num_beams: expected >= 1, got {num_beams}")
         if num_samples < 1:

@@ -24,19 +24,16 @@ of processes (``accelerate launch``) or on resuming an interrupted run.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 
 from ..data import Corpus, QASplit
 from ..generation import DEFAULT_SYSTEM_PROMPT, build_prompt, generate
 from ..metrics import qa_f1
-from ..utils import distributed_state
+from .base import ShardedPreferenceBuilder
 from .judges import get_judge
 
 logger = logging.getLogger(__name__)
@@ -50,6 +47,8 @@ RECIPES = {
 PAIRINGS = ("vs_original", "best_worst")
 STAT_KEYS = ("queries", "lists", "windows_judged", "generations", "pairs", "ties", "degenerate", "duplicates",
              "short_lists")
+ROW_COLUMNS = ("prompt", "chosen", "rejected", "chosen_ids", "rejected_ids", "chosen_score", "rejected_score",
+               "perturbation", "query_id")
 
 
 def _query_seed(seed: int, query_id: str) -> np.random.Generator:
@@ -57,7 +56,7 @@ def _query_seed(seed: int, query_id: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-class RetrievalPreferenceBuilder:
+class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
     """Build RPO preference pairs (see the module docstring).
 
     Args:
@@ -77,7 +76,14 @@ class RetrievalPreferenceBuilder:
         max_pairs_per_query: keep at most this many pairs per query (None: all).
         order_matters: windows with the same passages in another order are distinct (use with a position-aware set
             score); by default they are degenerate (no gradient under the sum score) and are not emitted.
+
+    :meth:`build` (from :class:`~trl_bporag.preferences.base.ShardedPreferenceBuilder`) runs it over a split:
+    resumable, ``accelerate launch``-aware, returns a :class:`datasets.Dataset`.
     """
+
+    row_columns = ROW_COLUMNS
+    local_stat_keys = ("windows_judged", "generations", "short_lists")
+    stat_keys = STAT_KEYS
 
     def __init__(
         self,
@@ -303,110 +309,6 @@ class RetrievalPreferenceBuilder:
             out.append((pos, rows_q, delta))
         return out
 
-    def build(self, split: QASplit, output_dir: str | os.PathLike | None = None, resume: bool = True,
-              max_queries: int | None = None):
-        """Build the pairs for ``split`` and return them as a :class:`datasets.Dataset`.
-
-        With ``output_dir``: progress is appended to ``output_dir/shards/rank<r>.jsonl`` after each query batch, an
-        interrupted run resumes from what was written (``resume=True``), and the final data set is written with
-        ``save_to_disk(output_dir)`` plus ``stats.json``. Under ``accelerate launch`` the queries are split across
-        processes and the main process writes the merged result (identical to a single-process run).
-        """
-        from datasets import Dataset
-
-        state = distributed_state()
-        split = split.head(max_queries)
-        if not len(split):
-            raise ValueError("split: no queries to build pairs for")
-        for i, ans in enumerate(split.answers):
-            if not ans:
-                raise ValueError(f"split.answers[{i}] (query {split.ids[i]!r}): expected a non-empty list of answers")
-        done: dict[int, tuple[list[dict], dict]] = {}
-        shard_dir = Path(output_dir) / "shards" if output_dir is not None else None
-        if shard_dir is not None:
-            config = json.dumps(self.describe()["config"], sort_keys=True)
-            config_path = shard_dir / "config.json"
-            if state.is_main_process:
-                shard_dir.mkdir(parents=True, exist_ok=True)
-                if resume and config_path.is_file() and config_path.read_text() != config:
-                    raise ValueError(
-                        f"{shard_dir}: holds a partial build made with another builder configuration; resume with "
-                        f"the same configuration, or pass resume=False (--no_resume) to start over"
-                    )
-                if not resume:
-                    for f in shard_dir.glob("rank*.jsonl"):
-                        f.unlink()
-                config_path.write_text(config)
-            state.wait_for_everyone()
-            done = self._read_shards(shard_dir, split)
-            if done and state.is_main_process:
-                logger.warning("Resuming: %d of %d queries already built in %s", len(done), len(split), shard_dir)
-        todo = [i for i in range(len(split)) if i % state.num_processes == state.process_index and i not in done]
-        shard = shard_dir / f"rank{state.process_index}.jsonl" if shard_dir is not None else None
-        if shard is not None and shard.exists() and shard.stat().st_size:
-            with shard.open("rb+") as fh:  # a line cut by an interruption must not swallow the next record
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    fh.write(b"\n")
-        mine: list[tuple[int, list[dict], dict]] = []
-        for start in range(0, len(todo), self.query_batch_size):
-            results = self._process(split, todo[start : start + self.query_batch_size])
-            if shard is not None:
-                with shard.open("a", encoding="utf-8") as fh:
-                    for pos, rows_q, delta in results:
-                        fh.write(json.dumps({"query_id": split.ids[pos], "position": pos, "rows": rows_q,
-                                             "stats": delta}) + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            mine.extend(results)
-        if shard_dir is not None:
-            state.wait_for_everyone()
-            done = self._read_shards(shard_dir, split)
-        else:
-            done = {pos: (rows_q, delta) for pos, rows_q, delta in self._gather(mine, state)}
-        missing = [i for i in range(len(split)) if i not in done]
-        if missing:
-            raise RuntimeError(f"{len(missing)} queries have no result (first: {split.ids[missing[0]]!r})")
-        rows = [row for i in range(len(split)) for row in done[i][0]]
-        stats = Counter()
-        for i in range(len(split)):
-            stats.update(done[i][1])
-        stats.update({"windows_judged": self.stats["windows_judged"], "generations": self.stats["generations"],
-                      "short_lists": self.stats["short_lists"]})
-        self.stats = stats
-        dataset = Dataset.from_list(rows) if rows else Dataset.from_dict({c: [] for c in ROW_COLUMNS})
-        if not rows:
-            logger.warning("No preference pair was built from %d queries (ties %d, degenerate %d)", len(split),
-                           stats["ties"], stats["degenerate"])
-        if output_dir is not None and state.is_main_process:
-            dataset.save_to_disk(str(output_dir))
-            (Path(output_dir) / "stats.json").write_text(json.dumps(self.describe(), indent=2))
-        state.wait_for_everyone()
-        return dataset
-
-    @staticmethod
-    def _gather(mine, state):
-        if state.num_processes == 1:
-            return mine
-        from accelerate.utils import gather_object
-
-        return gather_object(mine)
-
-    @staticmethod
-    def _read_shards(shard_dir: Path, split: QASplit) -> dict[int, tuple[list[dict], dict]]:
-        done = {}
-        for path in sorted(shard_dir.glob("rank*.jsonl")):
-            with path.open(encoding="utf-8") as fh:
-                for line in fh:
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line cut by an interruption: that query is rebuilt
-                    pos = rec["position"]
-                    if pos < len(split) and split.ids[pos] == rec["query_id"]:
-                        done[pos] = (rec["rows"], rec["stats"])
-        return done
-
     def describe(self) -> dict:
         """The builder's configuration and the counts of the last build (stats.json)."""
         judge = self.judge if isinstance(self.judge, str) else getattr(self.judge, "__name__", "callable")
@@ -421,7 +323,3 @@ class RetrievalPreferenceBuilder:
             },
             "stats": {key: int(self.stats.get(key, 0)) for key in STAT_KEYS},
         }
-
-
-ROW_COLUMNS = ("prompt", "chosen", "rejected", "chosen_ids", "rejected_ids", "chosen_score", "rejected_score",
-               "perturbation", "query_id")
