@@ -11,6 +11,21 @@ from _tiny_retriever import build_tiny_retriever  # noqa: E402
 from trl_bporag.data import Corpus, QASplit  # noqa: E402
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+_DEFAULT_THREADS = None
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads(request):
+    """Tiny-model tests run on one torch thread (their ops are too small to gain from more, and a second thread only
+    adds synchronisation, much more so on a busy machine); slow real-model tests keep torch's default."""
+    import torch
+
+    global _DEFAULT_THREADS
+    if _DEFAULT_THREADS is None:
+        _DEFAULT_THREADS = torch.get_num_threads()
+    torch.set_num_threads(_DEFAULT_THREADS if request.node.get_closest_marker("slow") else 1)
+    yield
+    torch.set_num_threads(_DEFAULT_THREADS)
 
 
 @pytest.fixture(scope="session")
