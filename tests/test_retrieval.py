@@ -162,3 +162,25 @@ def test_load_refuses_corrupt_or_truncated_files(tmp_path, tiny_st, toy_corpus):
         DenseIndex.load(tmp_path / "idx")
     with pytest.raises(ValueError, match="not a saved DenseIndex"):
         DenseIndex.load(tmp_path / "nothing")
+
+
+def test_index_script_writes_a_reusable_index(tmp_path, tiny_retriever_dir, toy_corpus, toy_split):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import write_beir
+
+    write_beir(tmp_path / "qa", toy_corpus, toy_split)
+    cmd = [sys.executable, "examples/index.py", "--dataset", str(tmp_path / "qa"), "--retriever", tiny_retriever_dir,
+           "--output_dir", str(tmp_path / "index")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    repo = Path(__file__).resolve().parents[1]
+    first = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads(first.stdout.strip().splitlines()[-1])["passages_encoded"] == len(toy_corpus)
+    second = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env)
+    assert json.loads(second.stdout.strip().splitlines()[-1])["passages_encoded"] == 0
+    assert {"index.faiss", "metadata.json"} <= {p.name for p in (tmp_path / "index").iterdir()}
