@@ -26,33 +26,16 @@ import os
 from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from trl_bporag import DEFAULT_GENERATOR, load_generator
-from trl_bporag.preferences import check_dpo_lengths, read_bporag_config
+from trl_bporag.preferences import check_dpo_lengths, load_pairs, read_bporag_config
 from trl_bporag.trainers import add_bporag_card, gpo_defaults
 
 logger = logging.getLogger("gpo")
 
 
-def load_pairs(name: str, script_args: ScriptArguments, need_eval: bool, eval_fraction: float = 0.05):
-    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-
-    if os.path.isdir(name) and (os.path.isfile(os.path.join(name, "dataset_info.json"))
-                                or os.path.isfile(os.path.join(name, "dataset_dict.json"))):
-        data = load_from_disk(name)
-    else:
-        data = load_dataset(name, name=script_args.dataset_config)
-    if isinstance(data, Dataset):
-        if need_eval:
-            parts = data.train_test_split(test_size=eval_fraction, seed=0)
-            data = DatasetDict({script_args.dataset_train_split: parts["train"],
-                                script_args.dataset_test_split: parts["test"]})
-        else:
-            data = DatasetDict({script_args.dataset_train_split: data})
-    return data
-
-
 def main(script_args, training_args, model_args, bporag_config: dict | None = None):
     need_eval = training_args.eval_strategy != "no"
-    dataset = load_pairs(script_args.dataset_name, script_args, need_eval)
+    dataset = load_pairs(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split,
+                         script_args.dataset_test_split, need_eval)
     if bporag_config is None:
         bporag_config = (read_bporag_config(script_args.dataset_name) if os.path.isdir(script_args.dataset_name)
                          else None) or {}

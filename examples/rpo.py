@@ -14,13 +14,12 @@ records both (as does ``--push_to_hub --hub_model_id user/name``).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from trl_bporag import DEFAULT_RETRIEVER, SetDPOConfig, SetDPOTrainer
+from trl_bporag.preferences import load_pairs
 
 
 @dataclass
@@ -47,25 +46,10 @@ def retrieval_eval(model, script_args) -> dict[str, float]:
     return {name: value for name, value in metrics.items() if "@" in name}
 
 
-def load_pairs(name: str, script_args: RPOScriptArguments, need_eval: bool) -> DatasetDict:
-    if os.path.isdir(name) and (os.path.isfile(os.path.join(name, "dataset_info.json"))
-                                or os.path.isfile(os.path.join(name, "dataset_dict.json"))):
-        data = load_from_disk(name)
-    else:
-        data = load_dataset(name, name=script_args.dataset_config)
-    if isinstance(data, Dataset):
-        if need_eval:
-            data = data.train_test_split(test_size=script_args.eval_fraction, seed=0)
-            data = DatasetDict({script_args.dataset_train_split: data["train"],
-                                script_args.dataset_test_split: data["test"]})
-        else:
-            data = DatasetDict({script_args.dataset_train_split: data})
-    return data
-
-
 def main(script_args, training_args, model_args):
     need_eval = training_args.eval_strategy != "no"
-    dataset = load_pairs(script_args.dataset_name, script_args, need_eval)
+    dataset = load_pairs(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split,
+                         script_args.dataset_test_split, need_eval, script_args.eval_fraction)
     trainer = SetDPOTrainer(
         model=model_args.model_name_or_path or DEFAULT_RETRIEVER,
         args=training_args,

@@ -1,4 +1,4 @@
-from .base import ShardedPreferenceBuilder
+from .base import ShardedPreferenceBuilder, load_pairs
 from .gpo import GPO_PAIRINGS, GenerationPreferenceBuilder, check_dpo_lengths, read_bporag_config
 from .judges import JUDGES, answer_hit_judge, get_judge
 from .rpo import PERTURBATIONS, RECIPES, RetrievalPreferenceBuilder
@@ -14,5 +14,6 @@ __all__ = [
     "answer_hit_judge",
     "check_dpo_lengths",
     "get_judge",
+    "load_pairs",
     "read_bporag_config",
 ]

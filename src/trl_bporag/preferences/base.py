@@ -154,3 +154,26 @@ class ShardedPreferenceBuilder:
                     if pos < len(split) and split.ids[pos] == rec["query_id"]:
                         done[pos] = (rec["rows"], rec["stats"])
         return done
+
+
+def load_pairs(name: str | os.PathLike, config: str | None = None, train_split: str = "train",
+               test_split: str = "test", need_eval: bool = False, eval_fraction: float = 0.05):
+    """Preference pairs for a training script: a ``save_to_disk`` folder (as the builders write) or a Hub data set id,
+    returned as a :class:`datasets.DatasetDict`. A single split is split into ``train_split`` / ``test_split``
+    (``eval_fraction`` held out, seed 0) when ``need_eval``."""
+    from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+    name = str(name)
+    if os.path.isdir(name) and (os.path.isfile(os.path.join(name, "dataset_info.json"))
+                                or os.path.isfile(os.path.join(name, "dataset_dict.json"))):
+        data = load_from_disk(name)
+    else:
+        data = load_dataset(name, name=config)
+    if isinstance(data, Dataset):
+        if need_eval:
+            parts = data.train_test_split(test_size=eval_fraction, seed=0)
+            data = DatasetDict({train_split: parts["train"], test_split: parts["test"]})
+        else:
+            data = DatasetDict({train_split: data})
+    return data
+
