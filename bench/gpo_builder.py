@@ -19,7 +19,6 @@ from _common import DATA, PeakRSS
 
 from trl_bporag import DenseIndex, Retriever, load_beir, load_generator
 from trl_bporag.preferences import GenerationPreferenceBuilder
-from trl_bporag.retrieval.index import default_index_dir
 
 
 def main():
@@ -36,7 +35,7 @@ def main():
     data = load_beir(DATA / "squad-dev", "train")
     split = data.split.head(args.queries)
     r = Retriever()
-    index = DenseIndex.from_corpus(r, data.corpus, index_dir=str(default_index_dir(r, data.corpus)))
+    index = DenseIndex.cached(r, data.corpus)
     gen, tok = load_generator(torch_dtype=args.dtype)
 
     def run(batched: bool):

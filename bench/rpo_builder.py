@@ -59,11 +59,10 @@ def main():
     from trl_bporag import DenseIndex, Retriever, load_beir, load_generator, load_retriever
     from trl_bporag.generation import generate
     from trl_bporag.preferences import RetrievalPreferenceBuilder
-    from trl_bporag.retrieval.index import default_index_dir
 
     data = load_beir(DATA / "squad-dev", "train")
     retriever = Retriever(load_retriever("sentence-transformers/all-MiniLM-L6-v2"))
-    index = DenseIndex.from_corpus(retriever, data.corpus, index_dir=default_index_dir(retriever, data.corpus))
+    index = DenseIndex.cached(retriever, data.corpus)
     model, tokenizer = load_generator(args.generator, torch_dtype=args.dtype)
     model.eval()
     generate(model, tokenizer, ["Warm-up: say hi."], batch_size=1, max_new_tokens=4)

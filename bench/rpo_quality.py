@@ -18,7 +18,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from trl_bporag import DenseIndex, Retriever, SetDPOConfig, SetDPOTrainer, load_beir, load_retriever  # noqa: E402
 from trl_bporag.metrics import recall_at_k  # noqa: E402
 from trl_bporag.preferences import RetrievalPreferenceBuilder  # noqa: E402
-from trl_bporag.retrieval.index import default_index_dir  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -26,7 +25,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def recall(model, name, split, index_dir=None):
     data = load_beir(DATA / name, split)
     r = Retriever(model)
-    index = DenseIndex.from_corpus(r, data.corpus, index_dir=index_dir or str(default_index_dir(r, data.corpus)))
+    index = DenseIndex.cached(r, data.corpus, index_dir=index_dir)
     _, ids = index.search_ids(r.encode_queries(data.split.questions), 10)
     return {f"R@{k}": round(recall_at_k(ids, data.split.gold_ids, k), 4) for k in (1, 5, 10)}
 

@@ -41,10 +41,9 @@ from _common import DATA, PeakRSS, mb, median  # noqa: E402
 def build_pairs(retriever, k: int, queries: int, recipe: str, num_perturbations: int):
     from trl_bporag import DenseIndex, load_beir
     from trl_bporag.preferences import RetrievalPreferenceBuilder
-    from trl_bporag.retrieval.index import default_index_dir
 
     data = load_beir(DATA / "squad-dev", "train")
-    index = DenseIndex.from_corpus(retriever, data.corpus, index_dir=default_index_dir(retriever, data.corpus))
+    index = DenseIndex.cached(retriever, data.corpus)
     builder = RetrievalPreferenceBuilder(retriever, index, data.corpus, judge="answer_hit", k=k,
                                          perturbations=recipe, num_perturbations=num_perturbations)
     return builder.build(data.split.head(queries))

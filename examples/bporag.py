@@ -42,7 +42,6 @@ from trl_bporag import (
     load_retriever,
 )
 from trl_bporag.preferences import GenerationPreferenceBuilder, RetrievalPreferenceBuilder, check_dpo_lengths
-from trl_bporag.retrieval.index import default_index_dir
 from trl_bporag.trainers import add_bporag_card, gpo_defaults
 
 logger = logging.getLogger("bporag")
@@ -113,7 +112,7 @@ def _log(msg: str) -> None:
 
 
 def _index(retriever: Retriever, corpus) -> DenseIndex:
-    return DenseIndex.from_corpus(retriever, corpus, index_dir=str(default_index_dir(retriever, corpus)))
+    return DenseIndex.cached(retriever, corpus)
 
 
 def rpo_pairs(args, data, out: Path):

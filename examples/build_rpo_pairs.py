@@ -22,7 +22,6 @@ from trl import TrlParser
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, DenseIndex, Retriever, load_generator, load_rag_dataset
 from trl_bporag.hub import push_pairs_to_hub
 from trl_bporag.preferences import RetrievalPreferenceBuilder
-from trl_bporag.retrieval.index import default_index_dir
 from trl_bporag.utils import distributed_state
 
 
@@ -57,9 +56,8 @@ def main(args: BuildArguments):
     state = distributed_state()
     data = load_rag_dataset(args.dataset, args.split)
     retriever = Retriever(args.retriever)
-    index_dir = args.index_dir or str(default_index_dir(retriever, data.corpus))
     with state.main_process_first():  # the main process builds (or reuses) the index, the others load it
-        index = DenseIndex.from_corpus(retriever, data.corpus, index_dir=index_dir)
+        index = DenseIndex.cached(retriever, data.corpus, index_dir=args.index_dir)
     gen = tok = None
     if args.judge == "generator_f1":
         gen, tok = load_generator(args.generator, torch_dtype=args.generator_dtype,

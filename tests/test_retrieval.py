@@ -184,3 +184,22 @@ def test_index_script_writes_a_reusable_index(tmp_path, tiny_retriever_dir, toy_
     second = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env=env)
     assert json.loads(second.stdout.strip().splitlines()[-1])["passages_encoded"] == 0
     assert {"index.faiss", "metadata.json"} <= {p.name for p in (tmp_path / "index").iterdir()}
+
+
+def test_cached_index_goes_to_the_shared_cache_folder_and_is_reused(tmp_path, monkeypatch, tiny_st, toy_corpus):
+    from trl_bporag.retrieval import DenseIndex, Retriever
+    from trl_bporag.retrieval.index import default_index_dir
+
+    monkeypatch.setenv("TRL_BPORAG_CACHE", str(tmp_path / "cache"))
+    r = Retriever(tiny_st)
+    first = DenseIndex.cached(r, toy_corpus)
+    folder = default_index_dir(r, toy_corpus)
+    assert folder.is_relative_to(tmp_path / "cache") and (folder / "index.faiss").is_file()
+    assert r.num_encoded == len(toy_corpus)
+    again = DenseIndex.cached(Retriever(tiny_st), toy_corpus)
+    assert again.ids == first.ids and again.metadata["model_fingerprint"] == first.metadata["model_fingerprint"]
+    r2 = Retriever(tiny_st)
+    DenseIndex.cached(r2, toy_corpus)
+    assert r2.num_encoded == 0  # reused, not re-encoded
+    DenseIndex.cached(r2, toy_corpus, index_dir=tmp_path / "elsewhere")  # an explicit folder wins
+    assert (tmp_path / "elsewhere" / "index.faiss").is_file() and r2.num_encoded == len(toy_corpus)

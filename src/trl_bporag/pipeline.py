@@ -12,7 +12,6 @@ from .data import Corpus, QASplit
 from .generation import DEFAULT_SYSTEM_PROMPT, build_prompt, generate
 from .metrics import answer_metrics, retrieval_metrics
 from .retrieval import DenseIndex, Retriever
-from .retrieval.index import default_index_dir
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +100,8 @@ class RAGPipeline:
                 kwargs[key] = aligned[key]
         ret = Retriever(retriever, score=score)
         with_title = kwargs.get("with_title", True)
-        if index_dir is None and cache_index:
-            index_dir = str(default_index_dir(ret, corpus, index_type, with_title))
-        index = DenseIndex.from_corpus(ret, corpus, index_dir=index_dir, index_type=index_type,
-                                       with_title=with_title)
+        build = DenseIndex.cached if cache_index else DenseIndex.from_corpus
+        index = build(ret, corpus, index_dir=index_dir, index_type=index_type, with_title=with_title)
         gen, tok = load_generator(generator, torch_dtype=generator_dtype) if generator else (None, None)
         return cls(ret, index, corpus, gen, tok, k=k, **kwargs)
 

@@ -184,6 +184,24 @@ class DenseIndex:
             index.save(index_dir)
         return index
 
+    @classmethod
+    def cached(
+        cls,
+        retriever,
+        corpus,
+        index_dir: str | os.PathLike | None = None,
+        with_title: bool = True,
+        index_type: str = "flat",
+        **kwargs,
+    ) -> DenseIndex:
+        """:meth:`from_corpus` with the index kept in ``index_dir``, by default the shared cache folder
+        :func:`default_index_dir` (the one every script and :meth:`~trl_bporag.RAGPipeline.from_pretrained` use), so
+        that an unchanged retriever and corpus are encoded once."""
+        if index_dir is None:
+            index_dir = default_index_dir(retriever, corpus, index_type, with_title)
+        return cls.from_corpus(retriever, corpus, index_dir=str(index_dir), with_title=with_title,
+                               index_type=index_type, **kwargs)
+
     # -- search -------------------------------------------------------------------------------------------------
     def search(self, query_embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` by inner product: ``(scores [n, k], rows [n, k])``; rows index :attr:`ids` (-1 = none)."""
