@@ -328,3 +328,15 @@ def test_one_and_two_processes_give_the_same_gpo_pairs(tmp_path, tiny_retriever_
     assert len(list((tmp_path / "two" / "shards").glob("rank*.jsonl"))) == 2  # both processes did work
     one_ds, two_ds = load_from_disk(str(tmp_path / "one")), load_from_disk(str(tmp_path / "two"))
     assert one_ds.num_rows > 0 and one_ds.to_list() == two_ds.to_list()
+
+
+def test_stable_seed_is_sha256_of_the_parts_and_fits_torch():
+    import hashlib
+
+    from trl_bporag.generation import _mix_seed
+    from trl_bporag.utils import stable_seed
+
+    expected = int.from_bytes(hashlib.sha256(b"0:q1").digest()[:8], "little")
+    assert stable_seed(0, "q1") == expected and stable_seed(0, "q1") != stable_seed(1, "q1")
+    assert _mix_seed(0, "q1") == expected & (2**63 - 1)
+    torch.Generator().manual_seed(_mix_seed(0, "q1"))  # in range for torch

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -14,6 +13,8 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+
+from .utils import stable_seed
 
 DEFAULT_SYSTEM_PROMPT = (
     "You answer questions using the given passages. Reply with the answer only: a few words, no full sentence."
@@ -85,8 +86,8 @@ def _left_padding(tokenizer):
 
 
 def _mix_seed(*parts) -> int:
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    """:func:`~trl_bporag.utils.stable_seed` in the range torch seeds and generators take everywhere (63 bits)."""
+    return stable_seed(*parts) & (2**63 - 1)
 
 
 class SeededGumbelSampling(LogitsProcessor):

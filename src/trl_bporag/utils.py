@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 
 def distributed_state():
     """accelerate's ``PartialState``; on a machine without CUDA, processes started by ``accelerate launch
@@ -10,3 +12,10 @@ def distributed_state():
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
+
+
+def stable_seed(*parts) -> int:
+    """A 64-bit seed from ``parts`` that is the same on every run, machine and process (unlike ``hash``): the first 8
+    bytes (little-endian) of sha256 over the parts joined by ``:``."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little")

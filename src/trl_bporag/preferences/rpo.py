@@ -23,7 +23,6 @@ of processes (``accelerate launch``) or on resuming an interrupted run.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -33,6 +32,7 @@ import numpy as np
 from ..data import Corpus, QASplit
 from ..generation import DEFAULT_SYSTEM_PROMPT, build_prompt, generate
 from ..metrics import qa_f1
+from ..utils import stable_seed
 from .base import ShardedPreferenceBuilder
 from .judges import get_judge
 
@@ -52,8 +52,7 @@ ROW_COLUMNS = ("prompt", "chosen", "rejected", "chosen_ids", "rejected_ids", "ch
 
 
 def _query_seed(seed: int, query_id: str) -> np.random.Generator:
-    digest = hashlib.sha256(f"{seed}:{query_id}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    return np.random.default_rng(stable_seed(seed, query_id))
 
 
 class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
