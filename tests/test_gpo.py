@@ -15,7 +15,7 @@ from _tiny_generator import build_tiny_generator
 from test_rpo_builder import make_corpus
 from trl_bporag import RAGPipeline, load_generator
 from trl_bporag.data import QASplit
-from trl_bporag.generation import build_prompt, generate
+from trl_bporag.generation import build_prompt, generate, generate_candidates
 from trl_bporag.preferences import GenerationPreferenceBuilder, check_dpo_lengths
 from trl_bporag.retrieval import DenseIndex, Retriever
 
@@ -115,9 +115,42 @@ def test_builder_rows_stats_and_reproducibility(parts, tmp_path):
 def test_unbatched_baseline_gives_the_same_pairs(parts):
     split = make_split(6)
     fast = builder(parts, num_samples=2).build(split)
-    slow_b = builder(parts, num_samples=2)
-    slow_b.batched = False
-    assert slow_b.build(split).to_list() == fast.to_list()
+    assert len(fast) > 0
+    for batched, share_prefill in ((False, False), (True, False)):  # one generate per answer; two batched calls
+        other = builder(parts, num_samples=2)
+        other.batched, other.share_prefill = batched, share_prefill
+        assert other.build(split).to_list() == fast.to_list()
+
+
+@pytest.mark.parametrize("num_beams,num_samples", [(1, 1), (2, 1), (3, 2)])
+def test_generate_candidates_reads_each_prompt_once_and_matches_generate(tiny_generator_dir, num_beams, num_samples):
+    gen, tok = load_generator(tiny_generator_dir)
+    prompts = [build_prompt(tok, q, ["paris is the capital of france", "rome is in italy"]) for q in
+               ("what is the capital of france", "who is the capital of italy ? the answer", "where")]
+    seeds = [11, 12, 13]
+    beam_kw = {"num_beams": num_beams} if num_beams > 1 else {}
+    tokens = []  # (rows, positions) of every forward pass through the decoder
+    hook = gen.model.register_forward_pre_hook(
+        lambda module, args, kwargs: tokens.append(tuple(kwargs["input_ids"].shape if kwargs.get("input_ids")
+                                                         is not None else kwargs["inputs_embeds"].shape[:2])),
+        with_kwargs=True)
+    beams = generate(gen, tok, prompts, batch_size=3, max_new_tokens=6, **beam_kw)
+    samples = generate(gen, tok, prompts, batch_size=3, max_new_tokens=6, do_sample=True, top_p=0.9,
+                       num_return_sequences=num_samples, sample_seeds=seeds)
+    two_calls_prefill = sum(r * n for r, n in tokens if n > 1)
+    tokens.clear()
+    got_beams, got_samples = generate_candidates(gen, tok, prompts, seeds, num_beams=num_beams,
+                                                 num_samples=num_samples, batch_size=3, max_new_tokens=6, top_p=0.9)
+    hook.remove()
+    assert got_beams == beams
+    assert got_samples == (samples if num_samples > 1 else [[s] for s in samples])
+    lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    longest = max(lengths)
+    assert tokens[0] == (3, longest - 1)  # the one prefill: all prompts, all tokens but the last
+    assert all(n == 1 for _, n in tokens[1:])  # then one token per row and step
+    assert two_calls_prefill >= (num_beams + num_samples) * sum(lengths)  # each prompt once per beam and sample
+    assert generate_candidates(gen, tok, prompts, seeds, num_beams=num_beams, num_samples=num_samples,
+                               batch_size=1, max_new_tokens=6, top_p=0.9) == (got_beams, got_samples)
 
 
 def test_ties_are_counted_and_not_emitted(parts, caplog):

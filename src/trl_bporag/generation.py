@@ -209,3 +209,93 @@ def generate(
     if row_seeds is not None and n_out > 1:
         out = [out[i : i + n_out] for i in range(0, len(out), n_out)]
     return out
+
+
+def _supports_logits_to_keep(model) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@torch.inference_mode()
+def generate_candidates(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    sample_seeds: Sequence[int],
+    num_beams: int = 1,
+    num_samples: int = 1,
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+    temperature: float | None = 1.0,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    clean: bool = True,
+) -> tuple[list[str], list[list[str]]]:
+    """Per prompt, one beam-search answer (greedy when ``num_beams=1``) and ``num_samples`` seeded samples, reading
+    each prompt once.
+
+    The prompts of a batch (left padded) go through the model once, into a KV cache; the beam search continues from a
+    copy of that cache repeated ``num_beams`` times, the samples from the cache repeated ``num_samples`` times. Calling
+    :func:`generate` twice (beam, then samples) reads every prompt ``num_beams + num_samples`` times; on long RAG
+    prompts that prefill is most of the cost. The answers are those of :func:`generate` with the same arguments
+    (``sample_seeds``: same random streams), up to floating-point rounding: the prompt is read in two chunks (all
+    tokens but the last, then the last) instead of one.
+
+    Returns (beam answers, sample answers: a list of ``num_samples`` per prompt), in input order.
+    """
+    import copy
+
+    from transformers import DynamicCache
+
+    if isinstance(prompts, str):
+        raise ValueError("prompts: expected a list of strings, got a single string")
+    if len(sample_seeds) != len(prompts):
+        raise ValueError(f"sample_seeds: expected one seed per prompt ({len(prompts)}), got {len(sample_seeds)}")
+    if num_beams < 1 or num_samples < 1:
+        raise ValueError(f"num_beams and num_samples: expected >= 1, got {num_beams} and {num_samples}")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    if min(lengths, default=2) < 2:
+        raise ValueError("prompts: every prompt needs at least 2 tokens")
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    beams: list = [None] * len(prompts)
+    samples: list = [None] * len(prompts)
+    device = next(model.parameters()).device
+    keep = {"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}
+    common = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, do_sample=False,
+                  temperature=None, top_p=None, top_k=None)
+    with _left_padding(tokenizer):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+            position_ids = (mask.long().cumsum(-1) - 1).masked_fill_(mask == 0, 1)
+            cache = DynamicCache(config=model.config)
+            # prefill: every prompt token but the last; generate() reads the last one and goes on from the cache
+            model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
+                  cache=cache, use_cache=True, **keep)
+            beam_cache = copy.deepcopy(cache)
+            beam_cache.batch_repeat_interleave(num_beams)
+            out = model.generate(input_ids=ids, attention_mask=mask, cache=beam_cache,
+                                 num_beams=num_beams, **common)
+            beam_texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+            del beam_cache
+            cache.batch_repeat_interleave(num_samples)
+            seeds = [_mix_seed(sample_seeds[i], j) for i in idx for j in range(num_samples)]
+            processor = SeededGumbelSampling(seeds, temperature=temperature, top_p=top_p, top_k=top_k)
+            out = model.generate(input_ids=ids.repeat_interleave(num_samples, 0),
+                                 attention_mask=mask.repeat_interleave(num_samples, 0), cache=cache,
+                                 logits_processor=LogitsProcessorList([processor]), **common)
+            sample_texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+            if clean:
+                beam_texts = [clean_answer(t) for t in beam_texts]
+                sample_texts = [clean_answer(t) for t in sample_texts]
+            for j, i in enumerate(idx):
+                beams[i] = beam_texts[j]
+                samples[i] = sample_texts[j * num_samples : (j + 1) * num_samples]
+    return beams, samples

@@ -37,6 +37,7 @@ from ..generation import (
     build_messages,
     build_prompt,
     generate,
+    generate_candidates,
     has_chat_template,
     truncate_passage,
 )
@@ -139,6 +140,7 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
         self.system_prompt, self.conversational = system_prompt, conversational
         self.query_batch_size = query_batch_size
         self.batched = True  # False: one generate call per answer (the benchmark baseline)
+        self.share_prefill = True  # read each prompt once for its beam and its samples (generate_candidates)
         self.stats: Counter = Counter()
 
     # -- prompts ------------------------------------------------------------------------------------------------
@@ -181,7 +183,12 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
         seeds = [_mix_seed(self.seed, qid) for qid in query_ids]
         beam_kwargs = {"num_beams": self.num_beams} if self.num_beams > 1 else {}
         sample_kwargs = dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
-        if self.batched:
+        if self.batched and self.share_prefill:
+            beams, samples = generate_candidates(
+                self.generator, self.tokenizer, list(texts), seeds, num_beams=self.num_beams,
+                num_samples=self.num_samples, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        elif self.batched:  # two batched generate calls: every prompt is read once for each beam and each sample
             beams = generate(self.generator, self.tokenizer, list(texts), batch_size=self.batch_size,
                              max_new_tokens=self.max_new_tokens, **beam_kwargs)
             samples = generate(self.generator, self.tokenizer, list(texts), batch_size=self.batch_size,
@@ -193,7 +200,7 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
             samples = [generate(self.generator, self.tokenizer, [text], batch_size=1,
                                 max_new_tokens=self.max_new_tokens, num_return_sequences=self.num_samples,
                                 sample_seeds=[s], **sample_kwargs)[0] for text, s in zip(texts, seeds)]
-        if self.num_samples == 1:
+        if self.num_samples == 1 and not (self.batched and self.share_prefill):
             samples = [[s] for s in samples]
         self.stats["generations"] += len(texts) * (1 + self.num_samples)
         return [[("beam", b)] + [(f"sample_{j}", a) for j, a in enumerate(ss)] for b, ss in zip(beams, samples)]
