@@ -122,35 +122,59 @@ def test_unbatched_baseline_gives_the_same_pairs(parts):
         assert other.build(split).to_list() == fast.to_list()
 
 
-@pytest.mark.parametrize("num_beams,num_samples", [(1, 1), (2, 1), (3, 2)])
-def test_generate_candidates_reads_each_prompt_once_and_matches_generate(tiny_generator_dir, num_beams, num_samples):
+def _common_prefix(a, b):
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize("num_beams,num_samples,share_prefixes", [(1, 1, True), (2, 1, False), (3, 2, True),
+                                                                  (2, 0, True)])
+def test_generate_candidates_reads_each_prompt_once_and_matches_generate(tiny_generator_dir, num_beams, num_samples,
+                                                                          share_prefixes):
     gen, tok = load_generator(tiny_generator_dir)
     prompts = [build_prompt(tok, q, ["paris is the capital of france", "rome is in italy"]) for q in
                ("what is the capital of france", "who is the capital of italy ? the answer", "where")]
-    seeds = [11, 12, 13]
+    prompts.append(build_prompt(tok, "where", ["berlin is in germany"]))  # shares only the system prompt
+    seeds = [11, 12, 13, 14]
     beam_kw = {"num_beams": num_beams} if num_beams > 1 else {}
     tokens = []  # (rows, positions) of every forward pass through the decoder
     hook = gen.model.register_forward_pre_hook(
         lambda module, args, kwargs: tokens.append(tuple(kwargs["input_ids"].shape if kwargs.get("input_ids")
                                                          is not None else kwargs["inputs_embeds"].shape[:2])),
         with_kwargs=True)
-    beams = generate(gen, tok, prompts, batch_size=3, max_new_tokens=6, **beam_kw)
-    samples = generate(gen, tok, prompts, batch_size=3, max_new_tokens=6, do_sample=True, top_p=0.9,
-                       num_return_sequences=num_samples, sample_seeds=seeds)
+    beams = generate(gen, tok, prompts, batch_size=4, max_new_tokens=6, **beam_kw)
+    samples = generate(gen, tok, prompts, batch_size=4, max_new_tokens=6, do_sample=True, top_p=0.9,
+                       num_return_sequences=max(num_samples, 1), sample_seeds=seeds)
     two_calls_prefill = sum(r * n for r, n in tokens if n > 1)
     tokens.clear()
+    stats = {}
     got_beams, got_samples = generate_candidates(gen, tok, prompts, seeds, num_beams=num_beams,
-                                                 num_samples=num_samples, batch_size=3, max_new_tokens=6, top_p=0.9)
+                                                 num_samples=num_samples, batch_size=4, max_new_tokens=6, top_p=0.9,
+                                                 share_prefixes=share_prefixes, stats=stats)
     hook.remove()
     assert got_beams == beams
-    assert got_samples == (samples if num_samples > 1 else [[s] for s in samples])
-    lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    longest = max(lengths)
-    assert tokens[0] == (3, longest - 1)  # the one prefill: all prompts, all tokens but the last
-    assert all(n == 1 for _, n in tokens[1:])  # then one token per row and step
-    assert two_calls_prefill >= (num_beams + num_samples) * sum(lengths)  # each prompt once per beam and sample
+    if num_samples == 0:
+        assert got_samples == [[] for _ in prompts]
+    else:
+        assert got_samples == (samples if num_samples > 1 else [[s] for s in samples])
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    # one prefill per prompt, unpadded, of all its tokens but the last; with share_prefixes (prompts in token order)
+    # only what a prompt does not share with the one before it
+    if share_prefixes:
+        bodies = [t[:-1] for t in sorted(ids)]
+        reads = [len(b) - (_common_prefix(b, bodies[n - 1]) if n else 0) for n, b in enumerate(bodies)]
+        assert min(reads) < min(len(b) for b in bodies)  # something was shared
+    else:
+        reads = [len(t) - 1 for t in sorted(ids, key=len, reverse=True)]
+    assert tokens[: len(prompts)] == [(1, n) for n in reads]
+    assert all(n == 1 for _, n in tokens[len(prompts) :])  # then one token per row and step
+    assert stats == {"prompt_tokens": sum(map(len, ids)), "prefilled_tokens": sum(reads)}
+    assert two_calls_prefill >= (num_beams + max(num_samples, 1)) * sum(map(len, ids))
     assert generate_candidates(gen, tok, prompts, seeds, num_beams=num_beams, num_samples=num_samples,
-                               batch_size=1, max_new_tokens=6, top_p=0.9) == (got_beams, got_samples)
+                               batch_size=1, max_new_tokens=6, top_p=0.9,
+                               share_prefixes=share_prefixes) == (got_beams, got_samples)
 
 
 def test_ties_are_counted_and_not_emitted(parts, caplog):

@@ -220,12 +220,58 @@ def _supports_logits_to_keep(model) -> bool:
         return False
 
 
+def _prefill(model, ids: torch.Tensor, mask: torch.Tensor, keep: dict, share_prefixes: bool = True,
+             stats: dict | None = None):
+    """KV cache of every token but the last of each left-padded row; ``generate`` reads the last one and goes on.
+
+    Each prompt is read alone, unpadded (causal attention without a mask: the fast kernel, and the numbers of a prompt
+    read on its own). With ``share_prefixes`` a row that begins with the same tokens as the row before it starts from
+    that row's cache, cut to the shared prefix, and reads only the rest (RAG prompts of one question, or of questions
+    that retrieve the same first passages, share the system prompt and the first passages). The caches are then
+    left-padded with zeros into one batch cache; the attention mask hides the padding from every later step.
+    """
+    from transformers import DynamicCache
+
+    width = ids.shape[1] - 1
+    per_row: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
+    previous = None
+    for row in range(ids.shape[0]):
+        n = int(mask[row].sum())
+        tokens = ids[row, width + 1 - n : -1]  # the prompt without padding and without its last token
+        shared = 0
+        if share_prefixes and previous is not None:
+            m = min(len(tokens), len(previous))
+            differ = (tokens[:m] != previous[:m]).nonzero()
+            shared = int(differ[0]) if len(differ) else m
+        one = DynamicCache(config=model.config)
+        if shared:
+            for layer, (k, v) in enumerate(per_row[-1]):
+                one.update(k[:, :, :shared], v[:, :, :shared], layer)
+        if shared < len(tokens):
+            model(input_ids=tokens[shared:][None], cache=one, use_cache=True, **keep)
+        if stats is not None:
+            stats["prompt_tokens"] = stats.get("prompt_tokens", 0) + len(tokens) + 1
+            stats["prefilled_tokens"] = stats.get("prefilled_tokens", 0) + len(tokens) - shared
+        per_row.append([(layer.keys, layer.values) for layer in one.layers])
+        previous = tokens
+    cache = DynamicCache(config=model.config)
+    for layer in range(len(per_row[0])):
+        keys, values = [], []
+        for one in per_row:
+            k, v = one[layer]
+            pad = width - k.shape[2]
+            keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
+            values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+        cache.update(torch.cat(keys), torch.cat(values), layer)
+    return cache
+
+
 @torch.inference_mode()
 def generate_candidates(
     model,
     tokenizer,
     prompts: Sequence[str],
-    sample_seeds: Sequence[int],
+    sample_seeds: Sequence[int] | None = None,
     num_beams: int = 1,
     num_samples: int = 1,
     batch_size: int = 8,
@@ -234,68 +280,82 @@ def generate_candidates(
     top_p: float | None = None,
     top_k: int | None = None,
     clean: bool = True,
+    share_prefixes: bool = True,
+    stats: dict | None = None,
 ) -> tuple[list[str], list[list[str]]]:
     """Per prompt, one beam-search answer (greedy when ``num_beams=1``) and ``num_samples`` seeded samples, reading
     each prompt once.
 
-    The prompts of a batch (left padded) go through the model once, into a KV cache; the beam search continues from a
-    copy of that cache repeated ``num_beams`` times, the samples from the cache repeated ``num_samples`` times. Calling
+    Each prompt of a batch is read once into a KV cache (alone and unpadded; with ``share_prefixes``, a prompt that
+    begins like the one before it reads only what differs, see below); the beam search continues from a copy of the
+    batch cache repeated ``num_beams`` times, the samples from the cache repeated ``num_samples`` times. Calling
     :func:`generate` twice (beam, then samples) reads every prompt ``num_beams + num_samples`` times; on long RAG
-    prompts that prefill is most of the cost. The answers are those of :func:`generate` with the same arguments
-    (``sample_seeds``: same random streams), up to floating-point rounding: the prompt is read in two chunks (all
-    tokens but the last, then the last) instead of one.
+    prompts that reading (the prefill) is most of the cost.
+
+    ``share_prefixes``: the prompts are ordered by their tokens, so that prompts with a common beginning (the lists of
+    one question that differ from the third passage on, or questions whose first passages are the same) are
+    neighbours, and each prompt reuses its neighbour's cache for the tokens they share. Otherwise the prompts are
+    batched by length.
+
+    The answers are those of :func:`generate` with the same arguments (``sample_seeds``: the same random streams), up
+    to floating-point rounding, because a prompt is read in chunks instead of at once. With ``num_samples=0`` only the
+    beam (or greedy) answers are made. ``stats`` (a dict) receives ``prompt_tokens`` and ``prefilled_tokens``.
 
     Returns (beam answers, sample answers: a list of ``num_samples`` per prompt), in input order.
     """
     import copy
 
-    from transformers import DynamicCache
-
     if isinstance(prompts, str):
         raise ValueError("prompts: expected a list of strings, got a single string")
-    if len(sample_seeds) != len(prompts):
-        raise ValueError(f"sample_seeds: expected one seed per prompt ({len(prompts)}), got {len(sample_seeds)}")
-    if num_beams < 1 or num_samples < 1:
-        raise ValueError(f"num_beams and num_samples: expected >= 1, got {num_beams} and {num_samples}")
+    if num_samples and (sample_seeds is None or len(sample_seeds) != len(prompts)):
+        raise ValueError(f"sample_seeds: expected one seed per prompt ({len(prompts)}), got "
+                         f"{None if sample_seeds is None else len(sample_seeds)}")
+    if num_beams < 1 or num_samples < 0:
+        raise ValueError(f"num_beams >= 1 and num_samples >= 0 expected, got {num_beams} and {num_samples}")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    if min(lengths, default=2) < 2:
+    token_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    if min((len(t) for t in token_ids), default=2) < 2:
         raise ValueError("prompts: every prompt needs at least 2 tokens")
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    if share_prefixes:
+        order = sorted(range(len(prompts)), key=lambda i: token_ids[i])
+    else:
+        order = sorted(range(len(prompts)), key=lambda i: -len(token_ids[i]))
     beams: list = [None] * len(prompts)
-    samples: list = [None] * len(prompts)
+    samples: list = [[] for _ in prompts]
     device = next(model.parameters()).device
     keep = {"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}
     common = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, do_sample=False,
                   temperature=None, top_p=None, top_k=None)
-    with _left_padding(tokenizer):
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-            position_ids = (mask.long().cumsum(-1) - 1).masked_fill_(mask == 0, 1)
-            cache = DynamicCache(config=model.config)
-            # prefill: every prompt token but the last; generate() reads the last one and goes on from the cache
-            model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
-                  cache=cache, use_cache=True, **keep)
+    pad = tokenizer.pad_token_id
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(token_ids[i]) for i in idx)
+        ids = torch.tensor([[pad] * (width - len(token_ids[i])) + token_ids[i] for i in idx], device=device)
+        mask = torch.tensor([[0] * (width - len(token_ids[i])) + [1] * len(token_ids[i]) for i in idx],
+                            device=device)
+        cache = _prefill(model, ids, mask, keep, share_prefixes=share_prefixes, stats=stats)
+        if num_samples:
             beam_cache = copy.deepcopy(cache)
-            beam_cache.batch_repeat_interleave(num_beams)
-            out = model.generate(input_ids=ids, attention_mask=mask, cache=beam_cache,
-                                 num_beams=num_beams, **common)
-            beam_texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-            del beam_cache
+        else:
+            beam_cache, cache = cache, None
+        beam_cache.batch_repeat_interleave(num_beams)
+        out = model.generate(input_ids=ids, attention_mask=mask, cache=beam_cache, num_beams=num_beams, **common)
+        beam_texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        del beam_cache
+        sample_texts = []
+        if num_samples:
             cache.batch_repeat_interleave(num_samples)
             seeds = [_mix_seed(sample_seeds[i], j) for i in idx for j in range(num_samples)]
             processor = SeededGumbelSampling(seeds, temperature=temperature, top_p=top_p, top_k=top_k)
             out = model.generate(input_ids=ids.repeat_interleave(num_samples, 0),
                                  attention_mask=mask.repeat_interleave(num_samples, 0), cache=cache,
                                  logits_processor=LogitsProcessorList([processor]), **common)
-            sample_texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-            if clean:
-                beam_texts = [clean_answer(t) for t in beam_texts]
-                sample_texts = [clean_answer(t) for t in sample_texts]
-            for j, i in enumerate(idx):
-                beams[i] = beam_texts[j]
-                samples[i] = sample_texts[j * num_samples : (j + 1) * num_samples]
+            sample_texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        if clean:
+            beam_texts = [clean_answer(t) for t in beam_texts]
+            sample_texts = [clean_answer(t) for t in sample_texts]
+        for j, i in enumerate(idx):
+            beams[i] = beam_texts[j]
+            samples[i] = sample_texts[j * num_samples : (j + 1) * num_samples]
     return beams, samples

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..data import Corpus, QASplit
-from ..generation import DEFAULT_SYSTEM_PROMPT, build_prompt, generate
+from ..generation import DEFAULT_SYSTEM_PROMPT, build_prompt, generate, generate_candidates
 from ..metrics import qa_f1
 from ..utils import stable_seed
 from .base import ShardedPreferenceBuilder
@@ -211,9 +211,9 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
         if self.judge == "generator_f1":
             prompts = [build_prompt(self.tokenizer, q, t, self.max_passage_tokens, self.system_prompt)
                        for q, t in zip(qs, texts)]
-            if self.use_window_cache:
-                outputs = generate(self.generator, self.tokenizer, prompts, batch_size=self.batch_size,
-                                   max_new_tokens=self.max_new_tokens)
+            if self.use_window_cache:  # each prompt read once; the lists of a query share their first passages
+                outputs, _ = generate_candidates(self.generator, self.tokenizer, prompts, num_samples=0,
+                                                 batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
             else:  # the no-cache baseline: one generate call per (query, list)
                 outputs = [generate(self.generator, self.tokenizer, [p], batch_size=1,
                                     max_new_tokens=self.max_new_tokens)[0] for p in prompts]
