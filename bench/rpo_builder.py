@@ -5,7 +5,9 @@
 
 Real models: all-MiniLM-L6-v2 (base retriever, cached squad-dev index) and SmolLM2-135M-Instruct (bf16 by default).
 Ours is :class:`RetrievalPreferenceBuilder` as shipped (``judge="generator_f1"``: identical (query, window) pairs are
-judged once, and the prompts are generated ``--batch_size`` at a time, grouped by length). The baseline is the same
+judged once; the prompts, ordered by their tokens, are read once each and a prompt reuses the KV cache of the one
+before it for their common beginning (the lists of one question share the system prompt and the passages before the
+edit); the answers are then decoded ``--batch_size`` at a time). The baseline is the same
 builder with ``use_window_cache = False``: every list of every query is judged by its own ``generate`` call (batch 1),
 duplicates included. The queries are processed in chunks of ``--chunk`` and the two builders alternate chunk by chunk,
 so that load on a shared machine hits both alike. The pairs of the two runs must be identical (same chosen/rejected

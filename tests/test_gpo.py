@@ -313,6 +313,16 @@ def test_bporag_end_to_end_with_tiny_models(tmp_path, tiny_retriever_dir, tiny_g
     bporag.main(args)  # the rerun reuses every artifact
     assert (out / "generator-gpo" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
 
+    # the ablation: the +GPO row's generator aligned under the base retriever, a second adapter
+    args.gpo_ablation = "separate"
+    rows = {r["row"]: r for r in bporag.main(args)["rows"]}
+    ablation = out / "generator-gpo-base-retriever"
+    assert rows["+GPO"]["generator"] == str(ablation)
+    assert rows["BPO-RAG"]["generator"] == str(out / "generator-gpo")
+    assert json.loads((ablation / "bporag_config.json").read_text())["retriever"] == tiny_retriever_dir
+    assert (out / "gpo-pairs-base-retriever" / "stats.json").is_file()
+    assert (out / "generator-gpo" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+
 
 def test_stock_dpo_trainer_push_sends_adapter_card_and_bporag_config(tmp_path, tiny_generator_dir, fake_hub):
     """GPO adapter push: stock DPOTrainer.push_to_hub with add_bporag_card sends the adapter, the card naming the
