@@ -407,3 +407,24 @@ def test_stable_seed_is_sha256_of_the_parts_and_fits_torch():
     assert stable_seed(0, "q1") == expected and stable_seed(0, "q1") != stable_seed(1, "q1")
     assert _mix_seed(0, "q1") == expected & (2**63 - 1)
     torch.Generator().manual_seed(_mix_seed(0, "q1"))  # in range for torch
+
+
+def test_generate_candidates_falls_back_to_generate_for_sliding_window_caches(tiny_generator_dir, monkeypatch):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    import trl_bporag.generation as generation
+
+    tiny = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                intermediate_size=32)
+    assert not generation._plain_kv_cache(MistralForCausalLM(MistralConfig(sliding_window=4, **tiny)))
+    assert generation._plain_kv_cache(MistralForCausalLM(MistralConfig(sliding_window=None, **tiny)))
+
+    gen, tok = load_generator(tiny_generator_dir)
+    prompts = [build_prompt(tok, q, ["paris is the capital of france"]) for q in ("what is the capital", "where")]
+    fast = generate_candidates(gen, tok, prompts, [1, 2], num_beams=2, num_samples=2, max_new_tokens=5)
+    monkeypatch.setattr(generation, "_plain_kv_cache", lambda model: False)
+    calls = []
+    real_generate = generation.generate
+    monkeypatch.setattr(generation, "generate", lambda *a, **k: calls.append(k) or real_generate(*a, **k))
+    assert generate_candidates(gen, tok, prompts, [1, 2], num_beams=2, num_samples=2, max_new_tokens=5) == fast
+    assert len(calls) == 2 and calls[0]["num_beams"] == 2 and calls[1]["sample_seeds"] == [1, 2]

@@ -220,6 +220,18 @@ def _supports_logits_to_keep(model) -> bool:
         return False
 
 
+def _plain_kv_cache(model) -> bool:
+    """Whether every layer of the model's dynamic cache keeps all keys and values (no sliding window, no state)."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except Exception:  # noqa: BLE001 - a config the cache cannot read: take the generic path
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
 def _prefill(model, ids: torch.Tensor, mask: torch.Tensor, keep: dict, share_prefixes: bool = True,
              stats: dict | None = None):
     """KV cache of every token but the last of each left-padded row; ``generate`` reads the last one and goes on.
@@ -317,6 +329,16 @@ def generate_candidates(
     token_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     if min((len(t) for t in token_ids), default=2) < 2:
         raise ValueError("prompts: every prompt needs at least 2 tokens")
+    if not _plain_kv_cache(model):  # sliding-window or linear-attention layers: cannot be cut or padded this way
+        beam_kw = {"num_beams": num_beams} if num_beams > 1 else {}
+        beams = generate(model, tokenizer, list(prompts), batch_size=batch_size, max_new_tokens=max_new_tokens,
+                         clean=clean, **beam_kw)
+        if not num_samples:
+            return beams, [[] for _ in prompts]
+        samples = generate(model, tokenizer, list(prompts), batch_size=batch_size, max_new_tokens=max_new_tokens,
+                           clean=clean, num_return_sequences=num_samples, sample_seeds=sample_seeds, do_sample=True,
+                           temperature=temperature, top_p=top_p, top_k=top_k)
+        return beams, [s if num_samples > 1 else [s] for s in samples]
     if share_prefixes:
         order = sorted(range(len(prompts)), key=lambda i: token_ids[i])
     else:
