@@ -428,3 +428,20 @@ def test_generate_candidates_falls_back_to_generate_for_sliding_window_caches(ti
     monkeypatch.setattr(generation, "generate", lambda *a, **k: calls.append(k) or real_generate(*a, **k))
     assert generate_candidates(gen, tok, prompts, [1, 2], num_beams=2, num_samples=2, max_new_tokens=5) == fast
     assert len(calls) == 2 and calls[0]["num_beams"] == 2 and calls[1]["sample_seeds"] == [1, 2]
+
+
+def test_generate_candidates_rejects_bad_input_naming_the_argument(tiny_generator_dir):
+    gen, tok = load_generator(tiny_generator_dir)
+    prompt = build_prompt(tok, "where", ["paris is the capital of france"])
+    with pytest.raises(ValueError, match="prompts: expected a list"):
+        generate_candidates(gen, tok, prompt, [1])
+    with pytest.raises(ValueError, match=r"sample_seeds: expected one seed per prompt \(2\), got 1"):
+        generate_candidates(gen, tok, [prompt, prompt], [1])
+    with pytest.raises(ValueError, match="sample_seeds"):
+        generate_candidates(gen, tok, [prompt])  # samples asked, no seeds
+    with pytest.raises(ValueError, match="num_samples >= 0"):
+        generate_candidates(gen, tok, [prompt], num_samples=-1)
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        generate_candidates(gen, tok, ["paris"], [1])
+    beams, samples = generate_candidates(gen, tok, [prompt], num_samples=0, max_new_tokens=3)  # no seeds needed
+    assert len(beams) == 1 and samples == [[]]

@@ -294,6 +294,7 @@ def generate_candidates(
     clean: bool = True,
     share_prefixes: bool = True,
     stats: dict | None = None,
+    read_once: bool = True,
 ) -> tuple[list[str], list[list[str]]]:
     """Per prompt, one beam-search answer (greedy when ``num_beams=1``) and ``num_samples`` seeded samples, reading
     each prompt once.
@@ -313,23 +314,26 @@ def generate_candidates(
     to floating-point rounding, because a prompt is read in chunks instead of at once. With ``num_samples=0`` only the
     beam (or greedy) answers are made. ``stats`` (a dict) receives ``prompt_tokens`` and ``prefilled_tokens``.
 
+    ``read_once=False`` (and models whose cache layers cannot be cut and padded: sliding-window or linear attention)
+    takes the plain way instead: one batched :func:`generate` call for the beams and one for the samples.
+
     Returns (beam answers, sample answers: a list of ``num_samples`` per prompt), in input order.
     """
     import copy
 
     if isinstance(prompts, str):
         raise ValueError("prompts: expected a list of strings, got a single string")
+    if num_beams < 1 or num_samples < 0:
+        raise ValueError(f"num_beams >= 1 and num_samples >= 0 expected, got {num_beams} and {num_samples}")
     if num_samples and (sample_seeds is None or len(sample_seeds) != len(prompts)):
         raise ValueError(f"sample_seeds: expected one seed per prompt ({len(prompts)}), got "
                          f"{None if sample_seeds is None else len(sample_seeds)}")
-    if num_beams < 1 or num_samples < 0:
-        raise ValueError(f"num_beams >= 1 and num_samples >= 0 expected, got {num_beams} and {num_samples}")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     token_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     if min((len(t) for t in token_ids), default=2) < 2:
         raise ValueError("prompts: every prompt needs at least 2 tokens")
-    if not _plain_kv_cache(model):  # sliding-window or linear-attention layers: cannot be cut or padded this way
+    if not read_once or not _plain_kv_cache(model):  # sliding-window or linear-attention layers cannot be cut
         beam_kw = {"num_beams": num_beams} if num_beams > 1 else {}
         beams = generate(model, tokenizer, list(prompts), batch_size=batch_size, max_new_tokens=max_new_tokens,
                          clean=clean, **beam_kw)

@@ -36,7 +36,6 @@ from ..generation import (
     _mix_seed,
     build_messages,
     build_prompt,
-    generate,
     generate_candidates,
     has_chat_template,
     truncate_passage,
@@ -181,27 +180,15 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
     def answers(self, texts: Sequence[str], query_ids: Sequence[str]) -> list[list[tuple[str, str]]]:
         """Candidate answers per prompt: [("beam", a), ("sample_0", a), ...]."""
         seeds = [_mix_seed(self.seed, qid) for qid in query_ids]
-        beam_kwargs = {"num_beams": self.num_beams} if self.num_beams > 1 else {}
-        sample_kwargs = dict(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
-        if self.batched and self.share_prefill:
-            beams, samples = generate_candidates(
-                self.generator, self.tokenizer, list(texts), seeds, num_beams=self.num_beams,
-                num_samples=self.num_samples, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
-                temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
-        elif self.batched:  # two batched generate calls: every prompt is read once for each beam and each sample
-            beams = generate(self.generator, self.tokenizer, list(texts), batch_size=self.batch_size,
-                             max_new_tokens=self.max_new_tokens, **beam_kwargs)
-            samples = generate(self.generator, self.tokenizer, list(texts), batch_size=self.batch_size,
-                               max_new_tokens=self.max_new_tokens, num_return_sequences=self.num_samples,
-                               sample_seeds=seeds, **sample_kwargs)
+        kwargs = dict(num_beams=self.num_beams, num_samples=self.num_samples, max_new_tokens=self.max_new_tokens,
+                      temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        if self.batched:  # share_prefill=False: two batched generate calls, each prompt read per beam and sample
+            beams, samples = generate_candidates(self.generator, self.tokenizer, list(texts), seeds,
+                                                 batch_size=self.batch_size, read_once=self.share_prefill, **kwargs)
         else:  # baseline: one model.generate call per answer (batch_size=1), same seeds as the batched path
-            beams = [generate(self.generator, self.tokenizer, [text], batch_size=1,
-                              max_new_tokens=self.max_new_tokens, **beam_kwargs)[0] for text in texts]
-            samples = [generate(self.generator, self.tokenizer, [text], batch_size=1,
-                                max_new_tokens=self.max_new_tokens, num_return_sequences=self.num_samples,
-                                sample_seeds=[s], **sample_kwargs)[0] for text, s in zip(texts, seeds)]
-        if self.num_samples == 1 and not (self.batched and self.share_prefill):
-            samples = [[s] for s in samples]
+            per_text = [generate_candidates(self.generator, self.tokenizer, [text], [s], batch_size=1,
+                                            read_once=False, **kwargs) for text, s in zip(texts, seeds)]
+            beams, samples = [b[0] for b, _ in per_text], [ss[0] for _, ss in per_text]
         self.stats["generations"] += len(texts) * (1 + self.num_samples)
         return [[("beam", b)] + [(f"sample_{j}", a) for j, a in enumerate(ss)] for b, ss in zip(beams, samples)]
 
