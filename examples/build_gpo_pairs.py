@@ -22,7 +22,7 @@ from trl import TrlParser
 
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, DenseIndex, Retriever, load_generator, load_rag_dataset
 from trl_bporag.preferences import GenerationPreferenceBuilder
-from trl_bporag.utils import distributed_state
+from trl_bporag.utils import check_positive_ints, distributed_state
 
 
 @dataclass
@@ -48,6 +48,10 @@ class GPOBuildArguments:
     index_dir: str | None = field(default=None)
     no_resume: bool = field(default=False, metadata={"help": "start over instead of resuming"})
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub dataset repo id"})
+
+    def __post_init__(self):
+        check_positive_ints(self, ('k', 'num_beams', 'num_samples'))
+        check_positive_ints(self, ('max_queries',), optional=True)
 
 
 def main(args: GPOBuildArguments):

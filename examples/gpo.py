@@ -33,6 +33,9 @@ logger = logging.getLogger("gpo")
 
 
 def main(script_args, training_args, model_args, bporag_config: dict | None = None):
+    if not training_args.beta > 0:
+        raise ValueError(f"--beta: expected a number > 0 (a negative beta trains the preference backwards), got "
+                         f"{training_args.beta!r}")
     need_eval = training_args.eval_strategy != "no"
     dataset = load_pairs(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split,
                          script_args.dataset_test_split, need_eval)

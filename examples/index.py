@@ -32,6 +32,8 @@ class IndexArguments:
     index_type: str = field(default="flat", metadata={"help": "flat (exact), hnsw or ivf"})
     with_title: bool = field(default=True, metadata={"help": "passage text = title + ' ' + text"})
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to push the index folder to"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace an index of another model/corpus/type in --output_dir (refused otherwise)"})
 
 
 def main(args: IndexArguments) -> DenseIndex:
@@ -39,8 +41,8 @@ def main(args: IndexArguments) -> DenseIndex:
     retriever = Retriever(args.retriever, score=args.score)
     out = args.output_dir or str(default_index_dir(retriever, data.corpus, args.index_type, args.with_title))
     start, before = time.perf_counter(), retriever.num_encoded
-    index = DenseIndex.from_corpus(retriever, data.corpus, index_dir=out, index_type=args.index_type,
-                                   with_title=args.with_title)
+    index = DenseIndex.cached(retriever, data.corpus, index_dir=args.output_dir, index_type=args.index_type,
+                              with_title=args.with_title, overwrite=args.overwrite or args.output_dir is None)
     print(json.dumps({"index_dir": out, "passages": len(index), "passages_encoded": retriever.num_encoded - before,
                       "index_type": args.index_type, "seconds": round(time.perf_counter() - start, 1)}))
     if args.push_to_hub:

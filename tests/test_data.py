@@ -52,7 +52,7 @@ def test_corpus_fingerprint_changes_with_text(tmp_path):
         ({"queries": [{"_id": "q1", "text": "x", "answers": "Paris"}]}, r"queries\.jsonl:1: field 'answers'"),
         ({"queries": [{"_id": "q1", "text": "x"}]}, r"queries\.jsonl:1: missing field 'answers'"),
         (
-            {"queries": [{"_id": "q1", "text": "x", "answers": ["a"]}, {"_id": "q1", "text": "y", "answers": ["b"]}]},
+            {"queries": [{"_id": "q1", "text": "x", "answers": ["ax"]}, {"_id": "q1", "text": "y", "answers": ["b"]}]},
             r"queries\.jsonl:2: duplicate query id 'q1' in field '_id'",
         ),
         (

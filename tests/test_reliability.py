@@ -178,7 +178,7 @@ def test_builder_refuses_mismatched_index_and_bad_judges(tiny_st, tiny_retriever
     with pytest.raises(ValueError, match="judge returned .* non-finite values"):
         builder.build(toy_split)
     with pytest.raises(ValueError, match="split: no queries"):
-        RetrievalPreferenceBuilder(retriever, index, toy_corpus, **kw).build(toy_split.head(0))
+        RetrievalPreferenceBuilder(retriever, index, toy_corpus, **kw).build(QASplit([], [], [], []))
 
 
 def test_index_file_truncated_or_corrupt(tmp_path, tiny_st, toy_corpus):

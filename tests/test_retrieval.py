@@ -124,11 +124,14 @@ def test_from_corpus_save_load_and_reuse(tmp_path, tiny_st, toy_corpus):
     r2 = Retriever(tiny_st)
     again = DenseIndex.from_corpus(r2, toy_corpus, index_dir=tmp_path / "idx")
     assert r2.num_encoded == 0 and again.ids == index.ids
-    # a changed corpus is re-encoded
+    # a changed corpus: the folder the user named is not overwritten unless asked; then it is re-encoded
     toy_corpus.texts[0] = "paris is a city"
     toy_corpus2 = type(toy_corpus)(toy_corpus.ids, toy_corpus.texts, toy_corpus.titles)
     r3 = Retriever(tiny_st)
-    DenseIndex.from_corpus(r3, toy_corpus2, index_dir=tmp_path / "idx")
+    with pytest.raises(ValueError, match="another model/corpus/type"):
+        DenseIndex.from_corpus(r3, toy_corpus2, index_dir=tmp_path / "idx")
+    assert r3.num_encoded == 0
+    DenseIndex.from_corpus(r3, toy_corpus2, index_dir=tmp_path / "idx", overwrite=True)
     assert r3.num_encoded == len(toy_corpus2)
 
 

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,18 @@ class Corpus:
                 f"Corpus: ids ({len(self.ids)}), texts ({len(self.texts)}) and titles ({len(self.titles)}) "
                 "must have the same length"
             )
+        for fname, values in (("text", self.texts), ("title", self.titles)):
+            for i, value in enumerate(values):
+                if not isinstance(value, str):
+                    raise ValueError(f"Corpus: field '{fname}' of passage {self.ids[i]!r} must be a string, got "
+                                     f"{type(value).__name__}")
+                if not value.isascii():
+                    try:
+                        value.encode("utf-8")
+                    except UnicodeEncodeError as err:
+                        raise ValueError(f"Corpus: field '{fname}' of passage {self.ids[i]!r} holds a character that "
+                                         f"is not valid Unicode text ({err.reason} at position {err.start}, e.g. a "
+                                         f"lone surrogate from a '\\ud800' escape)") from None
         self._index = {pid: i for i, pid in enumerate(self.ids)}
         if len(self._index) != len(self.ids):
             seen: set[str] = set()
@@ -121,9 +134,20 @@ class QASplit:
         return len(self.ids)
 
     def head(self, n: int | None) -> QASplit:
+        """The first ``n`` queries (None: all). ``n`` must be a positive integer."""
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"max_queries: expected a positive integer or None (all queries), got {n!r}")
         if n is None or n >= len(self):
             return self
         return QASplit(self.ids[:n], self.questions[:n], self.answers[:n], self.gold_ids[:n], self.name)
+
+    def fingerprint(self) -> str:
+        """sha256 over ids, questions, answers and gold passage ids, order included."""
+        h = hashlib.sha256()
+        for row in zip(self.ids, self.questions, self.answers, self.gold_ids):
+            h.update(json.dumps(row, ensure_ascii=True).encode())
+            h.update(b"\n")
+        return h.hexdigest()
 
     @property
     def has_gold_passages(self) -> bool:
@@ -137,7 +161,9 @@ class RAGDataset:
     name: str = ""
 
 
-def _check_answers(value, where: str) -> list[str]:
+def _check_answers(value, where: str, dropped: list | None = None) -> list[str]:
+    """The gold answers of one query, validated. Answers that normalise to nothing (".", "the") are left out and
+    recorded in ``dropped``; a query with no answer left is an error."""
     if isinstance(value, Mapping) and "text" in value:  # SQuAD's {"text": [...], "answer_start": [...]}
         value = value["text"]
     if isinstance(value, str) or not isinstance(value, Sequence):
@@ -145,14 +171,38 @@ def _check_answers(value, where: str) -> list[str]:
     answers = list(value)
     if not answers or not all(isinstance(a, str) and a.strip() for a in answers):
         raise ValueError(f"{where}: field 'answers' must be a non-empty list of non-empty strings, got {answers!r}")
-    return answers
+    from .metrics import normalize_answer
+
+    kept = [a for a in answers if normalize_answer(a)]
+    if not kept:
+        raise ValueError(f"{where}: field 'answers' {answers!r}: every answer is empty after SQuAD normalisation (only "
+                         f"punctuation or articles), so EM would count an empty prediction as right and F1 would be 0")
+    if dropped is not None and len(kept) < len(answers):
+        dropped.append((where, [a for a in answers if not normalize_answer(a)]))
+    return kept
+
+
+def _warn_dropped(dropped: list, source) -> None:
+    if dropped:
+        where, values = dropped[0]
+        logger.warning("%s: %d queries list answers that are empty after SQuAD normalisation (e.g. %s: %r); those "
+                       "answers are ignored, the queries keep their other answers", source, len(dropped), where, values)
+
+
+def _decode(raw: bytes, path: Path, lineno: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1}); "
+                         f"re-encode the file as UTF-8") from None
 
 
 def _read_jsonl(path: Path, required: Sequence[str]):
     if not path.is_file():
         raise ValueError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            line = _decode(raw, path, lineno)
             if not line.strip():
                 continue
             try:
@@ -191,26 +241,33 @@ def _read_qrels(path: Path, query_ids: Mapping[str, int], corpus: Corpus) -> dic
         splits = sorted(p.stem for p in path.parent.glob("*.tsv"))
         raise ValueError(f"{path}: no such qrels file; splits available: {splits}")
     qrels: dict[str, list[str]] = {}
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh, delimiter="\t")
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["query-id", "corpus-id"]:
-            raise ValueError(f"{path}:1: expected the header 'query-id\\tcorpus-id\\tscore', got {header!r}")
-        for lineno, row in enumerate(reader, 2):
-            if not row:
-                continue
-            if len(row) < 2:
-                raise ValueError(f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score', got {row!r}")
-            qid, pid = row[0], row[1]
-            if len(row) > 2 and row[2].strip() and float(row[2]) <= 0:
+    text_lines = [_decode(raw, path, n) for n, raw in enumerate(path.read_bytes().splitlines(keepends=True), 1)]
+    reader = csv.reader(text_lines, delimiter="\t")
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header[:2]] != ["query-id", "corpus-id"]:
+        raise ValueError(f"{path}:1: expected the header 'query-id\\tcorpus-id\\tscore', got {header!r}")
+    for lineno, row in enumerate(reader, 2):
+        if not row:
+            continue
+        if len(row) < 2:
+            raise ValueError(f"{path}:{lineno}: expected 'query-id<TAB>corpus-id<TAB>score', got {row!r}")
+        qid, pid = row[0], row[1]
+        if len(row) > 2 and row[2].strip():
+            try:
+                score = float(row[2])
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: field 'score' must be a number, got {row[2]!r}") from None
+            if not math.isfinite(score):
+                raise ValueError(f"{path}:{lineno}: field 'score' must be a finite number, got {row[2]!r}")
+            if score <= 0:
                 continue  # BEIR: a non-positive score is not a gold passage
-            if qid not in query_ids:
-                raise ValueError(f"{path}:{lineno}: field 'query-id' {qid!r} is not in queries.jsonl")
-            if pid not in corpus:
-                raise ValueError(f"{path}:{lineno}: field 'corpus-id' {pid!r} is not in corpus.jsonl")
-            golds = qrels.setdefault(qid, [])
-            if pid not in golds:
-                golds.append(pid)
+        if qid not in query_ids:
+            raise ValueError(f"{path}:{lineno}: field 'query-id' {qid!r} is not in queries.jsonl")
+        if pid not in corpus:
+            raise ValueError(f"{path}:{lineno}: field 'corpus-id' {pid!r} is not in corpus.jsonl")
+        golds = qrels.setdefault(qid, [])
+        if pid not in golds:
+            golds.append(pid)
     return qrels
 
 
@@ -224,6 +281,7 @@ def load_beir(path: str | os.PathLike, split: str = "test") -> RAGDataset:
     corpus = _load_beir_corpus(root / "corpus.jsonl")
     queries: dict[str, tuple[str, list[str]]] = {}
     lines: dict[str, int] = {}
+    dropped: list = []
     qpath = root / "queries.jsonl"
     for lineno, row in _read_jsonl(qpath, ("_id", "text", "answers")):
         qid = row["_id"]
@@ -232,13 +290,17 @@ def load_beir(path: str | os.PathLike, split: str = "test") -> RAGDataset:
         if not isinstance(row["text"], str) or not row["text"].strip():
             raise ValueError(f"{qpath}:{lineno}: field 'text' must be a non-empty string")
         lines[qid] = lineno
-        queries[qid] = (row["text"], _check_answers(row["answers"], f"{qpath}:{lineno}"))
+        queries[qid] = (row["text"], _check_answers(row["answers"], f"{qpath}:{lineno}", dropped))
+    _warn_dropped(dropped, qpath)
     if split is None:
         ids = list(queries)
         qrels: dict[str, list[str]] = {}
     else:
         qrels = _read_qrels(root / "qrels" / f"{split}.tsv", lines, corpus)
         ids = list(qrels)
+        if not ids:
+            raise ValueError(f"{root / 'qrels' / f'{split}.tsv'}: no query with a gold passage (header only, or only "
+                             f"non-positive scores): the split {split!r} is empty")
     qa = QASplit(
         ids=ids,
         questions=[queries[q][0] for q in ids],
@@ -300,7 +362,10 @@ def load_hf(
     qds = _as_dataset(queries, "queries" if isinstance(queries, (str, os.PathLike)) else None)
     qids = [str(x) for x in _column(qds, query_id_column, "queries")]
     questions = list(_column(qds, question_column, "queries"))
-    answers = [_check_answers(a, f"queries row {i}") for i, a in enumerate(_column(qds, answers_column, "queries"))]
+    dropped: list = []
+    answers = [_check_answers(a, f"queries row {i}", dropped)
+               for i, a in enumerate(_column(qds, answers_column, "queries"))]
+    _warn_dropped(dropped, "queries")
     pos = {}
     for i, q in enumerate(qids):
         if q in pos:
@@ -364,7 +429,9 @@ def load_qa_dataset(
             cids.append(pid)
             ctexts.append(ctx)
             ctitles.append(title or "")
-    answers = [_check_answers(a, f"dataset row {i}") for i, a in enumerate(raw_answers)]
+    dropped: list = []
+    answers = [_check_answers(a, f"dataset row {i}", dropped) for i, a in enumerate(raw_answers)]
+    _warn_dropped(dropped, "dataset")
     return RAGDataset(Corpus(cids, ctexts, ctitles), QASplit(qids, list(questions), answers, gold, name=split))
 
 
@@ -376,4 +443,8 @@ def load_rag_dataset(name_or_path: str | os.PathLike, split: str = "test", **col
         return load_beir(name_or_path, split)
     if os.path.isdir(name_or_path) and not os.listdir(name_or_path):
         raise ValueError(f"{name_or_path}: empty folder; expected corpus.jsonl + queries.jsonl + qrels/ or a datasets folder")
+    beir_parts = [n for n in ("queries.jsonl", "qrels") if os.path.exists(os.path.join(name_or_path, n))]
+    if os.path.isdir(name_or_path) and beir_parts:
+        raise ValueError(f"{name_or_path}: has {' and '.join(beir_parts)} but no corpus.jsonl (the BEIR layout needs "
+                         f"corpus.jsonl + queries.jsonl + qrels/<split>.tsv)")
     return load_qa_dataset(name_or_path, split, **columns)

@@ -16,6 +16,7 @@ import importlib.util
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,13 +102,46 @@ def _folder_problem(path: str | os.PathLike, what: str) -> str | None:
     return None
 
 
+GENERATOR_ARCH_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def _folder_kind(root: Path) -> str | None:
+    """"retriever" or "generator" when the folder's files say which it is, else None (e.g. a plain encoder)."""
+    if (root / "modules.json").is_file():
+        return "retriever"  # a sentence-transformers folder
+    if (root / "adapter_config.json").is_file():
+        try:
+            task = json.loads((root / "adapter_config.json").read_text(encoding="utf-8")).get("task_type")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return "generator" if task in ("CAUSAL_LM", "SEQ_2_SEQ_LM") else None
+    try:
+        config = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    archs = config.get("architectures") if isinstance(config, dict) else None
+    if archs and all(str(a).endswith(GENERATOR_ARCH_SUFFIXES) for a in archs):
+        return "generator"
+    if archs:
+        return "retriever"
+    return None
+
+
 def check_model_folder(path: str | os.PathLike, what: str = "model") -> None:
     """Raise a ``ValueError`` naming what is missing when ``path`` is a folder that does not hold a loadable
-    ``what`` (``"retriever"`` or ``"generator"``); does nothing for a Hub id or a complete folder."""
+    ``what`` (``"retriever"`` or ``"generator"``), or that holds the other kind of model (a causal LM given as the
+    retriever, a sentence-transformers folder given as the generator); does nothing for a Hub id or a fitting
+    folder."""
     if os.path.isdir(path):
         problem = _folder_problem(path, what)
         if problem:
             raise ValueError(f"{what} folder {str(path)!r} is not a model folder: {problem}")
+        kind = _folder_kind(Path(path)) if what in ("retriever", "generator") else None
+        if kind is not None and kind != what:
+            detail = ("a causal language model (config.json architectures end in ForCausalLM) or its adapter"
+                      if kind == "generator" else "an encoder (a sentence-transformers folder or an encoder config)")
+            raise ValueError(f"{what} folder {str(path)!r} holds {detail}, i.e. a {kind}; pass it as the {kind} and "
+                             f"give a {what} here")
 
 
 def _missing_model_error(id_or_path: str, what: str) -> ValueError:
@@ -182,6 +216,8 @@ def _convert_gguf(packaged: PackagedModel, torch_dtype=None) -> Path:
     target = cache_dir() / "models" / packaged.hub_id.replace("/", "--")
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return target
+    if packaged.hub_id in _TEMP_CONVERSIONS:  # converted earlier in this process, the cache being read-only
+        return _TEMP_CONVERSIONS[packaged.hub_id]
     logger.warning("Converting the packaged GGUF %s once into %s (about 20 s)", packaged.gguf_file, target)
     tokenizer = AutoTokenizer.from_pretrained(str(root), gguf_file=packaged.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=packaged.gguf_file)
@@ -189,7 +225,18 @@ def _convert_gguf(packaged: PackagedModel, torch_dtype=None) -> Path:
         # The GGUF quantizer stays attached after dequantisation; save_pretrained and training refuse until removed.
         model.hf_quantizer.remove_quantization_config(model)
     model.config._name_or_path = packaged.hub_id
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
+    except OSError as err:  # a read-only or full cache folder: convert into a private temporary folder instead
+        fallback = Path(tempfile.mkdtemp(prefix="trl_bporag-model-"))
+        logger.warning("Cannot write the converted model to %s (%s); using %s for this process instead. Point "
+                       "TRL_BPORAG_CACHE at a writable folder to keep it between runs", target.parent,
+                       err.strerror or err, fallback)
+        model.save_pretrained(fallback)
+        tokenizer.save_pretrained(fallback)
+        _TEMP_CONVERSIONS[packaged.hub_id] = fallback
+        return fallback
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     try:
@@ -199,6 +246,9 @@ def _convert_gguf(packaged: PackagedModel, torch_dtype=None) -> Path:
 
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+_TEMP_CONVERSIONS: dict[str, Path] = {}
 
 
 def generator_path(id_or_path: str = DEFAULT_GENERATOR) -> str:

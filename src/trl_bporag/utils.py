@@ -19,3 +19,15 @@ def stable_seed(*parts) -> int:
     bytes (little-endian) of sha256 over the parts joined by ``:``."""
     digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little")
+
+
+def check_positive_ints(args, names, optional: bool = False) -> None:
+    """Parse-time check for script arguments: each of ``names`` on ``args`` must be an integer >= 1 (or None when
+    ``optional``). Raises a ``ValueError`` naming the flag (``--name``) and the value."""
+    for name in names:
+        value = getattr(args, name)
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            unset = " or unset (all)" if optional else ""
+            raise ValueError(f"--{name}: expected an integer >= 1{unset}, got {value!r}")

@@ -34,6 +34,8 @@ class ShardedPreferenceBuilder:
     local_stat_keys: tuple[str, ...] = ()
     #: counters reported by ``describe()``
     stat_keys: tuple[str, ...] = ()
+    #: label of the progress bar
+    progress_desc: str = "pairs"
 
     stats: Counter
     query_batch_size: int
@@ -65,24 +67,27 @@ class ShardedPreferenceBuilder:
         from datasets import Dataset
 
         state = distributed_state()
+        data_config = {"split": split.name, "split_fingerprint": split.fingerprint(),
+                       "corpus_fingerprint": self.corpus.fingerprint(self.with_title)}
         split = split.head(max_queries)
         self._check_split(split)
         done: dict[int, tuple[list[dict], dict]] = {}
         shard_dir = Path(output_dir) / "shards" if output_dir is not None else None
         if shard_dir is not None:
-            config = json.dumps(self.describe()["config"], sort_keys=True)
+            config = {"builder": self.describe()["config"], "data": data_config}
             config_path = shard_dir / "config.json"
             if state.is_main_process:
                 shard_dir.mkdir(parents=True, exist_ok=True)
-                if resume and config_path.is_file() and config_path.read_text() != config:
-                    raise ValueError(
-                        f"{shard_dir}: holds a partial build made with another builder configuration; resume with "
-                        f"the same configuration, or pass resume=False (--no_resume) to start over"
-                    )
+                if resume and config_path.is_file():
+                    self._check_resume(shard_dir, config_path, config)
                 if not resume:
-                    for f in shard_dir.glob("rank*.jsonl"):
+                    stale = list(shard_dir.glob("rank*.jsonl"))
+                    if stale:
+                        logger.warning("Starting afresh in %s (resume=False): %d shard files of an earlier build "
+                                       "removed", shard_dir, len(stale))
+                    for f in stale:
                         f.unlink()
-                config_path.write_text(config)
+                config_path.write_text(json.dumps(config, sort_keys=True))
             state.wait_for_everyone()
             done = self._read_shards(shard_dir, split)
             if done and state.is_main_process:
@@ -95,8 +100,12 @@ class ShardedPreferenceBuilder:
                 if fh.read(1) != b"\n":
                     fh.write(b"\n")
         mine: list[tuple[int, list[dict], dict]] = []
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc=self.progress_desc, unit="query", disable=not state.is_main_process)
         for start in range(0, len(todo), self.query_batch_size):
             results = self._process(split, todo[start : start + self.query_batch_size])
+            bar.update(len(results))
             if shard is not None:
                 with shard.open("a", encoding="utf-8") as fh:
                     for pos, rows_q, delta in results:
@@ -105,6 +114,7 @@ class ShardedPreferenceBuilder:
                     fh.flush()
                     os.fsync(fh.fileno())
             mine.extend(results)
+        bar.close()
         if shard_dir is not None:
             state.wait_for_everyone()
             done = self._read_shards(shard_dir, split)
@@ -125,12 +135,34 @@ class ShardedPreferenceBuilder:
                            ", ".join(f"{k} {v}" for k, v in sorted(stats.items())))
         if state.is_main_process:
             if output_dir is not None:
-                dataset.save_to_disk(str(output_dir))
+                # an empty data set needs one (empty) shard file, or load_from_disk cannot read it back
+                dataset.save_to_disk(str(output_dir), num_shards=1 if not rows else None)
                 (Path(output_dir) / "stats.json").write_text(json.dumps(self.describe(), indent=2))
             if push_to_hub:
                 dataset.push_to_hub(push_to_hub)
         state.wait_for_everyone()
         return dataset
+
+    @staticmethod
+    def _check_resume(shard_dir: Path, config_path: Path, config: dict) -> None:
+        """Refuse to resume shards made from other data (split or corpus changed) or another configuration."""
+        try:
+            old = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = None
+        if not isinstance(old, dict) or "data" not in old:  # unreadable, or written before data was recorded
+            old = {"builder": old, "data": None}
+        problems = []
+        if old["data"] != config["data"]:
+            was = old["data"] or {}
+            changed = [key for key in config["data"] if was.get(key) != config["data"][key]] or ["data"]
+            problems.append("other data (" + ", ".join(f"{key} differs" for key in changed) + ")")
+        if json.dumps(old["builder"], sort_keys=True) != json.dumps(config["builder"], sort_keys=True):
+            problems.append("another builder configuration")
+        if problems:
+            raise ValueError(f"{shard_dir}: holds a partial build made from {' and '.join(problems)}; resuming "
+                             f"would mix stale pairs into this build. Use another output folder, or pass "
+                             f"resume=False (--no_resume / --overwrite) to start afresh")
 
     @staticmethod
     def _gather(mine, state):
@@ -169,6 +201,17 @@ def load_pairs(name: str | os.PathLike, config: str | None = None, train_split: 
         data = load_from_disk(name)
     else:
         data = load_dataset(name, name=config)
+    empty = [split for split, part in (data.items() if isinstance(data, DatasetDict) else [(None, data)])
+             if len(part) == 0]
+    if empty:
+        stats = os.path.join(name, "stats.json")
+        hint = ""
+        if os.path.isfile(stats):
+            with open(stats, encoding="utf-8") as fh:
+                hint = f"; the builder's counts ({stats}): {json.load(fh).get('stats')}"
+        where = f"{name}" + (f" (split {empty[0]!r})" if empty[0] is not None else "")
+        raise ValueError(f"{where}: holds no preference pairs, nothing to train on{hint}. Build more pairs (more "
+                         f"queries, more perturbations or samples) before training")
     if isinstance(data, Dataset):
         if need_eval:
             parts = data.train_test_split(test_size=eval_fraction, seed=0)

