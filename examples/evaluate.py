@@ -23,6 +23,7 @@ from trl import TrlParser
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, RAGPipeline, load_generator, load_rag_dataset
 from trl_bporag.retrieval import DenseIndex, Retriever
 from trl_bporag.retrieval.index import default_index_dir
+from trl_bporag.utils import check_positive_ints
 
 
 @dataclass
@@ -37,6 +38,8 @@ class EvalArguments:
     score: str = field(default="cos", metadata={"help": "cos (normalised embeddings) or dot"})
     index_type: str = field(default="flat", metadata={"help": "flat (exact), hnsw or ivf"})
     index_dir: str | None = field(default=None, metadata={"help": "index cache folder (default: under the cache dir)"})
+    overwrite_index: bool = field(default=False, metadata={
+        "help": "replace an index of another model/corpus/type in --index_dir (refused otherwise)"})
     with_title: bool = field(default=True, metadata={"help": "passage text = title + ' ' + text"})
     max_queries: int | None = field(default=None, metadata={"help": "evaluate only the first N queries"})
     batch_size: int = field(default=8, metadata={"help": "generation batch size"})
@@ -45,6 +48,10 @@ class EvalArguments:
     max_passage_tokens: int = field(default=192, metadata={"help": "each passage is cut to this many tokens"})
     output_dir: str = field(default="runs/eval")
     save_predictions: bool = field(default=True, metadata={"help": "write predictions.jsonl"})
+
+    def __post_init__(self):
+        check_positive_ints(self, ('k', 'batch_size', 'max_new_tokens'))
+        check_positive_ints(self, ('max_queries',), optional=True)
 
 
 def markdown_table(args: EvalArguments, result: dict) -> str:
@@ -67,8 +74,8 @@ def main(args: EvalArguments) -> dict:
     retriever = Retriever(args.retriever, score=args.score)
     index_dir = args.index_dir or str(default_index_dir(retriever, data.corpus, args.index_type, args.with_title))
     before = retriever.num_encoded
-    index = DenseIndex.from_corpus(retriever, data.corpus, index_dir=index_dir, index_type=args.index_type,
-                                   with_title=args.with_title)
+    index = DenseIndex.cached(retriever, data.corpus, index_dir=args.index_dir, index_type=args.index_type,
+                              with_title=args.with_title, overwrite=args.overwrite_index or args.index_dir is None)
     encoded = retriever.num_encoded - before
     gen, tok = (None, None) if args.retrieval_only else load_generator(
         args.generator, torch_dtype=args.generator_dtype

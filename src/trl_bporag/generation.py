@@ -138,9 +138,12 @@ def generate(
     seed: int | None = None,
     clean: bool = True,
     sample_seeds: Sequence[int] | None = None,
+    progress: str | None = None,
     **generate_kwargs,
 ) -> list[str] | list[list[str]]:
     """Batched generation with left padding; prompts are grouped by length and answers come back in input order.
+
+    ``progress``: a description for a tqdm progress bar over the prompts (None: no bar).
 
     ``generate_kwargs`` go to ``model.generate`` (``do_sample``, ``num_beams``, ``temperature``, ``top_p``...;
     default greedy). With ``num_return_sequences > 1`` each entry is a list of that many answers.
@@ -182,6 +185,11 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     out: list = [None] * len(prompts)
     device = next(model.parameters()).device
+    bar = None
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(order), desc=progress, unit="answer")
     with _left_padding(tokenizer):
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
@@ -206,6 +214,10 @@ def generate(
             for j, i in enumerate(idx):
                 chunk = texts[j * num_return_sequences : (j + 1) * num_return_sequences]
                 out[i] = chunk if num_return_sequences > 1 else chunk[0]
+            if bar is not None:
+                bar.update(len(idx))
+    if bar is not None:
+        bar.close()
     if row_seeds is not None and n_out > 1:
         out = [out[i : i + n_out] for i in range(0, len(out), n_out)]
     return out

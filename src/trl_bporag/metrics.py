@@ -25,6 +25,8 @@ __all__ = [
     "recall_at_k",
     "retrieval_metrics",
     "answer_metrics",
+    "per_query_metrics",
+    "paired_bootstrap_ci",
     "load_metric",
 ]
 
@@ -142,6 +144,79 @@ def answer_metrics(predictions: Sequence[str], answers: Sequence[Sequence[str]])
     em = sum(qa_exact_match(p, a) for p, a in zip(predictions, answers)) / len(predictions)
     f1 = sum(qa_f1(p, a) for p, a in zip(predictions, answers)) / len(predictions)
     return {"exact_match": em, "f1": f1}
+
+
+def per_query_metrics(
+    retrieved_ids: Sequence[Sequence[str]] | None = None,
+    gold_ids: Sequence[Sequence[str]] | None = None,
+    passages: Sequence[Sequence[str]] | None = None,
+    answers: Sequence[Sequence[str]] | None = None,
+    predictions: Sequence[str] | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+) -> dict[str, list[float]]:
+    """One value per query for each metric that the inputs allow: ``recall@k`` (retrieved + gold ids),
+    ``answer_hit@k`` (passages + answers), ``exact_match`` and ``f1`` (predictions + answers). Their means are the
+    corpus-level metrics of :func:`retrieval_metrics` / :func:`answer_metrics`; the lists are what
+    :func:`paired_bootstrap_ci` resamples."""
+    out: dict[str, list[float]] = {}
+    for k in ks:
+        _check_k(k)
+        if retrieved_ids is not None and gold_ids is not None:
+            out[f"recall@{k}"] = [recall_at_k([r], [g], k) for r, g in zip(retrieved_ids, gold_ids)]
+        if passages is not None and answers is not None:
+            out[f"answer_hit@{k}"] = [answer_hit_at_k([p], [a], k) for p, a in zip(passages, answers)]
+    if predictions is not None and answers is not None:
+        if len(predictions) != len(answers):
+            raise ValueError(f"predictions has {len(predictions)} rows but answers has {len(answers)}")
+        out["exact_match"] = [qa_exact_match(p, a) for p, a in zip(predictions, answers)]
+        out["f1"] = [qa_f1(p, a) for p, a in zip(predictions, answers)]
+    return out
+
+
+def paired_bootstrap_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Paired bootstrap confidence interval of ``mean(a) - mean(b)``, where ``a[i]`` and ``b[i]`` are the values of
+    two systems on the same query ``i`` (e.g. per-query F1 from :func:`per_query_metrics`).
+
+    Queries are resampled with replacement ``n_resamples`` times (the same resample for both systems, which keeps the
+    pairing); the interval is the percentile interval of the resampled differences.
+
+    Returns ``{"diff", "low", "high", "n", "significant"}``: ``significant`` is False when the interval contains 0,
+    which is to be reported as "no measurable change".
+
+    Example::
+
+        >>> ci = paired_bootstrap_ci([1, 1, 0, 1], [0, 1, 0, 0])
+        >>> round(ci["diff"], 2)
+        0.5
+    """
+    import numpy as np
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"a and b: expected two equally long lists of per-query values (the same queries in the "
+                         f"same order), got lengths {len(a)} and {len(b)}")
+    if len(x) == 0:
+        raise ValueError("a and b: no queries")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("a and b: per-query values must be finite numbers")
+    if not isinstance(n_resamples, int) or n_resamples < 1:
+        raise ValueError(f"n_resamples: expected a positive integer, got {n_resamples!r}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence: expected a value in (0, 1), got {confidence!r}")
+    d = x - y
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(d), size=(n_resamples, len(d)))
+    means = d[idx].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return {"diff": float(d.mean()), "low": float(low), "high": float(high), "n": int(len(d)),
+            "significant": bool(low > 0 or high < 0)}
 
 
 METRIC_MODULES = Path(__file__).parent / "metrics_modules"

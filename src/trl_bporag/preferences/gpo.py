@@ -79,6 +79,7 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
     """
 
     row_columns = GPO_ROW_COLUMNS
+    progress_desc = "GPO pairs"
     local_stat_keys = ("generations",)
     stat_keys = GPO_STAT_KEYS
 
@@ -290,6 +291,13 @@ def check_dpo_lengths(dataset, tokenizer, max_length: int | None, drop: bool = T
         if column not in dataset.column_names:
             raise ValueError(f"dataset: missing column {column!r} (expected TRL preference rows: prompt, chosen, "
                              f"rejected); has {dataset.column_names}")
+    first = dataset[0] if len(dataset) else None
+    if "chosen_ids" in dataset.column_names or (
+        first is not None and isinstance(first["chosen"], list) and all(isinstance(x, str) for x in first["chosen"])
+    ):
+        raise ValueError("dataset: these are RPO (retriever) pairs: 'chosen' and 'rejected' are lists of passages. "
+                         "They train a retriever with SetDPOTrainer (examples/rpo.py); the generator needs GPO pairs "
+                         "(examples/build_gpo_pairs.py), whose 'chosen'/'rejected' are answers")
     counts = {"rows": len(dataset), "prompt_too_long": 0, "completion_cut": 0}
     if max_length is None or not len(dataset):
         return dataset, counts

@@ -70,6 +70,9 @@ class Retriever:
         passage_prompt: optional string prepended to passages (e.g. E5's ``"passage: "``).
         device: device of a model loaded from an id / path (default: sentence-transformers' choice).
         show_progress_bar: show encoding progress bars (default: sentence-transformers' choice).
+        dtype: ``"bfloat16"`` encodes under bf16 autocast (about 2.4x faster for all-MiniLM-L6-v2 on a CPU, with
+            squad-dev test Recall@1/5 within 0.001 of float32; docs/benchmarks.md); None or ``"float32"``: float32.
+            Indexes record it, so float32 and bf16 indexes of one model are kept apart.
     """
 
     def __init__(
@@ -82,7 +85,11 @@ class Retriever:
         passage_prompt: str | None = None,
         device: str | None = None,
         show_progress_bar: bool | None = None,
+        dtype: str | None = None,
     ):
+        if dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(f"dtype: expected None, 'float32' or 'bfloat16', got {dtype!r}")
+        self.dtype = None if dtype == "float32" else dtype
         if isinstance(model, str):
             from trl_bporag.models import load_retriever
 
@@ -142,6 +149,13 @@ class Retriever:
         self._cache.clear()
         self._fingerprint = None
 
+    def _autocast(self):
+        import contextlib
+
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model.device.type, dtype=getattr(torch, self.dtype))
+
     def encode(self, texts: Sequence[str], batch_size: int | None = None, show_progress_bar: bool | None = None,
                prompt: str | None = None) -> np.ndarray:
         """Embeddings ``[n, d]`` (float32; L2-normalised for ``score="cos"``). Each distinct text is encoded once."""
@@ -155,13 +169,14 @@ class Retriever:
             show = self.show_progress_bar if show_progress_bar is None else show_progress_bar
             if show is None:
                 show = len(missing) > 2000
-            emb = self.model.encode(
-                missing,
-                batch_size=batch_size or self.batch_size,
-                show_progress_bar=show,
-                convert_to_numpy=True,
-                normalize_embeddings=self.normalize,
-            ).astype(np.float32, copy=False)
+            with self._autocast():
+                emb = self.model.encode(
+                    missing,
+                    batch_size=batch_size or self.batch_size,
+                    show_progress_bar=show,
+                    convert_to_numpy=True,
+                    normalize_embeddings=self.normalize,
+                ).astype(np.float32, copy=False)
             self.num_encoded += len(missing)
             new = dict(zip(missing, emb))
             if self.cache_size:

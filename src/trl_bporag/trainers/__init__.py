@@ -1,6 +1,6 @@
 """Trainers: set-level DPO for dense retrievers (the RPO step of BPO-RAG), and helpers around stock DPO for GPO."""
 
-from .gpo import add_bporag_card, gpo_defaults, write_bporag_config
+from .gpo import GPO_MAX_LENGTH, add_bporag_card, gpo_defaults, gpo_lora_config, write_bporag_config
 from .set_dpo_config import SUPPORTED_LOSS_TYPES, SetDPOConfig
 from .set_dpo_trainer import DataCollatorForSetPreference, SetDPOTrainer, set_dpo_loss
 
@@ -10,7 +10,9 @@ __all__ = [
     "SetDPOConfig",
     "SetDPOTrainer",
     "add_bporag_card",
+    "GPO_MAX_LENGTH",
     "gpo_defaults",
+    "gpo_lora_config",
     "set_dpo_loss",
     "write_bporag_config",
 ]
