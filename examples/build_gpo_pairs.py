@@ -22,7 +22,7 @@ from trl import TrlParser
 
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, DenseIndex, Retriever, load_generator, load_rag_dataset
 from trl_bporag.preferences import GenerationPreferenceBuilder
-from trl_bporag.utils import check_positive_ints, distributed_state
+from trl_bporag.utils import check_positive_ints, distributed_state, quiet_known_warnings
 
 
 @dataclass
@@ -76,6 +76,7 @@ def main(args: GPOBuildArguments):
 
 
 if __name__ == "__main__":
+    quiet_known_warnings()
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"))
     (build_args,) = TrlParser((GPOBuildArguments,)).parse_args_and_config()
     main(build_args)

@@ -22,7 +22,7 @@ from trl import TrlParser
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, DenseIndex, Retriever, load_generator, load_rag_dataset
 from trl_bporag.hub import push_pairs_to_hub
 from trl_bporag.preferences import RetrievalPreferenceBuilder
-from trl_bporag.utils import check_positive_ints, distributed_state
+from trl_bporag.utils import check_positive_ints, distributed_state, quiet_known_warnings
 
 
 @dataclass
@@ -84,6 +84,7 @@ def main(args: BuildArguments):
 
 
 if __name__ == "__main__":
+    quiet_known_warnings()
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"))
     (build_args,) = TrlParser((BuildArguments,)).parse_args_and_config()
     main(build_args)

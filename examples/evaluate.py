@@ -23,7 +23,7 @@ from trl import TrlParser
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, RAGPipeline, load_generator, load_rag_dataset
 from trl_bporag.retrieval import DenseIndex, Retriever
 from trl_bporag.retrieval.index import default_index_dir
-from trl_bporag.utils import check_positive_ints
+from trl_bporag.utils import check_positive_ints, quiet_known_warnings
 
 
 @dataclass
@@ -106,6 +106,7 @@ def main(args: EvalArguments) -> dict:
 
 
 if __name__ == "__main__":
+    quiet_known_warnings()
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"))
     (eval_args,) = TrlParser((EvalArguments,)).parse_args_and_config()
     main(eval_args)

@@ -28,6 +28,7 @@ from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments, TrlParser, 
 from trl_bporag import DEFAULT_GENERATOR, load_generator
 from trl_bporag.preferences import check_dpo_lengths, load_pairs, read_bporag_config
 from trl_bporag.trainers import add_bporag_card, gpo_defaults
+from trl_bporag.utils import quiet_known_warnings
 
 logger = logging.getLogger("gpo")
 
@@ -78,6 +79,7 @@ def make_parser() -> TrlParser:
 
 
 if __name__ == "__main__":
+    quiet_known_warnings()
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"))
     script_args, training_args, model_args = make_parser().parse_args_and_config()
     main(script_args, training_args, model_args)

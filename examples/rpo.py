@@ -20,6 +20,7 @@ from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from trl_bporag import DEFAULT_RETRIEVER, SetDPOConfig, SetDPOTrainer
 from trl_bporag.preferences import load_pairs
+from trl_bporag.utils import quiet_known_warnings
 
 
 @dataclass
@@ -73,6 +74,7 @@ def main(script_args, training_args, model_args):
 
 
 if __name__ == "__main__":
+    quiet_known_warnings()
     parser = TrlParser((RPOScriptArguments, SetDPOConfig, ModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config()
     main(script_args, training_args, model_args)

@@ -31,3 +31,21 @@ def check_positive_ints(args, names, optional: bool = False) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             unset = " or unset (all)" if optional else ""
             raise ValueError(f"--{name}: expected an integer >= 1{unset}, got {value!r}")
+
+
+KNOWN_HARMLESS_WARNINGS = (
+    # transformers' rename of gradient checkpointing, raised by TRL's and PEFT's own calls on our path
+    (FutureWarning, r"`(is_)?gradient_checkpointing` is deprecated"),
+    # PEFT looks the base model's config up on the Hub when saving an adapter, to see whether the vocabulary was
+    # resized; GPO never resizes it, and offline the look-up can only fail
+    (UserWarning, r"Could not find a config file in .* will assume that the vocabulary was not modified"),
+    (UserWarning, r"Unable to fetch remote file due to the following error"),
+)
+
+
+def quiet_known_warnings() -> None:
+    """Silence the dependency warnings listed in :data:`KNOWN_HARMLESS_WARNINGS` (for the example scripts)."""
+    import warnings
+
+    for category, pattern in KNOWN_HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern, category=category)
