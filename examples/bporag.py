@@ -261,11 +261,14 @@ def gpo_train(args, pairs, retriever_path: str, out: Path) -> str:
                   "reward_accuracy": round(h.get("rewards/accuracies", float("nan")), 3),
                   "reward_margin": round(h.get("rewards/margins", float("nan")), 3)}
                  for h in trainer.state.log_history if "loss" in h]
+        train_loss = next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h),
+                          float("nan"))
         summary = {"train_pairs": len(pairs), "held_out_pairs": len(held) if held is not None else 0,
-                   "steps": trainer.state.global_step, "curve": curve,
+                   "steps": trainer.state.global_step, "train_loss": round(train_loss, 4), "curve": curve,
                    "held_out": {k: round(v, 4) for k, v in held_out.items() if isinstance(v, float)}}
         (out / "train_curve.json").write_text(json.dumps(summary, indent=2))
-        LOG(f"GPO: adapter saved to {out}; {len(pairs)} pairs, {trainer.state.global_step} steps")
+        LOG(f"GPO: adapter saved to {out}; {len(pairs)} pairs, {trainer.state.global_step} steps, mean training "
+            f"loss {train_loss:.3f}")
         for point in curve:
             LOG(f"  step {point['step']:>4}: loss {point['loss']:.3f}, reward accuracy "
                 f"{point['reward_accuracy']:.2f}, margin {point['reward_margin']:.2f}")
@@ -367,9 +370,9 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: Path) -> bool:
+def plot(results: dict, path: Path) -> dict | None:
     """Bars with their values and 95% bootstrap error bars; a metric that is 0 in every row is left out (and named
-    in the title)."""
+    in the title). Returns the metrics drawn per data set (None without matplotlib)."""
     try:
         import matplotlib
 
@@ -377,13 +380,15 @@ def plot(results: dict, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         logging.getLogger("bporag").warning("matplotlib is not installed (pip install matplotlib): no results.png")
-        return False
+        return None
     datasets = list(dict.fromkeys(r["dataset"] for r in results["rows"]))
     fig, axes = plt.subplots(1, len(datasets), figsize=(8 * len(datasets), 4.5), squeeze=False)
+    drawn = {}
     for ax, name in zip(axes[0], datasets):
         rows = [r for r in results["rows"] if r["dataset"] == name]
         shown = [m for m in TABLE_METRICS if any(r.get(m, 0.0) for r in rows)]
         zero = [m for m in TABLE_METRICS if m not in shown and all(m in r for r in rows)]
+        drawn[name] = shown
         width = 0.8 / len(rows)
         for j, r in enumerate(rows):
             xs = [i + j * width for i in range(len(shown))]
@@ -402,7 +407,7 @@ def plot(results: dict, path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return True
+    return drawn
 
 
 def main(args: BPORAGArguments) -> dict:

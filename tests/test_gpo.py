@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -308,7 +309,21 @@ def test_bporag_end_to_end_with_tiny_models(tmp_path, tiny_retriever_dir, tiny_g
         assert (out / name).is_file(), name
     assert json.loads((out / "generator-gpo" / "bporag_config.json").read_text())["retriever"] == str(
         out / "retriever-rpo")
-    assert "| qa_test | BPO-RAG | 5 |" in (out / "results.md").read_text()
+    table = (out / "results.md").read_text()
+    assert "| qa_test | BPO-RAG | 5 |" in table and "paired bootstrap 95% CI" in table
+    assert "no measurable change" in table or "measurable differences from vanilla" in table
+    # every row but vanilla carries the paired CI of its difference from vanilla, for every metric
+    for r in results["rows"][1:]:
+        for metric in ("recall@1", "answer_hit@5", "f1", "exact_match"):
+            ci = r["ci_vs_vanilla"][metric]
+            assert ci["low"] <= ci["diff"] <= ci["high"] and ci["n"] == 5
+            assert ci["diff"] == pytest.approx(r[metric] - rows["vanilla"][metric], abs=1e-3)
+    assert rows["+GPO"]["ci_vs_vanilla"]["recall@5"]["diff"] == 0  # same retriever as vanilla
+    assert [s["stage"] for s in results["stages"]] == ["RPO pairs", "RPO training", "GPO pairs (gpo-pairs)",
+                                                       "GPO training (generator-gpo)", "evaluation"]
+    assert all(s["peak_rss_gib"] > 0 for s in results["stages"]) and results["peak_rss_gib"] > 0
+    curve = json.loads((out / "generator-gpo" / "train_curve.json").read_text())
+    assert curve["steps"] >= 1 and math.isfinite(curve["train_loss"]) and curve["train_pairs"] >= 1
     stamp = (out / "generator-gpo" / "adapter_model.safetensors").stat().st_mtime_ns
     bporag.main(args)  # the rerun reuses every artifact
     assert (out / "generator-gpo" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
@@ -322,6 +337,31 @@ def test_bporag_end_to_end_with_tiny_models(tmp_path, tiny_retriever_dir, tiny_g
     assert json.loads((ablation / "bporag_config.json").read_text())["retriever"] == tiny_retriever_dir
     assert (out / "gpo-pairs-base-retriever" / "stats.json").is_file()
     assert (out / "generator-gpo" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_bporag_table_and_chart_show_cis_and_leave_out_all_zero_metrics(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    import bporag
+
+    from trl_bporag.metrics import paired_bootstrap_ci
+
+    per = {"vanilla": {"recall@1": [0, 1, 0, 1] * 10, "exact_match": [0] * 40, "f1": [0.1] * 40},
+           "+RPO": {"recall@1": [1, 1, 1, 1] * 10, "exact_match": [0] * 40, "f1": [0.1] * 39 + [0.2]}}
+    rows = []
+    for name, values in per.items():
+        row = {"dataset": "toy", "row": name, "queries": 40, **{m: sum(v) / 40 for m, v in values.items()},
+               "ci_of_mean": {m: [0.0, 1.0] for m in values}}
+        if name != "vanilla":
+            row["ci_vs_vanilla"] = {m: paired_bootstrap_ci(v, per["vanilla"][m]) for m, v in values.items()}
+        rows.append(row)
+    results = {"rows": rows}
+    table = bporag.markdown(results)
+    assert "| toy | +RPO | 40 | 1.000 (**+0.500 [+" in table  # recall@1: 20 of 40 queries gained, CI excludes 0
+    assert "measurable differences from vanilla: +RPO recall@1 +0.500." in table
+    assert "0.103 (+0.003 [+0.000, +0.008])" in table  # one query's F1 gain: within noise, not bold
+    drawn = bporag.plot(results, tmp_path / "results.png")
+    assert drawn == {"toy": ["recall@1", "f1"]} and (tmp_path / "results.png").stat().st_size > 0
 
 
 def test_stock_dpo_trainer_push_sends_adapter_card_and_bporag_config(tmp_path, tiny_generator_dir, fake_hub):
