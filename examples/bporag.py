@@ -44,6 +44,7 @@ from trl_bporag import (
 from trl_bporag.metrics import paired_bootstrap_ci
 from trl_bporag.monitor import StageLog
 from trl_bporag.preferences import GenerationPreferenceBuilder, RetrievalPreferenceBuilder, check_dpo_lengths
+from trl_bporag.report import plot_results, results_markdown
 from trl_bporag.trainers import GPO_MAX_LENGTH, add_bporag_card, gpo_defaults, gpo_lora_config
 from trl_bporag.utils import quiet_known_warnings
 
@@ -288,7 +289,6 @@ def _cuda() -> bool:
 ROW_SPECS = {"vanilla": ("base", "base"), "+RPO": ("rpo", "base"), "+GPO": ("base", "gpo_ablation"),
              "BPO-RAG": ("rpo", "gpo")}
 ROWS = tuple(ROW_SPECS)
-TABLE_METRICS = ("recall@1", "recall@5", "recall@10", "answer_hit@5", "exact_match", "f1")
 
 
 def evaluate_rows(args, retrievers: dict, generators: dict) -> dict:
@@ -338,78 +338,6 @@ def evaluate_rows(args, retrievers: dict, generators: dict) -> dict:
     return {"rows": results, "args": asdict(args)}
 
 
-def _cell(r: dict, metric: str) -> str:
-    if metric not in r:
-        return "-"
-    ci = r.get("ci_vs_vanilla", {}).get(metric)
-    if ci is None:
-        return f"{r[metric]:.3f}"
-    star = "**" if ci["significant"] else ""
-    return f"{r[metric]:.3f} ({star}{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]{star})"
-
-
-def markdown(results: dict) -> str:
-    """The table (each non-vanilla cell: value (difference from vanilla [95% CI])) and, in words, which differences
-    are measurable."""
-    cols = [c for c in TABLE_METRICS if any(c in r for r in results["rows"])]
-    lines = ["| dataset | row | queries | " + " | ".join(cols) + " |", "|---|---|---|" + "---|" * len(cols)]
-    for r in results["rows"]:
-        lines.append(f"| {r['dataset']} | {r['row']} | {r['queries']} | "
-                     + " | ".join(_cell(r, c) for c in cols) + " |")
-    lines.append("")
-    lines.append("Cells of the rows other than vanilla: value (difference from vanilla [paired bootstrap 95% CI]); "
-                 "**bold**: the CI excludes 0.")
-    for name in dict.fromkeys(r["dataset"] for r in results["rows"]):
-        measurable = [f"{r['row']} {m} {ci['diff']:+.3f}" for r in results["rows"] if r["dataset"] == name
-                      for m, ci in r.get("ci_vs_vanilla", {}).items() if m in cols and ci["significant"]]
-        if measurable:
-            lines.append(f"- {name}: measurable differences from vanilla: {'; '.join(measurable)}. Every other "
-                         f"difference is within noise (no measurable change).")
-        else:
-            lines.append(f"- {name}: every difference from vanilla is within noise (no measurable change).")
-    return "\n".join(lines) + "\n"
-
-
-def plot(results: dict, path: Path) -> dict | None:
-    """Bars with their values and 95% bootstrap error bars; a metric that is 0 in every row is left out (and named
-    in the title). Returns the metrics drawn per data set (None without matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logging.getLogger("bporag").warning("matplotlib is not installed (pip install matplotlib): no results.png")
-        return None
-    datasets = list(dict.fromkeys(r["dataset"] for r in results["rows"]))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(8 * len(datasets), 4.5), squeeze=False)
-    drawn = {}
-    for ax, name in zip(axes[0], datasets):
-        rows = [r for r in results["rows"] if r["dataset"] == name]
-        shown = [m for m in TABLE_METRICS if any(r.get(m, 0.0) for r in rows)]
-        zero = [m for m in TABLE_METRICS if m not in shown and all(m in r for r in rows)]
-        drawn[name] = shown
-        width = 0.8 / len(rows)
-        for j, r in enumerate(rows):
-            xs = [i + j * width for i in range(len(shown))]
-            values = [r[m] for m in shown]
-            err = [[v - r["ci_of_mean"][m][0] for m, v in zip(shown, values)],
-                   [r["ci_of_mean"][m][1] - v for m, v in zip(shown, values)]]
-            bars = ax.bar(xs, values, width, yerr=err, capsize=2, label=r["row"])
-            ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shown))], shown)
-        ax.set_ylim(0, 1.05)
-        title = f"{name} ({rows[0]['queries']} queries; error bars: 95% bootstrap CI)"
-        if zero:
-            title += f"\nnot shown, 0 in every row: {', '.join(zero)}"
-        ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return drawn
-
-
 def main(args: BPORAGArguments) -> dict:
     start = time.perf_counter()
     LOG.stages.clear()
@@ -448,9 +376,9 @@ def main(args: BPORAGArguments) -> dict:
         results["total_seconds"] = round(time.perf_counter() - start, 1)
         results["peak_rss_gib"] = LOG.peak_gib()
         (out / "results.json").write_text(json.dumps(results, indent=2))
-        table = markdown(results)
+        table = results_markdown(results)
         (out / "results.md").write_text(table)
-        if args.plot and plot(results, out / "results.png"):
+        if args.plot and plot_results(results, out / "results.png"):
             LOG(f"chart: {out / 'results.png'}")
         print(table)
     LOG(f"done in {time.perf_counter() - start:.0f} s, peak memory {LOG.peak_gib():.2f} GiB; outputs in {out}")
