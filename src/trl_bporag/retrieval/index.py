@@ -8,7 +8,6 @@ twice.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -19,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .storage import INDEX_FILE, META_FILE, folder_lock, read_meta, sha256, temp_name
+
 logger = logging.getLogger(__name__)
 
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 FORMAT_VERSION = 1
-INDEX_FILE = "index.faiss"
-META_FILE = "metadata.json"
 
 
 def _faiss():
@@ -48,55 +47,6 @@ def default_index_dir(retriever, corpus, index_type: str = "flat", with_title: b
     return cache_dir() / "indexes" / (
         f"{corpus.fingerprint(with_title)[:12]}-{retriever.fingerprint()[:12]}-{index_type}{precision}"
     )
-
-
-def _temp_name(folder: Path, name: str) -> Path:
-    """A fresh temporary file name next to ``folder/name`` (unique per process and call)."""
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    return Path(tmp)
-
-
-def _folder_lock(folder: Path):
-    """An inter-process lock on ``folder`` (``folder/.lock``); a no-op where the folder cannot be written."""
-    import contextlib
-
-    from filelock import FileLock
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock_path = folder / ".lock"
-        lock_path.touch(exist_ok=True)
-    except OSError:
-        return contextlib.nullcontext()
-    return FileLock(str(lock_path))
-
-
-def _read_meta(folder: Path) -> dict | str | None:
-    """The metadata of a saved index in ``folder``: None when there is none, the dict when it reads, and a string
-    saying what is wrong when it is damaged."""
-    meta_path, index_path = folder / META_FILE, folder / INDEX_FILE
-    if not meta_path.exists() and not index_path.exists():
-        return None
-    if not meta_path.is_file():
-        return f"{META_FILE} is missing"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        return f"{META_FILE} does not parse ({err})"
-    if not isinstance(meta, dict):
-        return f"{META_FILE} holds a {type(meta).__name__}, not an object"
-    return meta
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class DenseIndex:
@@ -211,8 +161,8 @@ class DenseIndex:
         }
         if index_dir is None:
             return cls._build(retriever, corpus, expect, with_title, index_type, **kwargs)
-        with _folder_lock(Path(index_dir)):  # one process builds; the others wait, then load what it saved
-            meta = _read_meta(Path(index_dir))
+        with folder_lock(Path(index_dir)):  # one process builds; the others wait, then load what it saved
+            meta = read_meta(Path(index_dir))
             if isinstance(meta, dict) and all(meta.get(key) == value for key, value in expect.items()):
                 try:
                     index = cls.load(index_dir, retriever=retriever, corpus=corpus, with_title=with_title,
@@ -309,11 +259,11 @@ class DenseIndex:
         faiss = _faiss()
         out = Path(index_dir)
         out.mkdir(parents=True, exist_ok=True)
-        tmp_index = _temp_name(out, INDEX_FILE)
-        tmp_meta = _temp_name(out, META_FILE)
+        tmp_index = temp_name(out, INDEX_FILE)
+        tmp_meta = temp_name(out, META_FILE)
         try:
             faiss.write_index(self._cpu_index, str(tmp_index))
-            sha = _sha256(tmp_index)
+            sha = sha256(tmp_index)
             meta = {
                 **self.metadata,
                 "format_version": FORMAT_VERSION,
@@ -480,13 +430,13 @@ scores, ids = index.search_ids(retriever.encode_queries(["..."]), k=5)
         meta_path, index_path = root / META_FILE, root / INDEX_FILE
         if not meta_path.is_file() or not index_path.is_file():
             raise ValueError(f"{root}: not a saved DenseIndex (expected {INDEX_FILE} and {META_FILE})")
-        meta = _read_meta(root)
+        meta = read_meta(root)
         if not isinstance(meta, dict):
             raise ValueError(f"{meta_path}: corrupt metadata ({meta})")
         for key in ("index_type", "dim", "ids", "params"):
             if key not in meta:
                 raise ValueError(f"{meta_path}: missing field {key!r}")
-        if verify and meta.get("index_sha256") and _sha256(index_path) != meta["index_sha256"]:
+        if verify and meta.get("index_sha256") and sha256(index_path) != meta["index_sha256"]:
             raise ValueError(f"{index_path}: the file does not match the sha256 in {META_FILE} (truncated or corrupt)")
         cls._check_meta(root, meta, retriever, corpus, with_title)
         try:
