@@ -71,6 +71,10 @@ def main(args: EvalArguments) -> dict:
     data = load_rag_dataset(args.dataset, args.split)
     split = data.split.head(args.max_queries)
     ks = tuple(int(x) for x in args.ks.split(","))
+    too_deep = [x for x in (args.k, *ks) if x > len(data.corpus)]
+    if too_deep:  # before the corpus is encoded
+        raise ValueError(f"--k / --ks: {too_deep} exceed the corpus size of {args.dataset} ({len(data.corpus)} "
+                         f"passages)")
     retriever = Retriever(args.retriever, score=args.score)
     index_dir = args.index_dir or str(default_index_dir(retriever, data.corpus, args.index_type, args.with_title))
     before = retriever.num_encoded

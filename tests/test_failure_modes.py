@@ -304,6 +304,14 @@ def test_script_flags_are_checked_at_parse_time(script, cls, kwargs, message):
         getattr(module, cls)(**kwargs)
 
 
+def test_evaluate_refuses_k_beyond_the_corpus_before_encoding(beir, monkeypatch):
+    evaluate = _example("evaluate")
+    monkeypatch.setattr(evaluate, "Retriever", lambda *a, **k: pytest.fail("the retriever was loaded"))
+    args = evaluate.EvalArguments(dataset=str(beir), k=7, retrieval_only=True)
+    with pytest.raises(ValueError, match=r"--k / --ks: \[7, 10\] exceed the corpus size .* \(6 passages\)"):
+        evaluate.main(args)
+
+
 def test_negative_beta_is_refused_by_the_config():
     from trl_bporag import SetDPOConfig
 
