@@ -67,13 +67,14 @@ class ShardedPreferenceBuilder:
         from datasets import Dataset
 
         state = distributed_state()
-        data_config = {"split": split.name, "split_fingerprint": split.fingerprint(),
-                       "corpus_fingerprint": self.corpus.fingerprint(self.with_title)}
-        split = split.head(max_queries)
+        full_split, split = split, split.head(max_queries)
         self._check_split(split)
         done: dict[int, tuple[list[dict], dict]] = {}
         shard_dir = Path(output_dir) / "shards" if output_dir is not None else None
         if shard_dir is not None:
+            # the data the shards come from: the whole split (so that resuming with more queries is allowed) and corpus
+            data_config = {"split": full_split.name, "split_fingerprint": full_split.fingerprint(),
+                           "corpus_fingerprint": self.corpus.fingerprint(self.with_title)}
             config = {"builder": self.describe()["config"], "data": data_config}
             config_path = shard_dir / "config.json"
             if state.is_main_process:
