@@ -22,6 +22,7 @@ from trl import TrlParser
 
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, DenseIndex, Retriever, load_generator, load_rag_dataset
 from trl_bporag.preferences import GenerationPreferenceBuilder
+from trl_bporag.trainers import GPO_MAX_LENGTH
 from trl_bporag.utils import check_positive_ints, distributed_state, quiet_known_warnings
 
 
@@ -42,8 +43,10 @@ class GPOBuildArguments:
     seed: int = field(default=0)
     batch_size: int = field(default=8, metadata={"help": "generation batch size"})
     max_new_tokens: int = field(default=24)
-    max_passage_tokens: int = field(default=192)
-    max_length: int = field(default=1024, metadata={"help": "the DPOConfig.max_length you will train with"})
+    max_passage_tokens: int = field(default=96, metadata={
+        "help": "each passage is cut to this many tokens (as examples/bporag.py; recorded in stats.json)"})
+    max_length: int = field(default=GPO_MAX_LENGTH, metadata={
+        "help": "the DPOConfig.max_length you will train with (gpo_defaults: 640)"})
     generator_dtype: str = field(default="bfloat16")
     index_dir: str | None = field(default=None)
     no_resume: bool = field(default=False, metadata={"help": "start over instead of resuming"})

@@ -21,6 +21,7 @@ from pathlib import Path
 from trl import TrlParser
 
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, RAGPipeline, load_generator, load_rag_dataset
+from trl_bporag.preferences import read_bporag_config
 from trl_bporag.retrieval import DenseIndex, Retriever
 from trl_bporag.retrieval.index import default_index_dir
 from trl_bporag.utils import check_positive_ints, quiet_known_warnings
@@ -45,13 +46,15 @@ class EvalArguments:
     batch_size: int = field(default=8, metadata={"help": "generation batch size"})
     max_new_tokens: int = field(default=24)
     generator_dtype: str = field(default="bfloat16", metadata={"help": "bfloat16 (about 2x faster on CPU) or float32"})
-    max_passage_tokens: int = field(default=192, metadata={"help": "each passage is cut to this many tokens"})
+    max_passage_tokens: int | None = field(default=None, metadata={
+        "help": "each passage is cut to this many tokens (default: what a GPO adapter's bporag_config.json records, "
+                "else 192)"})
     output_dir: str = field(default="runs/eval")
     save_predictions: bool = field(default=True, metadata={"help": "write predictions.jsonl"})
 
     def __post_init__(self):
         check_positive_ints(self, ('k', 'batch_size', 'max_new_tokens'))
-        check_positive_ints(self, ('max_queries',), optional=True)
+        check_positive_ints(self, ('max_queries', 'max_passage_tokens'), optional=True)
 
 
 def markdown_table(args: EvalArguments, result: dict) -> str:
@@ -64,6 +67,14 @@ def markdown_table(args: EvalArguments, result: dict) -> str:
     row = (f"| {Path(args.dataset).name} | {args.split} | {result['num_queries']} | {args.retriever} | {gen} | "
            + " | ".join(fmt(metrics[c]) for c in cols) + " |")
     return "\n".join([head, sep, row]) + "\n"
+
+
+def passage_tokens(args: EvalArguments) -> int:
+    """--max_passage_tokens, else the cut a GPO adapter was trained with (its bporag_config.json), else 192."""
+    if args.max_passage_tokens is not None:
+        return args.max_passage_tokens
+    aligned = read_bporag_config(args.generator) if os.path.isdir(args.generator) and not args.retrieval_only else None
+    return int((aligned or {}).get("max_passage_tokens") or 192)
 
 
 def main(args: EvalArguments) -> dict:
@@ -86,7 +97,7 @@ def main(args: EvalArguments) -> dict:
     )
     pipe = RAGPipeline(retriever, index, data.corpus, gen, tok, k=args.k, with_title=args.with_title,
                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                       max_passage_tokens=args.max_passage_tokens)
+                       max_passage_tokens=passage_tokens(args))
     result = pipe.evaluate(split, ks=ks, generate_answers=not args.retrieval_only,
                            return_predictions=args.save_predictions)
     predictions = result.pop("predictions", None)
