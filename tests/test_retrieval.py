@@ -206,3 +206,17 @@ def test_cached_index_goes_to_the_shared_cache_folder_and_is_reused(tmp_path, mo
     assert r2.num_encoded == 0  # reused, not re-encoded
     DenseIndex.cached(r2, toy_corpus, index_dir=tmp_path / "elsewhere")  # an explicit folder wins
     assert (tmp_path / "elsewhere" / "index.faiss").is_file() and r2.num_encoded == len(toy_corpus)
+
+
+def test_bf16_encoding_is_close_to_fp32_and_cached_apart(tiny_st, toy_corpus, tmp_path, monkeypatch):
+    from trl_bporag.retrieval.index import default_index_dir
+
+    monkeypatch.setenv("TRL_BPORAG_CACHE", str(tmp_path))
+    fp32, bf16 = Retriever(tiny_st), Retriever(tiny_st, dtype="bfloat16")
+    a, b = fp32.encode_passages(toy_corpus.passages()), bf16.encode_passages(toy_corpus.passages())
+    assert b.dtype == np.float32 and not np.array_equal(a, b)  # computed in bf16...
+    assert np.min(np.sum(a * b, axis=1)) > 0.99  # ...and close (unit vectors: cosine)
+    assert default_index_dir(bf16, toy_corpus) != default_index_dir(fp32, toy_corpus)
+    assert DenseIndex.cached(bf16, toy_corpus).metadata["encode_dtype"] == "bfloat16"
+    with pytest.raises(ValueError, match="dtype: expected None, 'float32' or 'bfloat16'"):
+        Retriever(tiny_st, dtype="float16")
