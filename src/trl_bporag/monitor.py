@@ -32,6 +32,11 @@ def _lifetime_peak() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
+def _peak_so_far() -> int:
+    """The process's peak resident memory so far (the kernel's high-water mark, else ``ru_maxrss``)."""
+    return _status("VmHWM") or _lifetime_peak()
+
+
 def rss_bytes() -> int:
     """Resident memory of this process now (the lifetime peak where /proc is missing)."""
     value = _status("VmRSS")
@@ -90,7 +95,7 @@ class _Sampler:
         gc.collect()
         _trim()
         self.start = rss_bytes()
-        self.hwm_start = _status("VmHWM") or _lifetime_peak()
+        self.hwm_start = _peak_so_far()
         self.peak = self.start
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -106,7 +111,7 @@ class _Sampler:
         self.seconds = time.perf_counter() - self._t0
         self._stop.set()
         self._thread.join()
-        hwm = _status("VmHWM") or _lifetime_peak()
+        hwm = _peak_so_far()
         self.peak = max(self.peak, rss_bytes(), hwm if hwm > self.hwm_start else 0)
         return False
 
@@ -137,23 +142,26 @@ class StageLog:
     @staticmethod
     def peak_gib() -> float:
         """Peak resident memory of this process so far, in GiB."""
-        return round((_status("VmHWM") or _lifetime_peak()) / 2**30, 2)
+        return round(_peak_so_far() / 2**30, 2)
 
-    def stage(self, name: str):
-        log = self
+    def stage(self, name: str) -> _Stage:
+        """A ``with`` block announced as stage ``name``; on success its figures are appended to :attr:`stages`."""
+        return _Stage(self, name)
 
-        class _Stage(_Sampler):
-            def __enter__(self):
-                log(f"{name}: starting")
-                return super().__enter__()
 
-            def __exit__(self, *exc):
-                super().__exit__(*exc)
-                if exc[0] is None:
-                    entry = {"stage": name, "seconds": round(self.seconds, 1),
-                             "peak_rss_gib": round(self.peak / 2**30, 2)}
-                    log.stages.append(entry)
-                    log(f"{name}: done in {self.seconds:.0f} s, peak memory {entry['peak_rss_gib']:.2f} GiB")
-                return False
+class _Stage(_Sampler):
+    def __init__(self, log: StageLog, name: str):
+        super().__init__()
+        self.log, self.name = log, name
 
-        return _Stage()
+    def __enter__(self):
+        self.log(f"{self.name}: starting")
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        if exc[0] is None:
+            entry = {"stage": self.name, "seconds": round(self.seconds, 1), "peak_rss_gib": round(self.peak / 2**30, 2)}
+            self.log.stages.append(entry)
+            self.log(f"{self.name}: done in {self.seconds:.0f} s, peak memory {entry['peak_rss_gib']:.2f} GiB")
+        return False
