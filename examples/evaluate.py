@@ -21,7 +21,7 @@ from pathlib import Path
 from trl import TrlParser
 
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, RAGPipeline, load_generator, load_rag_dataset
-from trl_bporag.preferences import read_bporag_config
+from trl_bporag.artifacts import read_bporag_config
 from trl_bporag.retrieval import DenseIndex, Retriever
 from trl_bporag.retrieval.index import default_index_dir
 from trl_bporag.utils import check_positive_ints, quiet_known_warnings

@@ -26,7 +26,8 @@ import os
 from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from trl_bporag import DEFAULT_GENERATOR, load_generator
-from trl_bporag.preferences import check_dpo_lengths, load_pairs, read_bporag_config
+from trl_bporag.artifacts import read_bporag_config
+from trl_bporag.preferences import check_dpo_lengths, load_pairs
 from trl_bporag.trainers import add_bporag_card, gpo_defaults
 from trl_bporag.utils import quiet_known_warnings
 

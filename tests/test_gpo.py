@@ -15,6 +15,7 @@ from datasets import Dataset, load_from_disk
 from _tiny_generator import build_tiny_generator
 from test_rpo_builder import make_corpus
 from trl_bporag import RAGPipeline, load_generator
+from trl_bporag.artifacts import read_bporag_config
 from trl_bporag.data import QASplit
 from trl_bporag.generation import build_prompt, generate, generate_candidates
 from trl_bporag.preferences import GenerationPreferenceBuilder, check_dpo_lengths
@@ -258,7 +259,9 @@ def test_gpo_script_trains_lora_and_the_pipeline_uses_the_adapter(parts, tmp_pat
     assert res.returncode == 0, res.stderr[-4000:]
     assert (out / "adapter_config.json").is_file()
     config = json.loads((out / "bporag_config.json").read_text())
-    assert config["retriever"] == tiny_retriever_dir and config["k"] == 3
+    # recorded relative to the adapter folder, resolved from it
+    assert config["retriever"] == os.path.relpath(tiny_retriever_dir, out) and config["k"] == 3
+    assert read_bporag_config(out)["retriever"] == os.path.realpath(tiny_retriever_dir)
     card = (out / "README.md").read_text()
     assert "## BPO-RAG" in card and tiny_retriever_dir in card and "| k | `3` |" in card
     assert "DPO" in card  # TRL's own card is kept above our section
@@ -267,7 +270,7 @@ def test_gpo_script_trains_lora_and_the_pipeline_uses_the_adapter(parts, tmp_pat
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # LoRA B starts at zero: the step moved it
     # the pipeline pairs the adapter with the retriever and k it was aligned under
     pipe = RAGPipeline.from_pretrained(generator=str(out), corpus=toy_corpus, cache_index=False)
-    assert pipe.k == 3 and pipe.retriever.model_id == tiny_retriever_dir
+    assert pipe.k == 3 and os.path.realpath(pipe.retriever.model_id) == os.path.realpath(tiny_retriever_dir)
     answer = pipe(toy_split.questions[0])
     assert isinstance(answer["answer"], str) and len(answer["passage_ids"]) == 3
 
@@ -307,8 +310,9 @@ def test_bporag_end_to_end_with_tiny_models(tmp_path, tiny_retriever_dir, tiny_g
                  "generator-gpo/adapter_config.json", "generator-gpo/bporag_config.json", "results.json",
                  "results.md"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "generator-gpo" / "bporag_config.json").read_text())["retriever"] == str(
-        out / "retriever-rpo")
+    # the adapter records its retriever relative to itself (the run folder can move) and resolves it from there
+    assert json.loads((out / "generator-gpo" / "bporag_config.json").read_text())["retriever"] == "../retriever-rpo"
+    assert read_bporag_config(out / "generator-gpo")["retriever"] == os.path.realpath(out / "retriever-rpo")
     table = (out / "results.md").read_text()
     assert "| qa_test | BPO-RAG | 5 |" in table and "paired bootstrap 95% CI" in table
     assert "no measurable change" in table or "measurable differences from vanilla" in table
@@ -334,7 +338,7 @@ def test_bporag_end_to_end_with_tiny_models(tmp_path, tiny_retriever_dir, tiny_g
     ablation = out / "generator-gpo-base-retriever"
     assert rows["+GPO"]["generator"] == str(ablation)
     assert rows["BPO-RAG"]["generator"] == str(out / "generator-gpo")
-    assert json.loads((ablation / "bporag_config.json").read_text())["retriever"] == tiny_retriever_dir
+    assert read_bporag_config(ablation)["retriever"] == os.path.realpath(tiny_retriever_dir)
     assert (out / "gpo-pairs-base-retriever" / "stats.json").is_file()
     assert (out / "generator-gpo" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
 

@@ -85,8 +85,8 @@ class RAGPipeline:
         answers can differ from float32 in rare near-ties); pass ``"float32"`` or None for the model's own dtype."""
         import os
 
+        from .artifacts import BPORAG_CONFIG_NAME, read_bporag_config
         from .models import DEFAULT_RETRIEVER, load_generator
-        from .preferences.gpo import BPORAG_CONFIG_NAME, read_bporag_config
 
         if corpus is None:
             raise ValueError("corpus: a Corpus to retrieve from is required")

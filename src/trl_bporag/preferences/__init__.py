@@ -1,5 +1,5 @@
 from .base import ShardedPreferenceBuilder, load_pairs
-from .gpo import GPO_PAIRINGS, GenerationPreferenceBuilder, check_dpo_lengths, read_bporag_config
+from .gpo import GPO_PAIRINGS, GenerationPreferenceBuilder, check_dpo_lengths
 from .judges import JUDGES, answer_hit_judge, get_judge
 from .rpo import PERTURBATIONS, RECIPES, RetrievalPreferenceBuilder
 
@@ -15,5 +15,4 @@ __all__ = [
     "check_dpo_lengths",
     "get_judge",
     "load_pairs",
-    "read_bporag_config",
 ]

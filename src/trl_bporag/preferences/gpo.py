@@ -23,12 +23,9 @@ with. See :func:`check_dpo_lengths` for data built elsewhere.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from ..data import Corpus
 from ..generation import (
@@ -49,7 +46,6 @@ GPO_PAIRINGS = ("best_worst", "beam_vs_sample")
 GPO_STAT_KEYS = ("queries", "pairs", "ties", "identical", "chosen_beam", "generations", "shortened_prompts")
 GPO_ROW_COLUMNS = ("prompt", "chosen", "rejected", "chosen_f1", "rejected_f1", "chosen_source", "rejected_source",
                    "query_id", "passage_ids")
-BPORAG_CONFIG_NAME = "bporag_config.json"
 
 
 class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
@@ -323,14 +319,3 @@ def check_dpo_lengths(dataset, tokenizer, max_length: int | None, drop: bool = T
             keep = sorted(set(range(len(dataset))) - set(bad))
             dataset = dataset.select(keep)
     return dataset, counts
-
-
-def read_bporag_config(path: str | os.PathLike) -> dict | None:
-    """The BPO-RAG settings saved next to a pairs folder (``stats.json``) or a GPO adapter (``bporag_config.json``)."""
-    path = Path(path)
-    for name in (BPORAG_CONFIG_NAME, "stats.json"):
-        f = path / name
-        if f.is_file():
-            data = json.loads(f.read_text())
-            return data.get("config", data)
-    return None

@@ -1,8 +1,8 @@
 """Trainers: set-level DPO for dense retrievers (the RPO step of BPO-RAG), and helpers around stock DPO for GPO."""
 
-from .gpo import GPO_MAX_LENGTH, add_bporag_card, gpo_defaults, gpo_lora_config, write_bporag_config
+from .gpo import GPO_MAX_LENGTH, add_bporag_card, gpo_defaults, gpo_lora_config, write_bporag_card
 from .set_dpo_config import SUPPORTED_LOSS_TYPES, SetDPOConfig
-from .set_dpo_trainer import DataCollatorForSetPreference, SetDPOTrainer, set_dpo_loss
+from .set_dpo_trainer import DataCollatorForSetPreference, SetDPOTrainer
 
 __all__ = [
     "SUPPORTED_LOSS_TYPES",
@@ -13,6 +13,5 @@ __all__ = [
     "GPO_MAX_LENGTH",
     "gpo_defaults",
     "gpo_lora_config",
-    "set_dpo_loss",
-    "write_bporag_config",
+    "write_bporag_card",
 ]

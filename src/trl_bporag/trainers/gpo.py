@@ -10,11 +10,10 @@ BPO-RAG generator needs around it:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from ..preferences.gpo import BPORAG_CONFIG_NAME
+from ..artifacts import write_bporag_config
 
 CARD_MARKER = "## BPO-RAG (retrieval-augmented generation)"
 
@@ -97,11 +96,11 @@ def bporag_card_section(config: dict[str, Any]) -> str:
     )
 
 
-def write_bporag_config(output_dir: str | Path, config: dict[str, Any]) -> None:
-    """Write ``bporag_config.json`` (retriever, k, prompt settings) and the card section into ``output_dir``."""
+def write_bporag_card(output_dir: str | Path, config: dict[str, Any]) -> None:
+    """Write ``bporag_config.json`` (:func:`trl_bporag.artifacts.write_bporag_config`) and the card section into
+    ``output_dir``."""
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / BPORAG_CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    write_bporag_config(out, config)
     readme = out / "README.md"
     text = readme.read_text() if readme.is_file() else ""
     if CARD_MARKER in text:
@@ -121,7 +120,7 @@ def add_bporag_card(trainer, config: dict[str, Any]):
     def create_model_card(*args, **kwargs):
         original(*args, **kwargs)
         if trainer.is_world_process_zero():
-            write_bporag_config(trainer.args.output_dir, config)
+            write_bporag_card(trainer.args.output_dir, config)
 
     trainer.create_model_card = create_model_card
     trainer.bporag_config = dict(config)
