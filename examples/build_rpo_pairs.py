@@ -32,12 +32,12 @@ class BuildArguments:
     split: str = field(default="train")
     retriever: str = field(default=DEFAULT_RETRIEVER)
     generator: str = field(default=DEFAULT_GENERATOR, metadata={"help": "base generator for the generator_f1 judge"})
-    judge: str = field(default="generator_f1", metadata={"help": "generator_f1 (paper) or answer_hit"})
+    judge: str = field(default="generator_f1", metadata={"help": "generator_f1 (paper), answer_likelihood (graded, no decoding) or answer_hit"})
     k: int = field(default=5)
     top_n: int = field(default=50)
     perturbations: str = field(default="minimal", metadata={"help": "paper | minimal | mixed | comma-separated names"})
     num_perturbations: int = field(default=4)
-    pairing: str = field(default="vs_original", metadata={"help": "vs_original | best_worst"})
+    pairing: str = field(default="vs_original", metadata={"help": "vs_original | best_worst | listwise (one row per query, all judged windows)"})
     max_pairs_per_query: int | None = field(default=None)
     drop_rate: float = field(default=0.3)
     noise_rate: float = field(default=0.3)
@@ -63,7 +63,7 @@ def main(args: BuildArguments):
     with state.main_process_first():  # the main process builds (or reuses) the index, the others load it
         index = DenseIndex.cached(retriever, data.corpus, index_dir=args.index_dir)
     gen = tok = None
-    if args.judge == "generator_f1":
+    if args.judge in ("generator_f1", "answer_likelihood"):
         gen, tok = load_generator(args.generator, torch_dtype=args.generator_dtype,
                                   device=str(state.device))
     perturbations = args.perturbations.split(",") if "," in args.perturbations else args.perturbations

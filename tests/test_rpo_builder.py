@@ -203,3 +203,44 @@ def test_one_and_two_processes_give_the_same_pairs(setup, tmp_path, tiny_retriev
     assert len(list((tmp_path / "two" / "shards").glob("rank*.jsonl"))) == 2  # both processes did work
     one_ds, two_ds = load_from_disk(str(tmp_path / "one")), load_from_disk(str(tmp_path / "two"))
     assert one_ds.num_rows > 0 and one_ds.to_list() == two_ds.to_list()
+
+
+def test_listwise_rows_hold_every_distinct_window_and_its_score(setup):
+    r, index, corpus, split = setup
+    pairwise = RetrievalPreferenceBuilder(r, index, corpus, judge="answer_hit", k=3, top_n=10, num_perturbations=6)
+    listwise = RetrievalPreferenceBuilder(r, index, corpus, judge="answer_hit", k=3, top_n=10, num_perturbations=6,
+                                          pairing="listwise")
+    pairs, rows = pairwise.build(split), listwise.build(split)
+    assert set(rows.column_names) == {"prompt", "lists", "list_ids", "list_scores", "perturbations", "query_id"}
+    for row in rows:
+        windows = [frozenset(w) for w in row["list_ids"]]
+        assert len(set(windows)) == len(windows) >= 2 and len(set(row["list_scores"])) >= 2
+        for ids, score in zip(row["list_ids"], row["list_scores"]):  # the judge's score of that window
+            texts = [corpus.passage(corpus.ids.index(i)) for i in ids]
+            assert score == pytest.approx(answer_hit_judge([row["prompt"]], [split.answers[split.ids.index(
+                row["query_id"])]], [texts])[0])
+        assert row["perturbations"][0] == "original"
+    # every pairwise pair of a query is a (chosen, rejected) combination of that query's listwise windows
+    by_query = {row["query_id"]: {frozenset(w): s for w, s in zip(row["list_ids"], row["list_scores"])}
+                for row in rows}
+    for p in pairs:
+        scores = by_query[p["query_id"]]
+        assert scores[frozenset(p["chosen_ids"])] > scores[frozenset(p["rejected_ids"])]
+
+
+def test_answer_likelihood_judge_scores_windows_with_the_generator(setup, tiny_generator_dir):
+    from trl_bporag.likelihood import answer_log_likelihood
+
+    r, index, corpus, split = setup
+    model, tok = load_generator(tiny_generator_dir)
+    b = RetrievalPreferenceBuilder(r, index, corpus, model, tok, judge="answer_likelihood", k=2, top_n=6,
+                                   num_perturbations=2, max_passage_tokens=16)
+    rows = b.build(split.head(2))
+    assert len(rows) > 0 and b.describe()["stats"]["ties"] == 0  # a graded judge: no ties
+    for row in rows:
+        answers = split.answers[split.ids.index(row["query_id"])]
+        expect = answer_log_likelihood(model, tok, [row["prompt"]] * 2, [row["chosen"], row["rejected"]],
+                                       [answers] * 2, max_passage_tokens=16)
+        assert [row["chosen_score"], row["rejected_score"]] == pytest.approx(expect, abs=1e-4)
+    with pytest.raises(ValueError, match="answer_likelihood"):
+        RetrievalPreferenceBuilder(r, index, corpus, judge="answer_likelihood", top_n=6)

@@ -446,7 +446,7 @@ def test_config_validation(tmp_path):
         make_args(tmp_path, f_divergence_type="forward_kl")
     args = make_args(tmp_path)
     assert args.learning_rate == 2e-5 and args.bf16 is False and args.remove_unused_columns is False
-    assert args.gradient_checkpointing is False and args.loss_type == ["sigmoid"] and args.beta == 0.1
+    assert args.gradient_checkpointing is False and args.loss_type == ["sigmoid"] and args.beta == 10.0
 
 
 @pytest.mark.parametrize("column", ["prompt", "chosen", "rejected"])
@@ -700,3 +700,14 @@ def test_trl_dpo_script_drop_in(tmp_path, tiny_paths, monkeypatch):
     base = SentenceTransformer(tiny_paths[0], device="cpu")
     assert not torch.allclose(trained.encode(P, convert_to_tensor=True), base.encode(P, convert_to_tensor=True))
     assert "k: 2" in (out / "README.md").read_text()
+
+
+def test_model_init_kwargs_reach_the_retriever_loaded_from_a_path(tmp_path, tiny_retriever_dir):
+    pairs = Dataset.from_list([{"prompt": "q", "chosen": ["a"], "rejected": ["b"]}])
+    cfg = SetDPOConfig(output_dir=str(tmp_path / "out"), k=1, report_to=[], use_cpu=True, reference="free",
+                       model_init_kwargs={"dtype": "bfloat16"})
+    trainer = SetDPOTrainer(tiny_retriever_dir, args=cfg, train_dataset=pairs)
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.bfloat16}
+    plain = SetDPOTrainer(tiny_retriever_dir, args=SetDPOConfig(output_dir=str(tmp_path / "o2"), k=1, report_to=[],
+                                                                use_cpu=True, reference="free"), train_dataset=pairs)
+    assert {p.dtype for p in plain.model.parameters()} == {torch.float32}

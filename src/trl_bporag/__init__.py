@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .data import Corpus, QASplit, RAGDataset, load_beir, load_hf, load_qa_dataset, load_rag_dataset
+from .losses import ContrastiveSetLoss, ListwiseSetDPOLoss, SetDPOLoss
 from .metrics import (
     answer_hit_at_k,
     answer_metrics,
@@ -21,6 +22,9 @@ from .retrieval import DenseIndex, Retriever, set_scores
 from .trainers import SetDPOConfig, SetDPOTrainer
 
 __all__ = [
+    "ContrastiveSetLoss",
+    "ListwiseSetDPOLoss",
+    "SetDPOLoss",
     "Corpus",
     "QASplit",
     "RAGDataset",

@@ -4,6 +4,9 @@ A judge is ``judge(questions, answers, windows) -> list[float]`` over a batch; h
 
 * ``"generator_f1"`` (the paper): the base generator answers from the window, scored by token F1 against the golds.
   Needs a generator; built by :class:`~trl_bporag.preferences.RetrievalPreferenceBuilder`.
+* ``"answer_likelihood"``: the base generator's teacher-forced mean log-probability of the best gold answer given
+  the window (:func:`~trl_bporag.generation.answer_log_likelihood`): graded (no ties), one forward pass per window
+  and gold answer, no decoding. Needs a generator; built by the builder.
 * ``"answer_hit"``: fraction of the window's passages that contain a gold answer (no generator; cheap).
 """
 
@@ -21,15 +24,16 @@ def answer_hit_judge(questions, answers, windows) -> list[float]:
     return [sum(has_answer(p, ans) for p in win) / len(win) for ans, win in zip(answers, windows)]
 
 
-JUDGES = ("generator_f1", "answer_hit")
+JUDGES = ("generator_f1", "answer_likelihood", "answer_hit")
 
 
 def get_judge(judge: str | Judge) -> str | Judge:
-    """Validate a judge name or callable (``generator_f1`` is resolved by the builder, which owns the generator)."""
+    """Validate a judge name or callable (``generator_f1`` and ``answer_likelihood`` are resolved by the builder, which
+    owns the generator)."""
     if callable(judge):
         return judge
     if judge == "answer_hit":
         return answer_hit_judge
-    if judge == "generator_f1":
+    if judge in ("generator_f1", "answer_likelihood"):
         return judge
     raise ValueError(f"judge: expected one of {JUDGES} or a callable(questions, answers, windows), got {judge!r}")

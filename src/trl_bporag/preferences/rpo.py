@@ -31,6 +31,7 @@ import numpy as np
 
 from ..data import Corpus, QASplit
 from ..generation import DEFAULT_SYSTEM_PROMPT, build_prompt, generate, generate_candidates
+from ..likelihood import answer_log_likelihood
 from ..metrics import qa_f1
 from ..utils import stable_seed
 from .base import ShardedPreferenceBuilder
@@ -44,9 +45,10 @@ RECIPES = {
     "minimal": ("swap_one", "drop_one"),
     "mixed": ("swap_one", "drop_one", "drop", "shuffle", "noise"),
 }
-PAIRINGS = ("vs_original", "best_worst")
+PAIRINGS = ("vs_original", "best_worst", "listwise")
 STAT_KEYS = ("queries", "lists", "windows_judged", "generations", "pairs", "ties", "degenerate", "duplicates",
              "short_lists")
+LISTWISE_ROW_COLUMNS = ("prompt", "lists", "list_ids", "list_scores", "perturbations", "query_id")
 ROW_COLUMNS = ("prompt", "chosen", "rejected", "chosen_ids", "rejected_ids", "chosen_score", "rejected_score",
                "perturbation", "query_id")
 
@@ -64,14 +66,19 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
         corpus: the :class:`~trl_bporag.data.Corpus`.
         generator: the base generator (needed by the ``generator_f1`` judge).
         tokenizer: its tokenizer.
-        judge: ``"generator_f1"`` (paper), ``"answer_hit"`` or a callable ``(questions, answers, windows) -> scores``.
+        judge: ``"generator_f1"`` (paper), ``"answer_likelihood"`` (the generator's mean log-probability of the best
+            gold answer given the window: graded, one forward pass, no decoding), ``"answer_hit"`` or a callable
+            ``(questions, answers, windows) -> scores``.
         k: window size (the generator reads the first k passages).
         top_n: depth of the original list.
         perturbations: a recipe name (``"paper"``, ``"minimal"``, ``"mixed"``) or a list of perturbation names; the
             perturbed lists cycle through them.
         num_perturbations: perturbed lists per query.
         pairing: ``"vs_original"`` (each perturbed list against the original: several pairs per query) or
-            ``"best_worst"`` (one pair per query: best against worst window, the paper's choice).
+            ``"best_worst"`` (one pair per query: best against worst window, the paper's choice) or ``"listwise"``
+            (one row per query with all its distinct windows and their judge scores, ``{"prompt", "lists",
+            "list_ids", "list_scores", "perturbations", "query_id"}``, for the Plackett–Luce loss; a query whose
+            windows all tie gives no row and counts its lists as ties).
         max_pairs_per_query: keep at most this many pairs per query (None: all).
         order_matters: windows with the same passages in another order are distinct (use with a position-aware set
             score); by default they are degenerate (no gradient under the sum score) and are not emitted.
@@ -131,8 +138,10 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"{name}: expected a value in [0, 1), got {rate}")
         self.judge = get_judge(judge)
-        if self.judge == "generator_f1" and (generator is None or tokenizer is None):
-            raise ValueError("judge 'generator_f1' needs generator= and tokenizer= (or use judge='answer_hit')")
+        if self.judge in ("generator_f1", "answer_likelihood") and (generator is None or tokenizer is None):
+            raise ValueError(f"judge {self.judge!r} needs generator= and tokenizer= (or use judge='answer_hit')")
+        if pairing == "listwise":
+            self.row_columns = LISTWISE_ROW_COLUMNS
         # same passages in the same order; where recorded, the same retriever weights and corpus texts
         index.check_compatible(retriever, corpus)
         self.retriever, self.index, self.corpus = retriever, index, corpus
@@ -220,6 +229,10 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
                                     max_new_tokens=self.max_new_tokens)[0] for p in prompts]
             self.stats["generations"] += len(prompts)
             scores = [qa_f1(o, a) for o, a in zip(outputs, ans)]
+        elif self.judge == "answer_likelihood":
+            scores = answer_log_likelihood(self.generator, self.tokenizer, qs, texts, ans, self.max_passage_tokens,
+                                           self.system_prompt, batch_size=self.batch_size)
+            self.stats["generations"] += len(texts)
         else:
             scores = [float(s) for s in self.judge(qs, ans, texts)]
             if len(scores) != len(texts) or not all(np.isfinite(scores)):
@@ -239,6 +252,8 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
     def pairs_for_query(self, query_id, question, lists, scores) -> list[dict]:
         """Preference rows of one query from its candidate lists (name, rows) and their window scores."""
         k = self.k
+        if self.pairing == "listwise":
+            return self._listwise_row(query_id, question, lists, scores)
         if self.pairing == "vs_original":
             candidates = [(0, j) for j in range(1, len(lists))]
         else:
@@ -275,6 +290,29 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
             rows = rows[: self.max_pairs_per_query]
         self.stats["pairs"] += len(rows)
         return rows
+
+    def _listwise_row(self, query_id, question, lists, scores) -> list[dict]:
+        """One row with all distinct windows of a query and their judge scores (none when they all tie)."""
+        kept, seen = [], set()
+        for (name, rows), score in zip(lists, scores):
+            key = self._window_key(rows[: self.k])
+            if key in seen:
+                self.stats["degenerate"] += 1
+                continue
+            seen.add(key)
+            kept.append((name, rows[: self.k], float(score)))
+        if len({score for _, _, score in kept}) < 2:
+            self.stats["ties"] += len(kept)
+            return []
+        self.stats["pairs"] += 1
+        return [{
+            "prompt": question,
+            "lists": [self._texts(w) for _, w, _ in kept],
+            "list_ids": [[self.corpus.ids[x] for x in w] for _, w, _ in kept],
+            "list_scores": [score for _, _, score in kept],
+            "perturbations": [name for name, _, _ in kept],
+            "query_id": query_id,
+        }]
 
     # -- the whole build ----------------------------------------------------------------------------------------
     def _process(self, split: QASplit, positions: Sequence[int]) -> list[tuple[int, list[dict], dict]]:

@@ -41,7 +41,9 @@ class SetDPOConfig(DPOConfig):
 
     The loss is TRL's DPO loss on the logits β[(s_θ(P+) − s_θ(P−)) − (s_ref(P+) − s_ref(P−))]. All [`trl.DPOConfig`]
     fields are accepted (so `trl/scripts/dpo.py` parses unchanged); those that only make sense for a causal LM
-    (`max_length`, `truncation_mode`, `padding_free`, `pad_to_multiple_of`, `model_init_kwargs`, ...) are ignored.
+    (`max_length`, `truncation_mode`, `padding_free`, `pad_to_multiple_of`, ...) are ignored. `model_init_kwargs` is used
+    when the trainer loads the retriever from an id or path: `revision`, `trust_remote_code` and `cache_folder` go to
+    `SentenceTransformer`, `dtype` and the rest to the transformers model.
 
     Parameters added to [`trl.DPOConfig`]:
         k (`int`, *optional*, defaults to `5`):
@@ -67,14 +69,33 @@ class SetDPOConfig(DPOConfig):
             does for a causal LM (the former `rpo_alpha`), an NLL term on what the chosen list prefers: for each
             passage in the chosen window and not in the rejected one, −log softmax of `contrastive_scale · f(q, ·)`
             over all passages encoded for the batch (the other passages of the chosen window masked out).
+        reference (`str`, *optional*, defaults to `"model"`):
+            `"model"`: the DPO logits subtract the frozen reference's margin (the paper). `"free"`: reference-free,
+            logits = β(s_θ(P+) − s_θ(P−)) (TRL's former `reference_free`); no reference model is kept or run. With
+            minimal pairs the reference term makes every pair pull equally hard at step 0, also those the base
+            retriever already orders right; reference-free pulls hardest on those it orders wrongly.
+        reference_margin_scale (`float`, *optional*):
+            Weight each pair by 2σ(−γ m_ref), with m_ref = s_ref(P+) − s_ref(P−) the reference margin and γ this value:
+            pairs the reference orders wrongly weigh up to 2, those it orders right by a wide margin close to 0 (needs
+            the reference scores, also with `reference="free"`). `None`: all pairs weigh 1.
         skip_shared_passages (`bool`, *optional*, defaults to `True`):
             With the sum score (no `position_weights`), a passage in both the chosen and the rejected window of a
             pair contributes the same f(q, p) to both set scores and cancels in the margin, for the policy and the
             reference alike. It is then not encoded at all: the loss, `rewards/margins` and `rewards/accuracies` are
             exactly those of the full computation, at a fraction of the cost for pairs that differ in few passages.
             `scores/*` and `rewards/chosen|rejected` are then sums over the passages where the two windows differ.
+            The `"sft"` term's negatives are the passages encoded for the batch, so with this option they exclude
+            the passages each pair's windows share (not an approximation of a loss with them: a different negative
+            set, measured in docs/benchmarks.md).
+        beta (`float`, *optional*, defaults to `10.0`):
+            Changed from TRL's 0.1: cosine set-score margins move by tenths, so at β=0.1 the loss stays at log 2
+            (docs/benchmarks.md); β of the order of a contrastive scale (10-20) trains.
 
-    Defaults that differ from [`trl.DPOConfig`]: `learning_rate=2e-5`, `bf16=None` (resolved to `True` only on a CUDA
+    Listwise rows (`lists`, `list_scores`: all judged windows of a query, from
+    `RetrievalPreferenceBuilder(pairing="listwise")`) train with the Plackett–Luce form of `"sigmoid"`
+    ([`~trl_bporag.losses.ListwiseSetDPOLoss`]), alone or with `"sft"`.
+
+    Defaults that differ from [`trl.DPOConfig`]: `beta=10.0`, `learning_rate=2e-5`, `bf16=None` (resolved to `True` only on a CUDA
     device with bf16 support), `gradient_checkpointing` off, `remove_unused_columns=False`, `max_length=None`.
 
     Supported `loss_type` values: `"sigmoid"`, `"hinge"`, `"ipo"`, `"exo_pair"`, `"robust"`, `"discopop"` (the TRL
@@ -110,7 +131,22 @@ class SetDPOConfig(DPOConfig):
         metadata={"help": "Unused by SetDPOTrainer: see `max_query_length` and `max_passage_length`."},
     )
 
+    beta: float = field(
+        default=10.0,
+        metadata={"help": "β of the DPO logits (default 10: cosine set scores move by tenths; TRL's 0.1 stays at "
+                  "log 2)."},
+    )
+
     # Set-DPO parameters
+    reference: str = field(
+        default="model",
+        metadata={"help": "'model' (subtract the frozen reference's margin, the paper) or 'free' (reference-free).",
+                  "choices": ["model", "free"]},
+    )
+    reference_margin_scale: float | None = field(
+        default=None,
+        metadata={"help": "Weight each pair by 2*sigmoid(-scale * reference margin); None: all pairs weigh 1."},
+    )
     k: int = field(
         default=5,
         metadata={"help": "Number of leading passages of each list in the set score (the generator reads k)."},
@@ -176,6 +212,12 @@ class SetDPOConfig(DPOConfig):
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"beta must be a finite number > 0 (a negative beta trains the preference backwards), "
                              f"got {self.beta!r}.")
+        if self.reference not in ("model", "free"):
+            raise ValueError(f"reference must be 'model' or 'free', got {self.reference!r}.")
+        if self.reference_margin_scale is not None and not (
+            isinstance(self.reference_margin_scale, (int, float)) and self.reference_margin_scale > 0
+        ):
+            raise ValueError(f"reference_margin_scale must be a number > 0 or None, got {self.reference_margin_scale!r}.")
         if self.score not in SUPPORTED_SCORES:
             raise ValueError(f"score must be one of {list(SUPPORTED_SCORES)}, got {self.score!r}.")
         if self.position_weights is not None:

@@ -40,127 +40,68 @@ from trl import DPOTrainer
 from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.utils import disable_dropout_in_model
 
-from .set_dpo_config import SUPPORTED_LOSS_TYPES, SetDPOConfig
+from ..losses import ContrastiveSetLoss, ListwiseSetDPOLoss, SetDPOLoss
+from .set_dpo_config import SetDPOConfig
 
 logger = get_logger(__name__)
 
 REF_CHOSEN_COLUMN = "ref_chosen_score"
 REF_REJECTED_COLUMN = "ref_rejected_score"
+REF_LIST_COLUMN = "ref_list_scores"
+LISTS_COLUMN = "lists"
+LIST_SCORES_COLUMN = "list_scores"
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
+LISTWISE_COLUMNS = ("prompt", LISTS_COLUMN, LIST_SCORES_COLUMN)
 TRAINING_ARGS_NAME = "training_args.bin"
 ADAPTER_SUBDIR = "adapter"
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Loss
-# --------------------------------------------------------------------------------------------------------------------
-def set_dpo_per_pair_loss(
-    delta: torch.Tensor,
-    loss_type: str,
-    beta: float,
-    label_smoothing: float = 0.0,
-    discopop_tau: float = 0.05,
-) -> torch.Tensor:
-    """Per-pair loss of one TRL loss type as a function of the margin Δ = (s_θ⁺ − s_ref⁺) − (s_θ⁻ − s_ref⁻).
-
-    The formulas are those of ``trl.DPOTrainer._compute_loss`` (TRL 1.16) with ``delta_score`` = Δ. The one change is
-    ``ipo``: TRL divides each sequence log-ratio by its number of completion tokens; a set score has no tokens, so Δ
-    is used as it is (Eq. 17 of the IPO paper with h = Δ).
-    """
-    if loss_type == "sigmoid":
-        return -F.logsigmoid(beta * delta)
-    if loss_type == "hinge":
-        return torch.relu(1 - beta * delta)
-    if loss_type == "ipo":
-        return (delta - 1 / (2 * beta)) ** 2
-    if loss_type == "exo_pair":
-        epsilon = torch.tensor(label_smoothing, device=delta.device, dtype=delta.dtype)
-        qw = torch.sigmoid(beta * delta)
-        log_qw = F.logsigmoid(beta * delta)
-        log_pw = torch.log1p(-epsilon)
-        ql = torch.sigmoid(-beta * delta)
-        log_ql = F.logsigmoid(-beta * delta)
-        log_pl = torch.log(epsilon)
-        return qw * (log_qw - log_pw) + ql * (log_ql - log_pl)
-    if loss_type == "robust":
-        clean_loss_term = -(1 - label_smoothing) * F.logsigmoid(beta * delta)
-        flipped_loss_term = -label_smoothing * F.logsigmoid(-beta * delta)
-        return (clean_loss_term - flipped_loss_term) / (1 - 2 * label_smoothing)
-    if loss_type == "discopop":
-        logits = delta * beta
-        log_ratio_modulation = torch.sigmoid(logits / discopop_tau)
-        logistic_component = -F.logsigmoid(logits)
-        exp_component = torch.exp(-logits)
-        return logistic_component * (1 - log_ratio_modulation) + exp_component * log_ratio_modulation
-    raise ValueError(f"loss_type={loss_type!r} is not supported. Supported: {list(SUPPORTED_LOSS_TYPES)}.")
-
-
-def set_dpo_loss(
-    chosen_scores: torch.Tensor,
-    rejected_scores: torch.Tensor,
-    ref_chosen_scores: torch.Tensor,
-    ref_rejected_scores: torch.Tensor,
-    beta: float = 0.1,
-    loss_type: str | Sequence[str] = "sigmoid",
-    loss_weights: Sequence[float] | None = None,
-    label_smoothing: float = 0.0,
-    discopop_tau: float = 0.05,
-) -> torch.Tensor:
-    """Batch loss Σ_t w_t mean_b ℓ_t(Δ_b), as TRL combines several loss types (``loss_type`` + ``loss_weights``)."""
-    loss_types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
-    weights = list(loss_weights) if loss_weights is not None else [1.0] * len(loss_types)
-    if len(weights) != len(loss_types):
-        raise ValueError(f"{len(weights)} loss_weights for {len(loss_types)} loss types.")
-    delta = (chosen_scores - ref_chosen_scores) - (rejected_scores - ref_rejected_scores)
-    loss = delta.new_zeros(())
-    for lt, w in zip(loss_types, weights):
-        loss = loss + set_dpo_per_pair_loss(delta, lt, beta, label_smoothing, discopop_tau).mean() * w
-    return loss
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------------------------------
+def _check_window(passages, k: int, name: str, prompt) -> list[str]:
+    """The first k passages of one list, checked: enough of them, all strings, none repeated."""
+    if isinstance(passages, str) or len(passages) < k:
+        n = 1 if isinstance(passages, str) else len(passages)
+        raise ValueError(f"Field {name!r} of an example has {n} passage(s), fewer than k={k} (query: {prompt!r}).")
+    window = list(passages[:k])
+    if not all(isinstance(p, str) for p in window):
+        bad = next(p for p in window if not isinstance(p, str))
+        raise ValueError(f"Field {name!r} of an example holds a {type(bad).__name__}, not a passage text (query: "
+                         f"{prompt!r}).")
+    if len(set(window)) < len(window):
+        dup = next(p for i, p in enumerate(window) if p in window[:i])
+        raise ValueError(f"Field {name!r} of an example repeats the passage {dup[:60]!r} in its first k={k} "
+                         f"(query: {prompt!r}); a list holds distinct passages.")
+    return window
+
+
 @dataclass
 class DataCollatorForSetPreference:
     """Batch RPO rows as raw texts: tokenisation happens in ``compute_loss`` so that each unique passage of a batch is
     encoded once.
 
-    Returns ``{"prompt": [str], "chosen": [[str] * k], "rejected": [[str] * k]}`` and, when every row has them, the
-    float tensors ``ref_chosen_score`` / ``ref_rejected_score``.
+    Pairwise rows give ``{"prompt": [str], "chosen": [[str] * k], "rejected": [[str] * k]}`` and, when every row has
+    them, the float tensors ``ref_chosen_score`` / ``ref_rejected_score``. Listwise rows (``lists``, ``list_scores``)
+    give ``{"prompt", "lists": [[[str] * k] * L_b], "list_scores": [B, L], "list_mask": [B, L]}`` (L the longest
+    row; padding lists repeat the row's first list and are masked) and ``ref_list_scores`` [B, L] when present.
     """
 
     k: int
     with_ref_scores: bool = True
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch: dict[str, Any] = {"prompt": [], "chosen": [], "rejected": []}
+        prompts = []
         for example in examples:
-            prompt = example["prompt"]
-            if not isinstance(prompt, str):
-                raise ValueError(f"The 'prompt' field must be a query string, got {type(prompt).__name__}.")
-            batch["prompt"].append(prompt)
+            if not isinstance(example["prompt"], str):
+                raise ValueError(f"The 'prompt' field must be a query string, got {type(example['prompt']).__name__}.")
+            prompts.append(example["prompt"])
+        if LISTS_COLUMN in examples[0]:
+            return self._listwise(examples, prompts)
+        batch: dict[str, Any] = {"prompt": prompts, "chosen": [], "rejected": []}
+        for example, prompt in zip(examples, prompts):
             for name in ("chosen", "rejected"):
-                passages = example[name]
-                if isinstance(passages, str) or len(passages) < self.k:
-                    n = 1 if isinstance(passages, str) else len(passages)
-                    raise ValueError(
-                        f"Field {name!r} of an example has {n} passage(s), fewer than k={self.k} (query: {prompt!r})."
-                    )
-                window = list(passages[: self.k])
-                if not all(isinstance(p, str) for p in window):
-                    bad = next(p for p in window if not isinstance(p, str))
-                    raise ValueError(
-                        f"Field {name!r} of an example holds a {type(bad).__name__}, not a passage text (query: "
-                        f"{prompt!r})."
-                    )
-                if len(set(window)) < len(window):
-                    dup = next(p for i, p in enumerate(window) if p in window[:i])
-                    raise ValueError(
-                        f"Field {name!r} of an example repeats the passage {dup[:60]!r} in its first k={self.k} "
-                        f"(query: {prompt!r}); a list holds distinct passages."
-                    )
-                batch[name].append(window)
+                batch[name].append(_check_window(example[name], self.k, name, prompt))
         if self.with_ref_scores and all(
             REF_CHOSEN_COLUMN in ex and REF_REJECTED_COLUMN in ex and ex[REF_CHOSEN_COLUMN] is not None
             for ex in examples
@@ -172,10 +113,51 @@ class DataCollatorForSetPreference:
                     raise ValueError(f"Field {column!r} holds NaN or inf in a batch (query: {batch['prompt'][0]!r}).")
         return batch
 
+    def _listwise(self, examples, prompts) -> dict[str, Any]:
+        width = max(len(ex[LISTS_COLUMN]) for ex in examples)
+        lists, scores, mask, refs = [], [], [], []
+        for example, prompt in zip(examples, prompts):
+            windows = [_check_window(w, self.k, LISTS_COLUMN, prompt) for w in example[LISTS_COLUMN]]
+            judged = [float(v) for v in example[LIST_SCORES_COLUMN]]
+            if len(judged) != len(windows) or len(windows) < 2:
+                raise ValueError(f"Field {LIST_SCORES_COLUMN!r} of an example has {len(judged)} scores for "
+                                 f"{len(windows)} lists; a listwise row needs one score per list and >= 2 lists "
+                                 f"(query: {prompt!r}).")
+            pad = width - len(windows)
+            lists.append(windows + [windows[0]] * pad)
+            scores.append(judged + [0.0] * pad)
+            mask.append([True] * len(windows) + [False] * pad)
+            ref = example.get(REF_LIST_COLUMN)
+            refs.append(None if ref is None else [float(v) for v in ref] + [0.0] * pad)
+        batch = {"prompt": prompts, LISTS_COLUMN: lists, LIST_SCORES_COLUMN: torch.tensor(scores),
+                 "list_mask": torch.tensor(mask)}
+        if self.with_ref_scores and all(r is not None for r in refs):
+            batch[REF_LIST_COLUMN] = torch.tensor(refs)
+        return batch
+
+
+class _WeightedLoss(torch.nn.Module):
+    """``weight * loss(...)``, with the wrapped loss's ``needs_reference``."""
+
+    def __init__(self, loss: torch.nn.Module, weight: float):
+        super().__init__()
+        self.loss, self.weight = loss, weight
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.loss.needs_reference
+
+    def forward(self, *args):
+        return self.weight * self.loss(*args)
+
 
 def _has_ref_columns(dataset) -> bool:
     names = getattr(dataset, "column_names", None) or []
-    return REF_CHOSEN_COLUMN in names and REF_REJECTED_COLUMN in names
+    return (REF_CHOSEN_COLUMN in names and REF_REJECTED_COLUMN in names) or REF_LIST_COLUMN in names
+
+
+def _is_listwise(dataset) -> bool:
+    return LISTS_COLUMN in (getattr(dataset, "column_names", None) or [])
 
 
 def _transformer_modules(st_model) -> list:
@@ -185,17 +167,21 @@ def _transformer_modules(st_model) -> list:
 
 
 def _load_retriever(id_or_path: str, args: SetDPOConfig):
-    """Load the retriever with ``trl_bporag.models.load_retriever`` (offline resolution of default ids)."""
-    try:
-        from trl_bporag.models import load_retriever
-    except ImportError:  # the package-level loader is optional: fall back to plain sentence-transformers
-        from sentence_transformers import SentenceTransformer
+    """Load the retriever with ``trl_bporag.models.load_retriever`` (offline resolution of default ids), passing
+    ``args.model_init_kwargs`` on: ``revision``, ``trust_remote_code`` (or ``args.trust_remote_code``) and
+    ``cache_folder`` go to ``SentenceTransformer``; ``dtype``/``torch_dtype`` and anything else go to the underlying
+    transformers model (``model_kwargs``)."""
+    from trl_bporag.models import load_retriever
 
-        kwargs = dict(args.model_init_kwargs or {}) if isinstance(args.model_init_kwargs, dict) else {}
-        return SentenceTransformer(
-            id_or_path, revision=kwargs.get("revision"), trust_remote_code=args.trust_remote_code
-        )
-    return load_retriever(id_or_path)
+    init = dict(args.model_init_kwargs or {}) if isinstance(args.model_init_kwargs, dict) else {}
+    kwargs = {key: init.pop(key) for key in ("revision", "cache_folder", "trust_remote_code") if key in init}
+    if args.trust_remote_code and "trust_remote_code" not in kwargs:
+        kwargs["trust_remote_code"] = True
+    if "torch_dtype" in init:
+        init["dtype"] = init.pop("torch_dtype")
+    if init:
+        kwargs["model_kwargs"] = init
+    return load_retriever(id_or_path, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -329,6 +315,26 @@ class SetDPOTrainer(DPOTrainer):
         self._encode_unique_passages = True
         # Shared passages cancel in the margin under the sum score: skip them (exact loss, less encoding)
         self._skip_shared = bool(getattr(args, "skip_shared_passages", False)) and args.position_weights is None
+        # The objectives (trl_bporag.losses)
+        listwise = _is_listwise(train_dataset)
+        margin_types = [(lt, w) for lt, w in zip(self.loss_types, self.loss_weights) if lt != "sft"]
+        if listwise and [lt for lt, _ in margin_types] not in ([], ["sigmoid"]):
+            raise ValueError(
+                f"loss_type={self.loss_types}: listwise rows ({LISTS_COLUMN!r}, {LIST_SCORES_COLUMN!r}) take 'sigmoid' "
+                "(its Plackett-Luce form, ListwiseSetDPOLoss) and/or 'sft'."
+            )
+        if listwise and args.reference_margin_scale is not None:
+            raise ValueError("reference_margin_scale weights pairs; it is not defined for listwise rows.")
+        self.preference_loss = None
+        if margin_types and listwise:
+            self.preference_loss = _WeightedLoss(ListwiseSetDPOLoss(self.beta, args.reference), margin_types[0][1])
+        elif margin_types:
+            self.preference_loss = SetDPOLoss(
+                self.beta, [lt for lt, _ in margin_types], [w for _, w in margin_types], args.reference,
+                args.reference_margin_scale, self.label_smoothing, args.discopop_tau,
+            )
+        self.contrastive_loss = ContrastiveSetLoss(args.contrastive_scale) if "sft" in self.loss_types else None
+        self._needs_reference = self.preference_loss is not None and self.preference_loss.needs_reference
 
         # Data
         if data_collator is None:
@@ -352,7 +358,10 @@ class SetDPOTrainer(DPOTrainer):
         all_datasets = [train_dataset] + (
             list(eval_dataset.values()) if isinstance(eval_dataset, dict) else [eval_dataset] if eval_dataset else []
         )
-        if ref_model is None and not self._peft_adapter and not self.precompute_ref_scores:
+        if not self._needs_reference:
+            self.precompute_ref_scores = False  # nothing reads reference scores (reference-free, or sft only)
+            ref_model = None
+        if ref_model is None and not self._peft_adapter and not self.precompute_ref_scores and self._needs_reference:
             ref_model = copy.deepcopy(model)
             self._ref_is_policy_copy = True
         else:
@@ -488,6 +497,8 @@ class SetDPOTrainer(DPOTrainer):
         else:
             columns = list(dataset.column_names)
             first = dataset[0] if len(dataset) else {}
+        if LISTS_COLUMN in columns:
+            return self._prepare_listwise(dataset, columns, first, args, dataset_name)
         for column in REQUIRED_COLUMNS:
             if column not in columns:
                 raise ValueError(
@@ -537,6 +548,29 @@ class SetDPOTrainer(DPOTrainer):
         return dataset
 
     @staticmethod
+    def _prepare_listwise(dataset, columns, first, args, dataset_name):
+        """Validate listwise rows: ``lists`` (>= 2 windows of >= k passages) and one ``list_scores`` value per list."""
+        for column in LISTWISE_COLUMNS:
+            if column not in columns:
+                raise ValueError(
+                    f"The {dataset_name} dataset has no {column!r} column (columns: {columns}). Listwise RPO rows need "
+                    "'prompt', 'lists' (lists of passage texts) and 'list_scores' (one judge score per list)."
+                )
+        if not first:
+            raise ValueError(f"The {dataset_name} dataset is empty.")
+        rows = dataset if isinstance(dataset, Dataset) else [first]
+        for row, example in enumerate(rows):
+            for window in example[LISTS_COLUMN]:
+                _check_window(window, args.k, LISTS_COLUMN, example["prompt"])
+            scores = example[LIST_SCORES_COLUMN]
+            if len(scores) != len(example[LISTS_COLUMN]) or len(scores) < 2:
+                raise ValueError(f"Row {row} of the {dataset_name} dataset: {len(scores)} list_scores for "
+                                 f"{len(example[LISTS_COLUMN])} lists; expected one per list and >= 2 lists.")
+            if not all(math.isfinite(float(v)) for v in scores):
+                raise ValueError(f"Row {row} of the {dataset_name} dataset: list_scores {scores} are not all finite.")
+        return dataset
+
+    @staticmethod
     def _list_lengths(dataset: Dataset, column: str) -> list[int]:
         try:  # fast path: arrow list lengths, no Python materialisation of the texts
             import pyarrow.compute as pc
@@ -549,7 +583,8 @@ class SetDPOTrainer(DPOTrainer):
     def _set_signature_columns_if_needed(self):
         # Used when `remove_unused_columns=True`: keep what the collator reads
         if self._signature_columns is None:
-            self._signature_columns = ["prompt", "chosen", "rejected", REF_CHOSEN_COLUMN, REF_REJECTED_COLUMN]
+            self._signature_columns = ["prompt", "chosen", "rejected", REF_CHOSEN_COLUMN, REF_REJECTED_COLUMN,
+                                       LISTS_COLUMN, LIST_SCORES_COLUMN, REF_LIST_COLUMN]
 
     # ----------------------------------------------------------------------------------------------------------------
     # Encoding and set scores
@@ -578,91 +613,65 @@ class SetDPOTrainer(DPOTrainer):
         return out["sentence_embedding"].float()
 
     def _similarities(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-        """f(q_b, p_bi) for q [B, d] and p [B, k, d] -> [B, k]."""
+        """f(q_b, p_bi) for q [B, d] and p [B, n, d] -> [B, n]."""
         if self.score == "cos":
             q = F.normalize(q, p=2, dim=-1)
             p = F.normalize(p, p=2, dim=-1)
         return torch.einsum("bd,bkd->bk", q, p)
 
-    def compute_set_scores(self, inputs: dict[str, Any], model=None, return_embeddings: bool = False):
-        """Set scores s(q, P+) and s(q, P−) of a collated batch under ``model`` (default: the policy); [B] each.
+    def compute_list_scores(self, queries: list[str], lists: list[list[list[str]]], model=None):
+        """Set scores s(q_b, P_bj) of L lists per query (``lists[b][j]``: the first-k passages) under ``model``
+        (default: the policy): ``(scores [B, L], (q_emb [B, d], passages [N], p_emb [N, d]))``.
 
-        With ``return_embeddings`` a third item ``(q_emb [B, d], passages [N], p_emb [N, d])`` holds the embeddings
-        of the batch's (encoded) unique passages, for the ``sft`` term."""
+        Each unique query and passage of the batch is encoded once. With the sum score and
+        ``skip_shared_passages``, a passage that is in every list of its row adds the same f(q, p) to all of the row's
+        scores, so it is not encoded (it counts as 0): every difference between the lists of a row, hence every loss,
+        is exact, and the scores are sums over the passages where the lists differ."""
         model = self.model if model is None else model
-        k = self.k
-        queries = list(inputs["prompt"])
-        chosen = [list(c[:k]) for c in inputs["chosen"]]
-        rejected = [list(r[:k]) for r in inputs["rejected"]]
-        batch_size = len(queries)
-
         unique_queries = list(dict.fromkeys(queries))
         q_index = {t: i for i, t in enumerate(unique_queries)}
         q_emb = self._encode(model, unique_queries, "query")
         q_emb = q_emb[torch.tensor([q_index[t] for t in queries], device=q_emb.device)]
-
-        if self._skip_shared:
-            # a passage in both windows of a pair adds the same f(q, p) to both scores: slot it to a zero vector
-            shared = [set(c) & set(r) for c, r in zip(chosen, rejected)]
-            unique = list(dict.fromkeys(t for lst, sh in zip(chosen + rejected, shared + shared) for t in lst
-                                        if t not in sh))
+        if self._encode_unique_passages:
+            shared = [set.intersection(*(set(w) for w in row)) if self._skip_shared else set() for row in lists]
+            unique = list(dict.fromkeys(t for row, sh in zip(lists, shared) for w in row for t in w if t not in sh))
+            p_emb = self._encode(model, unique, "document") if unique else q_emb.new_zeros((0, q_emb.shape[-1]))
             index = {t: i for i, t in enumerate(unique)}
             zero = len(unique)
-            p_emb = self._encode(model, unique, "document") if unique else None
-            if p_emb is None:
-                p_emb = q_emb.new_zeros((0, q_emb.shape[-1]))
-            p_emb = torch.cat([p_emb, p_emb.new_zeros((1, p_emb.shape[-1]))])
-            idx_c = torch.tensor([[zero if t in sh else index[t] for t in lst] for lst, sh in zip(chosen, shared)],
-                                 device=p_emb.device)
-            idx_r = torch.tensor([[zero if t in sh else index[t] for t in lst] for lst, sh in zip(rejected, shared)],
-                                 device=p_emb.device)
-            e_c, e_r = p_emb[idx_c], p_emb[idx_r]
-        elif self._encode_unique_passages:
-            unique = list(dict.fromkeys(t for lst in chosen + rejected for t in lst))
-            index = {t: i for i, t in enumerate(unique)}
-            p_emb = self._encode(model, unique, "document")
-            idx_c = torch.tensor([[index[t] for t in lst] for lst in chosen], device=p_emb.device)
-            idx_r = torch.tensor([[index[t] for t in lst] for lst in rejected], device=p_emb.device)
-            e_c, e_r = p_emb[idx_c], p_emb[idx_r]
-        else:
-            e_c = self._encode(model, [t for lst in chosen for t in lst], "document").view(batch_size, k, -1)
-            e_r = self._encode(model, [t for lst in rejected for t in lst], "document").view(batch_size, k, -1)
-            unique = [t for lst in chosen for t in lst]
-            p_emb = e_c.reshape(-1, e_c.shape[-1])
+            table = torch.cat([p_emb, p_emb.new_zeros((1, p_emb.shape[-1]))])
+            idx = torch.tensor([[[zero if t in sh else index[t] for t in w] for w in row]
+                                for row, sh in zip(lists, shared)], device=p_emb.device)
+            emb = table[idx]  # [B, L, k, d]
+        else:  # the naive path of bench/rpo_step.py: every list entry encoded, nothing shared
+            flat = [t for row in lists for w in row for t in w]
+            emb = self._encode(model, flat, "document").view(len(lists), len(lists[0]), self.k, -1)
+            unique, p_emb = flat, emb.reshape(-1, emb.shape[-1])
+        B, L = emb.shape[:2]
+        sims = self._similarities(q_emb, emb.reshape(B, L * self.k, -1)).view(B, L, self.k)
+        scores = (sims * self._position_weights.to(device=sims.device)).sum(-1)
+        return scores, (q_emb, unique, p_emb)
 
-        weights = self._position_weights.to(device=q_emb.device)
-        chosen_scores = (self._similarities(q_emb, e_c) * weights).sum(-1)
-        rejected_scores = (self._similarities(q_emb, e_r) * weights).sum(-1)
-        if return_embeddings:
-            return chosen_scores, rejected_scores, (q_emb, unique, p_emb[: len(unique)])
-        return chosen_scores, rejected_scores
-
-    def contrastive_nll(self, inputs: dict[str, Any], q_emb: torch.Tensor, passages: list[str],
-                        p_emb: torch.Tensor) -> torch.Tensor:
-        """The ``sft`` term: for each passage in the chosen window but not the rejected one (what the pair prefers),
-        −log softmax over all of the batch's encoded passages of ``contrastive_scale · f(q, p)``; the query's other
-        chosen passages are masked out. The set analogue of TRL's NLL on the chosen completion (the old
-        ``rpo_alpha``), with the batch's passages as negatives."""
+    def compute_set_scores(self, inputs: dict[str, Any], model=None, return_embeddings: bool = False):
+        """Set scores s(q, P+) and s(q, P−) of a collated pairwise batch under ``model`` (default: the policy); [B]
+        each (see :meth:`compute_list_scores`). With ``return_embeddings`` a third item holds the encoded queries and
+        unique passages, for the ``sft`` term."""
         k = self.k
-        index = {t: i for i, t in enumerate(passages)}
-        sims = self._similarities(q_emb, p_emb.unsqueeze(0).expand(q_emb.shape[0], -1, -1))
-        logits = self.args.contrastive_scale * sims
-        terms = []
-        for b, (c, r) in enumerate(zip(inputs["chosen"], inputs["rejected"])):
-            chosen_rows = [index[t] for t in c[:k] if t in index]
-            for t in c[:k]:
-                if t in set(r[:k]) or t not in index:
-                    continue
-                mask = torch.zeros_like(logits[b], dtype=torch.bool)
-                mask[[j for j in chosen_rows if j != index[t]]] = True
-                terms.append(torch.logsumexp(logits[b].masked_fill(mask, float("-inf")), 0) - logits[b, index[t]])
-        if not terms:
-            return logits.new_zeros(())
-        return torch.stack(terms).mean()
+        lists = [[list(c[:k]), list(r[:k])] for c, r in zip(inputs["chosen"], inputs["rejected"])]
+        scores, embeddings = self.compute_list_scores(list(inputs["prompt"]), lists, model)
+        if return_embeddings:
+            return scores[:, 0], scores[:, 1], embeddings
+        return scores[:, 0], scores[:, 1]
 
-    def compute_ref_scores(self, inputs: dict[str, Any], model=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference set scores (no grad): ``model`` if given, else the reference model, else the adapter-disabled
-        policy."""
+    def _batch_scores(self, inputs: dict[str, Any], model=None):
+        """Scores of a collated batch, pairwise ([B, 2]: chosen, rejected) or listwise ([B, L])."""
+        if LISTS_COLUMN in inputs:
+            return self.compute_list_scores(list(inputs["prompt"]), inputs[LISTS_COLUMN], model)
+        lists = [[list(c[: self.k]), list(r[: self.k])] for c, r in zip(inputs["chosen"], inputs["rejected"])]
+        return self.compute_list_scores(list(inputs["prompt"]), lists, model)
+
+    def compute_ref_scores(self, inputs: dict[str, Any], model=None) -> torch.Tensor:
+        """Reference scores of a collated batch (no grad), [B, 2] (chosen, rejected) or [B, L] (listwise): ``model``
+        if given, else the reference model, else the adapter-disabled policy."""
         if model is not None:
             ctx = contextlib.nullcontext()
         elif self.ref_model is not None:
@@ -671,17 +680,20 @@ class SetDPOTrainer(DPOTrainer):
             model, ctx = self.accelerator.unwrap_model(self.model), self._adapter_disabled()
         else:
             raise ValueError(
-                "No reference scores: the batch has no 'ref_chosen_score'/'ref_rejected_score' and no reference model "
-                "is kept (precompute_ref_scores=True without ref_model). Precompute the scores for this dataset "
-                "(pass it as eval_dataset at initialisation or to evaluate() before training) or pass a ref_model."
+                "No reference scores: the batch has no precomputed reference columns and no reference model is kept "
+                "(precompute_ref_scores=True without ref_model). Precompute the scores for this dataset (pass it as "
+                "eval_dataset at initialisation or to evaluate() before training) or pass a ref_model."
             )
         with torch.no_grad(), ctx, self.accelerator.autocast():
-            chosen, rejected = self.compute_set_scores(inputs, model)
-        return chosen.detach(), rejected.detach()
+            scores, _ = self._batch_scores(inputs, model)
+        return scores.detach().float()
 
-    def compute_ref_log_probs(self, model, inputs):
-        """TRL's name for the reference pass: here the reference set scores (chosen, rejected)."""
-        return self.compute_ref_scores(inputs, model)
+    def _precomputed_ref(self, inputs: dict[str, Any]) -> torch.Tensor | None:
+        if REF_LIST_COLUMN in inputs:
+            return inputs[REF_LIST_COLUMN].float()
+        if REF_CHOSEN_COLUMN in inputs and REF_REJECTED_COLUMN in inputs:
+            return torch.stack([inputs[REF_CHOSEN_COLUMN], inputs[REF_REJECTED_COLUMN]], dim=1).float()
+        return None
 
     # ----------------------------------------------------------------------------------------------------------------
     # Reference precomputation
@@ -700,8 +712,9 @@ class SetDPOTrainer(DPOTrainer):
             model = None  # adapter-disabled policy
         else:
             model = self.model  # the policy before training is the reference (as in TRL)
+        listwise = _is_listwise(dataset)
         loader = DataLoader(
-            dataset.select_columns(list(REQUIRED_COLUMNS)),
+            dataset.select_columns(list(LISTWISE_COLUMNS if listwise else REQUIRED_COLUMNS)),
             batch_size=batch_size,
             collate_fn=DataCollatorForSetPreference(k=self.k, with_ref_scores=False),
             num_workers=self.args.dataloader_num_workers,
@@ -711,79 +724,99 @@ class SetDPOTrainer(DPOTrainer):
         scorer = model if model is not None else self.model
         was_training = scorer.training
         scorer.eval()
-        chosen_all, rejected_all = [], []
+        rows = []
         try:
             for batch in tqdm(
                 iterable=loader,
                 desc=f"Computing reference set scores for {name} dataset",
                 disable=bool(os.environ.get("TQDM_DISABLE", "")),
             ):
-                chosen, rejected = self.compute_ref_scores(batch, model)
-                chosen, rejected = self.accelerator.gather_for_metrics((chosen, rejected))
-                chosen_all.append(chosen.float().cpu())
-                rejected_all.append(rejected.float().cpu())
+                scores = self.compute_ref_scores(batch, model)
+                mask = batch.get("list_mask", torch.ones_like(scores, dtype=torch.bool))
+                scores, mask = self.accelerator.gather_for_metrics((scores.contiguous(), mask.contiguous()))
+                rows.extend([s[m].tolist() for s, m in zip(scores.cpu(), mask.cpu())])
         finally:
             scorer.train(was_training)
-        chosen_col = torch.cat(chosen_all).tolist()
-        rejected_col = torch.cat(rejected_all).tolist()
-        dataset = dataset.add_column(REF_CHOSEN_COLUMN, chosen_col)
-        return dataset.add_column(REF_REJECTED_COLUMN, rejected_col)
-
-    def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
-        """TRL's name for the precomputation: here the reference set scores."""
-        return self._precompute_ref_scores(dataset, name, batch_size)
+        if listwise:
+            return dataset.add_column(REF_LIST_COLUMN, rows)
+        dataset = dataset.add_column(REF_CHOSEN_COLUMN, [r[0] for r in rows])
+        return dataset.add_column(REF_REJECTED_COLUMN, [r[1] for r in rows])
 
     # ----------------------------------------------------------------------------------------------------------------
     # Loss, metrics, evaluation
     # ----------------------------------------------------------------------------------------------------------------
+    def _contrastive_targets(self, inputs: dict[str, Any], passages: list[str]):
+        """Positives and masked passages of the ``sft`` term: for each row, the passages of the preferred window
+        (pairwise: chosen; listwise: the best-judged list) that are not in the dispreferred one (rejected; the
+        worst-judged list), against all of the batch's encoded passages; the row's other preferred passages are
+        masked out."""
+        k = self.k
+        if LISTS_COLUMN in inputs:
+            judged = inputs[LIST_SCORES_COLUMN].masked_fill(~inputs["list_mask"], float("nan"))
+            best = [int(torch.nan_to_num(row, nan=-float("inf")).argmax()) for row in judged]
+            worst = [int(torch.nan_to_num(row, nan=float("inf")).argmin()) for row in judged]
+            pairs = [(lists[b], lists[w]) for lists, b, w in zip(inputs[LISTS_COLUMN], best, worst)]
+        else:
+            pairs = list(zip(inputs["chosen"], inputs["rejected"]))
+        index = {t: i for i, t in enumerate(passages)}
+        positives, masked = [], []
+        for b, (good, bad) in enumerate(pairs):
+            rows = [index[t] for t in good[:k] if t in index]
+            masked.extend((b, j) for j in rows)
+            positives.extend((b, index[t]) for t in good[:k] if t in index and t not in set(bad[:k]))
+        return positives, masked
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        chosen_scores, rejected_scores, (q_emb, passages, p_emb) = self.compute_set_scores(
-            inputs, model, return_embeddings=True
-        )
-        if self.precompute_ref_scores and REF_CHOSEN_COLUMN in inputs and REF_REJECTED_COLUMN in inputs:
-            ref_chosen = inputs[REF_CHOSEN_COLUMN].to(chosen_scores.device, torch.float32)
-            ref_rejected = inputs[REF_REJECTED_COLUMN].to(chosen_scores.device, torch.float32)
-        else:
-            ref_chosen, ref_rejected = self.compute_ref_scores(inputs)
+        scores, (q_emb, passages, p_emb) = self._batch_scores(inputs, model)
+        ref = None
+        if self._needs_reference:
+            ref = self._precomputed_ref(inputs) if self.precompute_ref_scores else None
+            ref = ref.to(scores.device) if ref is not None else self.compute_ref_scores(inputs)
+        listwise = LISTS_COLUMN in inputs
 
-        pairwise = [(lt, w) for lt, w in zip(self.loss_types, self.loss_weights) if lt != "sft"]
-        loss = set_dpo_loss(
-            chosen_scores,
-            rejected_scores,
-            ref_chosen,
-            ref_rejected,
-            beta=self.beta,
-            loss_type=[lt for lt, _ in pairwise],
-            loss_weights=[w for _, w in pairwise],
-            label_smoothing=self.label_smoothing,
-            discopop_tau=self.args.discopop_tau,
-        )
-        if "sft" in self.loss_types:
-            nll = self.contrastive_nll(inputs, q_emb, passages, p_emb)
+        loss = scores.new_zeros(())
+        if self.preference_loss is not None:
+            if listwise:
+                loss = self.preference_loss(scores, inputs[LIST_SCORES_COLUMN].to(scores.device), ref,
+                                            inputs["list_mask"].to(scores.device))
+            else:
+                ref_c, ref_r = (ref[:, 0], ref[:, 1]) if ref is not None else (None, None)
+                loss = self.preference_loss(scores[:, 0], scores[:, 1], ref_c, ref_r)
+        if self.contrastive_loss is not None:
+            positives, masked = self._contrastive_targets(inputs, passages)
+            sims = self._similarities(q_emb, p_emb.unsqueeze(0).expand(q_emb.shape[0], -1, -1))
+            nll = self.contrastive_loss(sims, positives, masked)
             loss = loss + self.loss_weights[self.loss_types.index("sft")] * nll
             self._metrics[mode]["nll_loss"].append(self.accelerator.gather_for_metrics(nll.detach()).mean().item())
 
-        # Metrics, with TRL's names
-        chosen_rewards = self.beta * (chosen_scores.detach() - ref_chosen)
-        rejected_rewards = self.beta * (rejected_scores.detach() - ref_rejected)
+        # Metrics, with TRL's names: pairwise, chosen vs rejected; listwise, the best- vs the worst-judged list
+        if listwise:
+            judged = inputs[LIST_SCORES_COLUMN].to(scores.device)
+            mask = inputs["list_mask"].to(scores.device)
+            best = judged.masked_fill(~mask, -float("inf")).argmax(1, keepdim=True)
+            worst = judged.masked_fill(~mask, float("inf")).argmin(1, keepdim=True)
+            pick = torch.cat([best, worst], dim=1)
+            scores2 = scores.detach().gather(1, pick)
+            ref2 = ref.gather(1, pick) if ref is not None else torch.zeros_like(scores2)
+        else:
+            scores2, ref2 = scores.detach(), ref if ref is not None else torch.zeros_like(scores)
+        if self.args.reference == "free":
+            ref2 = torch.zeros_like(scores2)
+        chosen_rewards = self.beta * (scores2[:, 0] - ref2[:, 0])
+        rejected_rewards = self.beta * (scores2[:, 1] - ref2[:, 1])
         gather = self.accelerator.gather_for_metrics
         metrics = self._metrics[mode]
         metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
         metrics["rewards/rejected"].append(gather(rejected_rewards).mean().item())
         metrics["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean().item())
         metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
-        metrics["scores/chosen"].append(gather(chosen_scores.detach()).mean().item())
-        metrics["scores/rejected"].append(gather(rejected_scores.detach()).mean().item())
+        metrics["scores/chosen"].append(gather(scores2[:, 0]).mean().item())
+        metrics["scores/rejected"].append(gather(scores2[:, 1]).mean().item())
 
         if return_outputs:
-            outputs = {
-                "chosen_scores": chosen_scores.detach(),
-                "rejected_scores": rejected_scores.detach(),
-                "chosen_rewards": chosen_rewards,
-                "rejected_rewards": rejected_rewards,
-            }
-            return loss, outputs
+            return loss, {"chosen_scores": scores2[:, 0], "rejected_scores": scores2[:, 1],
+                          "chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}
         return loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -982,6 +1015,8 @@ class SetDPOTrainer(DPOTrainer):
         path.write_text(self._model_card_text(model_name or Path(self.args.output_dir).name, dataset_name, tags))
 
     def _reference_description(self) -> str:
+        if not self._needs_reference:
+            return "none (reference-free)" if self.preference_loss is not None else "none (sft only)"
         if self._peft_adapter:
             return "base encoder (PEFT adapter disabled)"
         if self.precompute_ref_scores:
@@ -1085,4 +1120,4 @@ scores = model.similarity(query_embeddings, passage_embeddings)
         return f"---\n{card_data.to_yaml()}\n---\n{textwrap.dedent(body).lstrip()}"
 
 
-__all__ = ["DataCollatorForSetPreference", "SetDPOTrainer", "set_dpo_loss", "set_dpo_per_pair_loss"]
+__all__ = ["DataCollatorForSetPreference", "SetDPOTrainer"]
