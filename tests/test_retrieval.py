@@ -220,3 +220,39 @@ def test_bf16_encoding_is_close_to_fp32_and_cached_apart(tiny_st, toy_corpus, tm
     assert DenseIndex.cached(bf16, toy_corpus).metadata["encode_dtype"] == "bfloat16"
     with pytest.raises(ValueError, match="dtype: expected None, 'float32' or 'bfloat16'"):
         Retriever(tiny_st, dtype="float16")
+
+
+@pytest.mark.parametrize("prompts", [{}, {"query": "query: ", "document": "passage: "}])
+def test_retriever_and_trainer_encode_the_same_way(tmp_path, tiny_st, prompts):
+    """Serving (Retriever, the index) and training (SetDPOTrainer) encode through the model's own query / document
+    prompts: a folder with prompts and one without."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+
+    from trl_bporag.trainers import SetDPOConfig, SetDPOTrainer
+
+    tiny_st.prompts = dict(prompts)
+    tiny_st.save(str(tmp_path / "model"))
+    model = SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    assert (model.prompts.get("query") or None) == prompts.get("query")
+    r = Retriever(model)
+    q, p = r.encode_queries(["capital of france"]), r.encode_passages(["paris is the capital"])
+    by_hand_q = model.encode([prompts.get("query", "") + "capital of france"], normalize_embeddings=True)
+    by_hand_p = model.encode([prompts.get("document", "") + "paris is the capital"], normalize_embeddings=True)
+    np.testing.assert_allclose(q, by_hand_q, atol=1e-5)
+    np.testing.assert_allclose(p, by_hand_p, atol=1e-5)
+    if prompts:  # the prompts matter: without them the embeddings differ
+        assert not np.allclose(q, model.encode(["capital of france"], normalize_embeddings=True), atol=1e-4)
+    pairs = Dataset.from_list([{"prompt": "capital of france", "chosen": ["a"], "rejected": ["b"]}])
+    cfg = SetDPOConfig(output_dir=str(tmp_path / "out"), k=1, report_to=[], use_cpu=True, reference="free")
+    trainer = SetDPOTrainer(model, args=cfg, train_dataset=pairs)
+    trainer.model.eval()
+    with torch.no_grad():
+        tq = torch.nn.functional.normalize(trainer._encode(trainer.model, ["capital of france"], "query"), dim=-1)
+        tp = torch.nn.functional.normalize(trainer._encode(trainer.model, ["paris is the capital"], "document"), dim=-1)
+    np.testing.assert_allclose(tq.numpy(), q, atol=1e-5)
+    np.testing.assert_allclose(tp.numpy(), p, atol=1e-5)
+    # the prompts are part of the fingerprint, so indexes of the two kinds of folder are kept apart
+    other = SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    other.prompts = {} if prompts else {"query": "q: "}
+    assert Retriever(other).fingerprint() != r.fingerprint()
