@@ -1014,6 +1014,16 @@ class SetDPOTrainer(DPOTrainer):
         path = Path(output_dir) / "README.md"
         path.write_text(self._model_card_text(model_name or Path(self.args.output_dir).name, dataset_name, tags))
 
+    def _objective_sentence(self) -> str:
+        ref = " − s_ref(P)" if self._needs_reference else ""
+        if isinstance(self.preference_loss, _WeightedLoss):
+            return (f"all judged windows of each query at once: Plackett–Luce over the judge's order of the rewards "
+                    f"β(s_θ(P){ref})")
+        if self.preference_loss is not None:
+            margin = "(s_θ(P+) − s_θ(P−))" + (" − (s_ref(P+) − s_ref(P−))" if ref else "")
+            return f"preference pairs (P+, P−) with logits β[{margin}]"
+        return "the contrastive NLL of the passages each preferred window adds (the sft term)"
+
     def _reference_description(self) -> str:
         if not self._needs_reference:
             return "none (reference-free)" if self.preference_loss is not None else "none (sft only)"
@@ -1042,6 +1052,8 @@ class SetDPOTrainer(DPOTrainer):
             "beta": self.beta,
             "loss_type": self.loss_types,
             "loss_weights": self.loss_weights,
+            "objective": ("listwise (Plackett-Luce)" if isinstance(self.preference_loss, _WeightedLoss)
+                          else "pairwise" if self.preference_loss is not None else "sft only"),
             "label_smoothing": self.label_smoothing,
             "reference": self._reference_description(),
             "max_query_length": self.args.max_query_length,
@@ -1086,7 +1098,7 @@ from `{base or "an unnamed base retriever"}`{f" on `{dataset_name}`" if dataset_
 
 The retriever scores an ordered candidate list P for a query q by s(q, P) = Σ_{{i≤k}} w_i f(q, P_i) over the first k
 passages (f = {"cosine similarity" if self.score == "cos" else "dot product"} of the embeddings), and is trained on
-preference pairs (P+, P−) with logits β[(s_θ(P+) − s_θ(P−)) − (s_ref(P+) − s_ref(P−))].
+{self._objective_sentence()}.
 
 ## Retrieval training configuration
 
