@@ -70,13 +70,18 @@ class BPORAGArguments:
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast for training and generation"})
     # RPO pairs
     rpo_queries: int = field(default=300, metadata={"help": "training queries for RPO pairs"})
-    rpo_judge: str = field(default="answer_hit", metadata={"help": "answer_hit (fast) or generator_f1 (paper)"})
+    rpo_judge: str = field(default="answer_hit", metadata={
+        "help": "answer_hit (fast) | answer_likelihood (graded, generator forward passes) | generator_f1 (paper)"})
     rpo_perturbations: str = field(default="minimal", metadata={"help": "paper | minimal | mixed"})
     rpo_num_perturbations: int = field(default=8)
     rpo_top_n: int = field(default=50, metadata={"help": "depth of the base retriever's list"})
+    rpo_pairing: str = field(default="listwise", metadata={
+        "help": "listwise (one row per query, Plackett-Luce: the measured best) | vs_original | best_worst"})
     # RPO training
-    rpo_loss_type: str = field(default="sigmoid,sft")
-    rpo_loss_weights: str = field(default="0.25,1")
+    rpo_loss_type: str = field(default="sigmoid", metadata={"help": "e.g. sigmoid | sigmoid,sft | sft"})
+    rpo_loss_weights: str | None = field(default=None, metadata={"help": "comma-separated, one per loss type"})
+    rpo_reference: str = field(default="free", metadata={
+        "help": "free (reference-free: the measured best) | model (the paper's frozen reference)"})
     rpo_beta: float = field(default=10.0)
     rpo_learning_rate: float = field(default=2e-5)
     rpo_epochs: float = field(default=1.0)
@@ -135,6 +140,10 @@ class BPORAGArguments:
             raise ValueError(f"--gpo_query_offset: expected >= 0, got {self.gpo_query_offset!r}")
         if self.k > self.rpo_top_n:
             raise ValueError(f"--k ({self.k}) must not exceed --rpo_top_n ({self.rpo_top_n})")
+        for name, allowed in (("rpo_pairing", ("listwise", "vs_original", "best_worst")), ("rpo_reference", ("free",
+                              "model")), ("rpo_judge", ("answer_hit", "answer_likelihood", "generator_f1"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name}: expected one of {allowed}, got {getattr(self, name)!r}")
     plot: bool = field(default=True, metadata={"help": "write results.png (needs matplotlib)"})
 
 
@@ -168,12 +177,13 @@ def rpo_pairs(args, data, out: Path):
     with LOG.stage("RPO pairs"):
         retriever = _retriever(args, args.retriever)
         gen = tok = None
-        if args.rpo_judge == "generator_f1":
+        if args.rpo_judge in ("generator_f1", "answer_likelihood"):
             gen, tok = load_generator(args.generator, torch_dtype=_dtype(args))
         builder = RetrievalPreferenceBuilder(retriever, _index(retriever, data.corpus), data.corpus, gen, tok,
                                              judge=args.rpo_judge, k=args.k, perturbations=args.rpo_perturbations,
                                              num_perturbations=args.rpo_num_perturbations, top_n=args.rpo_top_n,
-                                             seed=args.seed, max_passage_tokens=args.max_passage_tokens)
+                                             pairing=args.rpo_pairing, seed=args.seed,
+                                             max_passage_tokens=args.max_passage_tokens)
         pairs = builder.build(data.split, output_dir=out, resume=not args.overwrite, max_queries=args.rpo_queries)
         LOG(f"RPO pairs: {len(pairs)} ({builder.describe()['stats']})")
     return pairs
@@ -187,7 +197,8 @@ def rpo_train(args, pairs, out: Path) -> str:
         raise ValueError("RPO pairs: none were built (all ties?); raise --rpo_queries or --rpo_num_perturbations")
     with LOG.stage("RPO training"):
         config = SetDPOConfig(
-            output_dir=str(out), k=args.k, beta=args.rpo_beta, loss_type=args.rpo_loss_type.split(","),
+            output_dir=str(out), k=args.k, beta=args.rpo_beta, reference=args.rpo_reference,
+            loss_type=args.rpo_loss_type.split(","),
             loss_weights=[float(w) for w in args.rpo_loss_weights.split(",")] if args.rpo_loss_weights else None,
             learning_rate=args.rpo_learning_rate, num_train_epochs=args.rpo_epochs,
             per_device_train_batch_size=args.rpo_batch_size, bf16=args.bf16, use_cpu=not _cuda(), seed=args.seed,

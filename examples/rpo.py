@@ -3,8 +3,12 @@
 TRL's ``trl/scripts/dpo.py`` with ``DPOTrainer`` -> ``SetDPOTrainer`` and ``DPOConfig`` -> ``SetDPOConfig``; same parser
 tuple (ScriptArguments, config, ModelConfig), ``--config yaml`` supported.
 
-    python examples/rpo.py --dataset_name runs/rpo-pairs --output_dir runs/retriever-rpo --k 5 --beta 0.1
+    python examples/rpo.py --dataset_name runs/rpo-pairs --output_dir runs/retriever-rpo --k 5 --reference free
     accelerate launch examples/rpo.py --dataset_name runs/rpo-pairs --output_dir runs/retriever-rpo --bf16
+
+The measured best recipe (docs/benchmarks.md, "RPO against the label-free anchors"): listwise pairs
+(``build_rpo_pairs.py --pairing listwise``), ``--reference free``, ``--loss_type sigmoid`` (its Plackett-Luce form on
+listwise rows), β 10 (the default), one epoch. TRL's default of 3 epochs overfits.
 
 ``--dataset_name`` is a Hub id or a ``save_to_disk`` folder; a single Dataset is split into train/test when
 ``--eval_strategy`` is not "no" (``--eval_fraction``). ``--model_name_or_path`` defaults to all-MiniLM-L6-v2.
