@@ -76,6 +76,19 @@ def _check_window(passages, k: int, name: str, prompt) -> list[str]:
     return window
 
 
+def _check_listwise_row(example, k: int, where: str) -> tuple[list[list[str]], list[float]]:
+    """The windows and judge scores of one listwise row, checked: every window as :func:`_check_window`, one finite
+    score per window, at least two windows. ``where`` names the row in the error."""
+    windows = [_check_window(w, k, LISTS_COLUMN, example["prompt"]) for w in example[LISTS_COLUMN]]
+    scores = [float(v) for v in example[LIST_SCORES_COLUMN]]
+    if len(scores) != len(windows) or len(windows) < 2:
+        raise ValueError(f"{where}: {len(scores)} {LIST_SCORES_COLUMN} for {len(windows)} lists; a listwise row needs "
+                         "one score per list and >= 2 lists.")
+    if not all(math.isfinite(v) for v in scores):
+        raise ValueError(f"{where}: {LIST_SCORES_COLUMN} {scores} are not all finite.")
+    return windows, scores
+
+
 @dataclass
 class DataCollatorForSetPreference:
     """Batch RPO rows as raw texts: tokenisation happens in ``compute_loss`` so that each unique passage of a batch is
@@ -117,12 +130,7 @@ class DataCollatorForSetPreference:
         width = max(len(ex[LISTS_COLUMN]) for ex in examples)
         lists, scores, mask, refs = [], [], [], []
         for example, prompt in zip(examples, prompts):
-            windows = [_check_window(w, self.k, LISTS_COLUMN, prompt) for w in example[LISTS_COLUMN]]
-            judged = [float(v) for v in example[LIST_SCORES_COLUMN]]
-            if len(judged) != len(windows) or len(windows) < 2:
-                raise ValueError(f"Field {LIST_SCORES_COLUMN!r} of an example has {len(judged)} scores for "
-                                 f"{len(windows)} lists; a listwise row needs one score per list and >= 2 lists "
-                                 f"(query: {prompt!r}).")
+            windows, judged = _check_listwise_row(example, self.k, f"An example (query: {prompt!r})")
             pad = width - len(windows)
             lists.append(windows + [windows[0]] * pad)
             scores.append(judged + [0.0] * pad)
@@ -134,21 +142,6 @@ class DataCollatorForSetPreference:
         if self.with_ref_scores and all(r is not None for r in refs):
             batch[REF_LIST_COLUMN] = torch.tensor(refs)
         return batch
-
-
-class _WeightedLoss(torch.nn.Module):
-    """``weight * loss(...)``, with the wrapped loss's ``needs_reference``."""
-
-    def __init__(self, loss: torch.nn.Module, weight: float):
-        super().__init__()
-        self.loss, self.weight = loss, weight
-
-    @property
-    def needs_reference(self) -> bool:
-        return self.loss.needs_reference
-
-    def forward(self, *args):
-        return self.weight * self.loss(*args)
 
 
 def _has_ref_columns(dataset) -> bool:
@@ -327,7 +320,7 @@ class SetDPOTrainer(DPOTrainer):
             raise ValueError("reference_margin_scale weights pairs; it is not defined for listwise rows.")
         self.preference_loss = None
         if margin_types and listwise:
-            self.preference_loss = _WeightedLoss(ListwiseSetDPOLoss(self.beta, args.reference), margin_types[0][1])
+            self.preference_loss = ListwiseSetDPOLoss(self.beta, args.reference)  # weighted in compute_loss
         elif margin_types:
             self.preference_loss = SetDPOLoss(
                 self.beta, [lt for lt, _ in margin_types], [w for _, w in margin_types], args.reference,
@@ -560,14 +553,7 @@ class SetDPOTrainer(DPOTrainer):
             raise ValueError(f"The {dataset_name} dataset is empty.")
         rows = dataset if isinstance(dataset, Dataset) else [first]
         for row, example in enumerate(rows):
-            for window in example[LISTS_COLUMN]:
-                _check_window(window, args.k, LISTS_COLUMN, example["prompt"])
-            scores = example[LIST_SCORES_COLUMN]
-            if len(scores) != len(example[LISTS_COLUMN]) or len(scores) < 2:
-                raise ValueError(f"Row {row} of the {dataset_name} dataset: {len(scores)} list_scores for "
-                                 f"{len(example[LISTS_COLUMN])} lists; expected one per list and >= 2 lists.")
-            if not all(math.isfinite(float(v)) for v in scores):
-                raise ValueError(f"Row {row} of the {dataset_name} dataset: list_scores {scores} are not all finite.")
+            _check_listwise_row(example, args.k, f"Row {row} of the {dataset_name} dataset")
         return dataset
 
     @staticmethod
@@ -655,19 +641,31 @@ class SetDPOTrainer(DPOTrainer):
         """Set scores s(q, P+) and s(q, P−) of a collated pairwise batch under ``model`` (default: the policy); [B]
         each (see :meth:`compute_list_scores`). With ``return_embeddings`` a third item holds the encoded queries and
         unique passages, for the ``sft`` term."""
-        k = self.k
-        lists = [[list(c[:k]), list(r[:k])] for c, r in zip(inputs["chosen"], inputs["rejected"])]
-        scores, embeddings = self.compute_list_scores(list(inputs["prompt"]), lists, model)
+        scores, embeddings = self._batch_scores(inputs, model)
         if return_embeddings:
             return scores[:, 0], scores[:, 1], embeddings
         return scores[:, 0], scores[:, 1]
 
+    def _batch_lists(self, inputs: dict[str, Any]) -> list[list[list[str]]]:
+        """The windows of a collated batch, ``[B][L][k]``: listwise rows as they are, a pair as [chosen, rejected]."""
+        if LISTS_COLUMN in inputs:
+            return inputs[LISTS_COLUMN]
+        return [[list(c[: self.k]), list(r[: self.k])] for c, r in zip(inputs["chosen"], inputs["rejected"])]
+
     def _batch_scores(self, inputs: dict[str, Any], model=None):
         """Scores of a collated batch, pairwise ([B, 2]: chosen, rejected) or listwise ([B, L])."""
-        if LISTS_COLUMN in inputs:
-            return self.compute_list_scores(list(inputs["prompt"]), inputs[LISTS_COLUMN], model)
-        lists = [[list(c[: self.k]), list(r[: self.k])] for c, r in zip(inputs["chosen"], inputs["rejected"])]
-        return self.compute_list_scores(list(inputs["prompt"]), lists, model)
+        return self.compute_list_scores(list(inputs["prompt"]), self._batch_lists(inputs), model)
+
+    @staticmethod
+    def _preferred_pair(inputs: dict[str, Any]) -> torch.Tensor:
+        """[B, 2] window indices of each row's preferred and dispreferred window: (chosen, rejected) = (0, 1) for a
+        pair; for a listwise row the best- and the worst-judged list (the first of equals)."""
+        if LISTS_COLUMN not in inputs:
+            return torch.tensor([[0, 1]] * len(inputs["prompt"]))
+        judged, mask = inputs[LIST_SCORES_COLUMN], inputs["list_mask"]
+        best = judged.masked_fill(~mask, -float("inf")).argmax(1, keepdim=True)
+        worst = judged.masked_fill(~mask, float("inf")).argmin(1, keepdim=True)
+        return torch.cat([best, worst], dim=1)
 
     def compute_ref_scores(self, inputs: dict[str, Any], model=None) -> torch.Tensor:
         """Reference scores of a collated batch (no grad), [B, 2] (chosen, rejected) or [B, L] (listwise): ``model``
@@ -751,13 +749,8 @@ class SetDPOTrainer(DPOTrainer):
         worst-judged list), against all of the batch's encoded passages; the row's other preferred passages are
         masked out."""
         k = self.k
-        if LISTS_COLUMN in inputs:
-            judged = inputs[LIST_SCORES_COLUMN].masked_fill(~inputs["list_mask"], float("nan"))
-            best = [int(torch.nan_to_num(row, nan=-float("inf")).argmax()) for row in judged]
-            worst = [int(torch.nan_to_num(row, nan=float("inf")).argmin()) for row in judged]
-            pairs = [(lists[b], lists[w]) for lists, b, w in zip(inputs[LISTS_COLUMN], best, worst)]
-        else:
-            pairs = list(zip(inputs["chosen"], inputs["rejected"]))
+        pairs = [(lists[good], lists[bad])
+                 for lists, (good, bad) in zip(self._batch_lists(inputs), self._preferred_pair(inputs).tolist())]
         index = {t: i for i, t in enumerate(passages)}
         positives, masked = [], []
         for b, (good, bad) in enumerate(pairs):
@@ -778,8 +771,8 @@ class SetDPOTrainer(DPOTrainer):
         loss = scores.new_zeros(())
         if self.preference_loss is not None:
             if listwise:
-                loss = self.preference_loss(scores, inputs[LIST_SCORES_COLUMN].to(scores.device), ref,
-                                            inputs["list_mask"].to(scores.device))
+                loss = self.loss_weights[self.loss_types.index("sigmoid")] * self.preference_loss(
+                    scores, inputs[LIST_SCORES_COLUMN].to(scores.device), ref, inputs["list_mask"].to(scores.device))
             else:
                 ref_c, ref_r = (ref[:, 0], ref[:, 1]) if ref is not None else (None, None)
                 loss = self.preference_loss(scores[:, 0], scores[:, 1], ref_c, ref_r)
@@ -791,18 +784,10 @@ class SetDPOTrainer(DPOTrainer):
             self._metrics[mode]["nll_loss"].append(self.accelerator.gather_for_metrics(nll.detach()).mean().item())
 
         # Metrics, with TRL's names: pairwise, chosen vs rejected; listwise, the best- vs the worst-judged list
-        if listwise:
-            judged = inputs[LIST_SCORES_COLUMN].to(scores.device)
-            mask = inputs["list_mask"].to(scores.device)
-            best = judged.masked_fill(~mask, -float("inf")).argmax(1, keepdim=True)
-            worst = judged.masked_fill(~mask, float("inf")).argmin(1, keepdim=True)
-            pick = torch.cat([best, worst], dim=1)
-            scores2 = scores.detach().gather(1, pick)
-            ref2 = ref.gather(1, pick) if ref is not None else torch.zeros_like(scores2)
-        else:
-            scores2, ref2 = scores.detach(), ref if ref is not None else torch.zeros_like(scores)
-        if self.args.reference == "free":
-            ref2 = torch.zeros_like(scores2)
+        pick = self._preferred_pair(inputs).to(scores.device)
+        scores2 = scores.detach().gather(1, pick)
+        # rewards are β(s − s_ref) as the loss sees them: reference-free, s_ref = 0 (the weights may still read ref)
+        ref2 = ref.gather(1, pick) if ref is not None and self.args.reference == "model" else torch.zeros_like(scores2)
         chosen_rewards = self.beta * (scores2[:, 0] - ref2[:, 0])
         rejected_rewards = self.beta * (scores2[:, 1] - ref2[:, 1])
         gather = self.accelerator.gather_for_metrics
@@ -1016,7 +1001,7 @@ class SetDPOTrainer(DPOTrainer):
 
     def _objective_sentence(self) -> str:
         ref = " − s_ref(P)" if self._needs_reference else ""
-        if isinstance(self.preference_loss, _WeightedLoss):
+        if isinstance(self.preference_loss, ListwiseSetDPOLoss):
             return (f"all judged windows of each query at once: Plackett–Luce over the judge's order of the rewards "
                     f"β(s_θ(P){ref})")
         if self.preference_loss is not None:
@@ -1052,7 +1037,7 @@ class SetDPOTrainer(DPOTrainer):
             "beta": self.beta,
             "loss_type": self.loss_types,
             "loss_weights": self.loss_weights,
-            "objective": ("listwise (Plackett-Luce)" if isinstance(self.preference_loss, _WeightedLoss)
+            "objective": ("listwise (Plackett-Luce)" if isinstance(self.preference_loss, ListwiseSetDPOLoss)
                           else "pairwise" if self.preference_loss is not None else "sft only"),
             "label_smoothing": self.label_smoothing,
             "reference": self._reference_description(),
