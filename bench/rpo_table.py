@@ -92,7 +92,7 @@ def mnrl_row(args, out: Path, gold: bool) -> dict:
         else:
             pos_ok = [has_answer(t, answers) for t in texts]
         if gold and not any(pos_ok):
-            texts.insert(0, corpus.passage(corpus.ids.index(golds[0]), True))
+            texts.insert(0, corpus.passage(corpus.index_of(golds[0]), True))
             pos_ok.insert(0, True)
         if not any(pos_ok) or all(pos_ok):
             continue
@@ -175,8 +175,8 @@ def rpo_row(args, out: Path) -> dict:
     pairs_dir = Path(args.pairs_dir) if args.pairs_dir else out / "pairs"
     if args.pairs_dir and (pairs_dir / "stats.json").is_file():
         pairs = load_from_disk(str(pairs_dir))
-        stats = json.loads((pairs_dir / "stats.json").read_text())["stats"]
-        t_data = json.loads((pairs_dir / "stats.json").read_text()).get("seconds")
+        described = json.loads((pairs_dir / "stats.json").read_text())
+        stats, t_data = described["stats"], described.get("seconds")
         if args.pairing == "vs_original" and "lists" in pairs.column_names:  # the same judged windows, as pairs
             pairs = vs_original_pairs(pairs)
             stats = {**stats, "pairs": len(pairs)}
@@ -223,16 +223,27 @@ COLUMNS = [("squad-dev", "recall@1"), ("squad-dev", "recall@5"), ("squad-dev", "
 SHORT = {"squad-dev": "squad", "hotpotqa-distractor": "hotpot", "nq-open": "nq"}
 
 
+def _diff_cell(a, b, value: str = "") -> str:
+    """``value (diff [low, high])`` (or ``diff [low, high]`` without a value) of mean(a) − mean(b), bold when the
+    paired bootstrap 95% CI excludes 0."""
+    ci = paired_bootstrap_ci(a, b, n_resamples=1000)
+    text = f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
+    text = f"{value} ({text})" if value else text
+    return f"**{text}**" if ci["significant"] else text
+
+
+def _header(*first: str) -> list[str]:
+    """The markdown header of a table with the columns ``first`` then one per metric in COLUMNS."""
+    names = [*first, *(f"{SHORT[d]} {m}" for d, m in COLUMNS)]
+    return ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+
+
 def compare(out: Path, pairs: list[str]) -> str:
     """Rows 'A-B': A minus B [95% CI] on every column (e.g. a recipe against its ablation)."""
-    lines = ["| A vs B | " + " | ".join(f"{SHORT[d]} {m}" for d, m in COLUMNS) + " |", "|" + "---|" * (1 + len(COLUMNS))]
+    lines = _header("A vs B")
     for pair in pairs:
         a, b = (json.loads((out / f"{name}.json").read_text())["per_query"] for name in pair.split(":"))
-        cells = []
-        for d, m in COLUMNS:
-            ci = paired_bootstrap_ci(a[d][m], b[d][m])
-            cell = f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
-            cells.append(f"**{cell}**" if ci["significant"] else cell)
+        cells = [_diff_cell(a[d][m], b[d][m]) for d, m in COLUMNS]
         lines.append(f"| {pair.replace(':', ' vs ')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -243,42 +254,25 @@ def table(out: Path) -> str:
         raise ValueError(f"{out}: no base.json; run --row base first")
     order = ["base", "mnrl-gold", *ANCHORS] + sorted(n for n in rows if n not in ("base", "mnrl-gold", *ANCHORS))
     names = [n for n in order if n in rows]
-    cols = [("squad-dev", "recall@1"), ("squad-dev", "recall@5"), ("squad-dev", "answer_hit@5"),
-            ("squad-dev", "recall@20"), ("hotpotqa-distractor", "recall@5"), ("hotpotqa-distractor", "answer_hit@5"),
-            ("nq-open", "recall@1")]
-    short = {"squad-dev": "squad", "hotpotqa-distractor": "hotpot", "nq-open": "nq"}
-    head = "| row | train rows | data s | train s | " + " | ".join(f"{short[d]} {m}" for d, m in cols) + " |"
-    lines = [head, "|" + "---|" * (4 + len(cols))]
+    lines = _header("row", "train rows", "data s", "train s")
     base = rows["base"]["per_query"]
     for n in names:
-        row = rows[n]
-        cells = []
-        for d, m in cols:
-            v = _mean(row["per_query"][d][m])
-            if n == "base":
-                cells.append(f"{v:.3f}")
-                continue
-            ci = paired_bootstrap_ci(row["per_query"][d][m], base[d][m], n_resamples=1000)
-            cell = f"{v:.3f} ({ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}])"
-            cells.append(f"**{cell}**" if ci["significant"] else cell)
-        info = row.get("info", {})
+        row = rows[n]["per_query"]
+        if n == "base":
+            cells = [f"{_mean(row[d][m]):.3f}" for d, m in COLUMNS]
+        else:
+            cells = [_diff_cell(row[d][m], base[d][m], f"{_mean(row[d][m]):.3f}") for d, m in COLUMNS]
+        info = rows[n].get("info", {})
         n_rows = info.get("pairs", info.get("train_rows", ""))
         lines.append(f"| {n} | {n_rows} | {info.get('data_seconds', 0) or 0:.0f} | {info.get('train_seconds', 0):.0f} | "
                      + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("Differences against the anchors (row minus anchor [95% CI]; bold: the CI excludes 0):")
-    lines.append("")
+    lines += ["", "Differences against the anchors (row minus anchor [95% CI]; bold: the CI excludes 0):", ""]
     for anchor in (a for a in ANCHORS if a in rows):
-        lines.append(f"| row vs {anchor} | " + " | ".join(f"{short[d]} {m}" for d, m in cols) + " |")
-        lines.append("|" + "---|" * (1 + len(cols)))
+        lines += _header(f"row vs {anchor}")
         for n in names:
             if n in ("base", anchor, "mnrl-gold") or n in ANCHORS:
                 continue
-            cells = []
-            for d, m in cols:
-                ci = paired_bootstrap_ci(rows[n]["per_query"][d][m], rows[anchor]["per_query"][d][m])
-                cell = f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
-                cells.append(f"**{cell}**" if ci["significant"] else cell)
+            cells = [_diff_cell(rows[n]["per_query"][d][m], rows[anchor]["per_query"][d][m]) for d, m in COLUMNS]
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
