@@ -41,9 +41,11 @@ from trl_bporag import (
     load_rag_dataset,
     load_retriever,
 )
+from trl_bporag.losses import REFERENCES
 from trl_bporag.metrics import paired_bootstrap_ci
 from trl_bporag.monitor import StageLog
-from trl_bporag.preferences import GenerationPreferenceBuilder, RetrievalPreferenceBuilder, check_dpo_lengths
+from trl_bporag.preferences import JUDGES, GenerationPreferenceBuilder, RetrievalPreferenceBuilder, check_dpo_lengths
+from trl_bporag.preferences.rpo import PAIRINGS
 from trl_bporag.report import plot_results, results_markdown
 from trl_bporag.trainers import GPO_MAX_LENGTH, add_bporag_card, gpo_defaults, gpo_lora_config
 from trl_bporag.utils import quiet_known_warnings
@@ -140,8 +142,7 @@ class BPORAGArguments:
             raise ValueError(f"--gpo_query_offset: expected >= 0, got {self.gpo_query_offset!r}")
         if self.k > self.rpo_top_n:
             raise ValueError(f"--k ({self.k}) must not exceed --rpo_top_n ({self.rpo_top_n})")
-        for name, allowed in (("rpo_pairing", ("listwise", "vs_original", "best_worst")), ("rpo_reference", ("free",
-                              "model")), ("rpo_judge", ("answer_hit", "answer_likelihood", "generator_f1"))):
+        for name, allowed in (("rpo_pairing", PAIRINGS), ("rpo_reference", REFERENCES), ("rpo_judge", JUDGES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name}: expected one of {allowed}, got {getattr(self, name)!r}")
     plot: bool = field(default=True, metadata={"help": "write results.png (needs matplotlib)"})

@@ -285,6 +285,9 @@ def _example(name):
     ("eval_queries", 0, "--eval_queries: expected an integer >= 1"),
     ("k", 0, "--k: expected an integer >= 1"),
     ("gpo_eval_fraction", 1.0, "--gpo_eval_fraction"),
+    ("rpo_pairing", "pairs", r"--rpo_pairing: expected one of \('vs_original', 'best_worst', 'listwise'\)"),
+    ("rpo_reference", "none", r"--rpo_reference: expected one of \('model', 'free'\)"),
+    ("rpo_judge", "f1", r"--rpo_judge: expected one of \('generator_f1', 'answer_likelihood', 'answer_hit'\)"),
 ])
 def test_bporag_flags_are_checked_at_parse_time(flag, value, message):
     bporag = _example("bporag")

@@ -19,17 +19,13 @@ BPORAG_CONFIG_NAME = "bporag_config.json"
 PAIRS_STATS_NAME = "stats.json"
 
 
-def _is_local_folder(value) -> bool:
-    return isinstance(value, (str, os.PathLike)) and os.path.isdir(value)
-
-
 def write_bporag_config(output_dir: str | os.PathLike, config: dict[str, Any]) -> Path:
     """Write ``bporag_config.json`` into ``output_dir``; a local ``retriever`` folder is stored relative to it."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = dict(config)
     retriever = config.get("retriever")
-    if _is_local_folder(retriever) and not str(retriever).startswith(("http://", "https://")):
+    if isinstance(retriever, (str, os.PathLike)) and os.path.isdir(retriever):
         config["retriever"] = os.path.relpath(os.path.abspath(retriever), os.path.abspath(out))
         config["retriever_relative_to"] = "adapter folder"
         config["retriever_absolute"] = os.path.abspath(retriever)

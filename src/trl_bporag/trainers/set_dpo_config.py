@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
+from ..losses import REFERENCES
+
 logger = logging.getLogger(__name__)
 
 # TRL pairwise loss types that are functions of the per-pair margin Δ = (s_θ(P+) − s_ref(P+)) − (s_θ(P−) − s_ref(P−))
@@ -141,7 +143,7 @@ class SetDPOConfig(DPOConfig):
     reference: str = field(
         default="model",
         metadata={"help": "'model' (subtract the frozen reference's margin, the paper) or 'free' (reference-free).",
-                  "choices": ["model", "free"]},
+                  "choices": list(REFERENCES)},
     )
     reference_margin_scale: float | None = field(
         default=None,
@@ -212,8 +214,8 @@ class SetDPOConfig(DPOConfig):
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"beta must be a finite number > 0 (a negative beta trains the preference backwards), "
                              f"got {self.beta!r}.")
-        if self.reference not in ("model", "free"):
-            raise ValueError(f"reference must be 'model' or 'free', got {self.reference!r}.")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"reference must be one of {REFERENCES}, got {self.reference!r}.")
         if self.reference_margin_scale is not None and not (
             isinstance(self.reference_margin_scale, (int, float)) and self.reference_margin_scale > 0
         ):
