@@ -33,7 +33,7 @@ def main():
     torch.set_num_threads(args.threads)
 
     from trl_bporag import DenseIndex, Retriever, load_beir, load_generator, load_retriever
-    from trl_bporag.preferences import RetrievalPreferenceBuilder
+    from trl_bporag.preferences import GENERATOR_JUDGES, RetrievalPreferenceBuilder
 
     data = load_beir(DATA / "squad-dev", "train")
     split = data.split.head(args.queries)
@@ -44,7 +44,7 @@ def main():
                                                   num_perturbations=args.num_perturbations,
                                                   max_passage_tokens=args.max_passage_tokens,
                                                   batch_size=args.batch_size)
-                for judge in ("generator_f1", "answer_likelihood")}
+                for judge in GENERATOR_JUDGES}
     _, rows = index.search(r.encode_queries(split.questions), 50)
     seconds = dict.fromkeys(builders, 0.0)
     windows = 0

@@ -44,7 +44,13 @@ from trl_bporag import (
 from trl_bporag.losses import REFERENCES
 from trl_bporag.metrics import paired_bootstrap_ci
 from trl_bporag.monitor import StageLog
-from trl_bporag.preferences import JUDGES, GenerationPreferenceBuilder, RetrievalPreferenceBuilder, check_dpo_lengths
+from trl_bporag.preferences import (
+    GENERATOR_JUDGES,
+    JUDGES,
+    GenerationPreferenceBuilder,
+    RetrievalPreferenceBuilder,
+    check_dpo_lengths,
+)
 from trl_bporag.preferences.rpo import PAIRINGS
 from trl_bporag.report import plot_results, results_markdown
 from trl_bporag.trainers import GPO_MAX_LENGTH, add_bporag_card, gpo_defaults, gpo_lora_config
@@ -178,7 +184,7 @@ def rpo_pairs(args, data, out: Path):
     with LOG.stage("RPO pairs"):
         retriever = _retriever(args, args.retriever)
         gen = tok = None
-        if args.rpo_judge in ("generator_f1", "answer_likelihood"):
+        if args.rpo_judge in GENERATOR_JUDGES:
             gen, tok = load_generator(args.generator, torch_dtype=_dtype(args))
         builder = RetrievalPreferenceBuilder(retriever, _index(retriever, data.corpus), data.corpus, gen, tok,
                                              judge=args.rpo_judge, k=args.k, perturbations=args.rpo_perturbations,

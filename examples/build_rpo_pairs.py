@@ -21,7 +21,7 @@ from trl import TrlParser
 
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, DenseIndex, Retriever, load_generator, load_rag_dataset
 from trl_bporag.hub import push_pairs_to_hub
-from trl_bporag.preferences import RetrievalPreferenceBuilder
+from trl_bporag.preferences import GENERATOR_JUDGES, RetrievalPreferenceBuilder
 from trl_bporag.utils import check_positive_ints, distributed_state, quiet_known_warnings
 
 
@@ -63,7 +63,7 @@ def main(args: BuildArguments):
     with state.main_process_first():  # the main process builds (or reuses) the index, the others load it
         index = DenseIndex.cached(retriever, data.corpus, index_dir=args.index_dir)
     gen = tok = None
-    if args.judge in ("generator_f1", "answer_likelihood"):
+    if args.judge in GENERATOR_JUDGES:
         gen, tok = load_generator(args.generator, torch_dtype=args.generator_dtype,
                                   device=str(state.device))
     perturbations = args.perturbations.split(",") if "," in args.perturbations else args.perturbations

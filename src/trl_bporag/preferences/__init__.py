@@ -1,10 +1,11 @@
 from .base import ShardedPreferenceBuilder, load_pairs
 from .gpo import GPO_PAIRINGS, GenerationPreferenceBuilder, check_dpo_lengths
-from .judges import JUDGES, answer_hit_judge, get_judge
+from .judges import GENERATOR_JUDGES, JUDGES, answer_hit_judge, get_judge
 from .rpo import PERTURBATIONS, RECIPES, RetrievalPreferenceBuilder
 
 __all__ = [
     "GPO_PAIRINGS",
+    "GENERATOR_JUDGES",
     "JUDGES",
     "PERTURBATIONS",
     "RECIPES",

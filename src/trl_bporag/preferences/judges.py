@@ -25,6 +25,7 @@ def answer_hit_judge(questions, answers, windows) -> list[float]:
 
 
 JUDGES = ("generator_f1", "answer_likelihood", "answer_hit")
+GENERATOR_JUDGES = ("generator_f1", "answer_likelihood")  # need the builder's generator and tokenizer
 
 
 def get_judge(judge: str | Judge) -> str | Judge:
@@ -34,6 +35,6 @@ def get_judge(judge: str | Judge) -> str | Judge:
         return judge
     if judge == "answer_hit":
         return answer_hit_judge
-    if judge in ("generator_f1", "answer_likelihood"):
+    if judge in GENERATOR_JUDGES:
         return judge
     raise ValueError(f"judge: expected one of {JUDGES} or a callable(questions, answers, windows), got {judge!r}")

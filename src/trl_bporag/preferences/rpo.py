@@ -35,7 +35,7 @@ from ..likelihood import answer_log_likelihood
 from ..metrics import qa_f1
 from ..utils import stable_seed
 from .base import ShardedPreferenceBuilder
-from .judges import get_judge
+from .judges import GENERATOR_JUDGES, get_judge
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"{name}: expected a value in [0, 1), got {rate}")
         self.judge = get_judge(judge)
-        if self.judge in ("generator_f1", "answer_likelihood") and (generator is None or tokenizer is None):
+        if self.judge in GENERATOR_JUDGES and (generator is None or tokenizer is None):
             raise ValueError(f"judge {self.judge!r} needs generator= and tokenizer= (or use judge='answer_hit')")
         if pairing == "listwise":
             self.row_columns = LISTWISE_ROW_COLUMNS
