@@ -1,11 +1,11 @@
 """Which zero-shot prompt should the vanilla row use? The base retriever + base generator on squad-dev *dev* questions
-(never test), one row per system prompt, EM/F1 with the paired bootstrap 95% CI of the difference from the current
-default prompt.
+(never test), one row per prompt (a system prompt, optionally an answer prefix the reply starts with), EM/F1 with the
+paired bootstrap 95% CI of the difference from the default prompt.
 
     python bench/prompt_choice.py --queries 100
 
 Same questions, passages (top 5, cut to ``--max_passage_tokens``) and greedy decoding for every prompt; only the
-system prompt differs. Prints a markdown table and, last, the prompt with the best F1.
+prompt differs. Prints a markdown table and, last, the prompt with the best F1.
 """
 
 from __future__ import annotations
@@ -17,16 +17,21 @@ import torch
 from _common import DATA
 
 from trl_bporag import DenseIndex, RAGPipeline, Retriever, load_beir, load_generator
-from trl_bporag.generation import DEFAULT_SYSTEM_PROMPT
+from trl_bporag.generation import DEFAULT_SYSTEM_PROMPT, QUOTED_ANSWER_PREFIX
 from trl_bporag.metrics import paired_bootstrap_ci
 
 ONE_SHOT = "\n\nExample:\nQuestion: In what year did the Eiffel Tower open?\nAnswer: 1889"
+EXTRACT = "Extract the answer span from the passages. Output only the span (1 to 5 words)."
+# name: (system prompt, answer prefix)
 PROMPTS = {
-    "default": DEFAULT_SYSTEM_PROMPT,
-    "copy-phrase": "Answer the question with a short phrase copied from the passages. Do not write a sentence.",
-    "extract-span": "Extract the answer span from the passages. Output only the span (1 to 5 words).",
-    "default+1shot": DEFAULT_SYSTEM_PROMPT + ONE_SHOT,
-    "extract-span+1shot": "Extract the answer span from the passages. Output only the span (1 to 5 words)." + ONE_SHOT,
+    "default": (DEFAULT_SYSTEM_PROMPT, None),
+    "copy-phrase": ("Answer the question with a short phrase copied from the passages. Do not write a sentence.", None),
+    "extract-span": (EXTRACT, None),
+    "default+1shot": (DEFAULT_SYSTEM_PROMPT + ONE_SHOT, None),
+    "extract-span+1shot": (EXTRACT + ONE_SHOT, None),
+    "default+quoted": (DEFAULT_SYSTEM_PROMPT, QUOTED_ANSWER_PREFIX),
+    "extract-span+quoted": (EXTRACT, QUOTED_ANSWER_PREFIX),
+    "default+answer-colon": (DEFAULT_SYSTEM_PROMPT, "Answer:"),
 }
 
 
@@ -43,9 +48,9 @@ def main():
     index = DenseIndex.cached(r, data.corpus)
     gen, tok = load_generator(torch_dtype="bfloat16")
     per, rows = {}, []
-    for name, system in PROMPTS.items():
+    for name, (system, prefix) in PROMPTS.items():
         pipe = RAGPipeline(r, index, data.corpus, gen, tok, k=5, max_new_tokens=24,
-                           max_passage_tokens=args.max_passage_tokens, system_prompt=system)
+                           max_passage_tokens=args.max_passage_tokens, system_prompt=system, answer_prefix=prefix)
         res = pipe.evaluate(split, ks=(5,), progress=name, return_predictions=True)
         per[name] = res["per_query"]
         row = {"prompt": name, "exact_match": round(res["metrics"]["exact_match"], 4),

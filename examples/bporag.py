@@ -41,6 +41,7 @@ from trl_bporag import (
     load_rag_dataset,
     load_retriever,
 )
+from trl_bporag.generation import QUOTED_ANSWER_PREFIX
 from trl_bporag.losses import REFERENCES
 from trl_bporag.metrics import paired_bootstrap_ci
 from trl_bporag.monitor import StageLog
@@ -72,6 +73,9 @@ class BPORAGArguments:
     k: int = field(default=5, metadata={"help": "passages the generator reads"})
     max_passage_tokens: int = field(default=96, metadata={
         "help": "each passage the generator reads is cut to this many tokens (GPO pairs, GPO and evaluation alike)"})
+    answer_prefix: str = field(default=QUOTED_ANSWER_PREFIX, metadata={
+        "help": "text the generator's reply starts with, in every stage and row (\"\": none); the default makes "
+                "SmolLM2 answer with a short quoted span (bench/prompt_choice.py)"})
     seed: int = field(default=0)
     overwrite: bool = field(default=False, metadata={"help": "redo stages whose outputs exist"})
     stages: str = field(default="rpo_pairs,rpo,gpo_pairs,gpo,eval", metadata={"help": "which stages to run"})
@@ -104,6 +108,9 @@ class BPORAGArguments:
     gpo_pairing: str = field(default="best_worst")
     # GPO training (defaults: trl_bporag.trainers.gpo_defaults)
     gpo_beta: float = field(default=0.5)
+    gpo_loss_type: str = field(default="sigmoid", metadata={
+        "help": "DPOConfig.loss_type, comma-separated: e.g. sigmoid | sigmoid,sft (DPO + NLL of the chosen answer)"})
+    gpo_loss_weights: str | None = field(default=None, metadata={"help": "comma-separated, one per GPO loss type"})
     gpo_learning_rate: float = field(default=5e-4)
     gpo_epochs: float = field(default=1.0)
     gpo_batch_size: int = field(default=1)
@@ -144,6 +151,9 @@ class BPORAGArguments:
             raise ValueError(f"--gpo_eval_fraction: expected a value in [0, 1), got {self.gpo_eval_fraction!r}")
         if self.lora_top_layers < 0:
             raise ValueError(f"--lora_top_layers: expected >= 0 (0: all layers), got {self.lora_top_layers!r}")
+        if self.gpo_loss_weights and len(self.gpo_loss_weights.split(",")) != len(self.gpo_loss_type.split(",")):
+            raise ValueError(f"--gpo_loss_weights: expected one weight per --gpo_loss_type entry "
+                             f"({self.gpo_loss_type!r}), got {self.gpo_loss_weights!r}")
         if self.gpo_query_offset < 0:
             raise ValueError(f"--gpo_query_offset: expected >= 0, got {self.gpo_query_offset!r}")
         if self.k > self.rpo_top_n:
@@ -190,7 +200,8 @@ def rpo_pairs(args, data, out: Path):
                                              judge=args.rpo_judge, k=args.k, perturbations=args.rpo_perturbations,
                                              num_perturbations=args.rpo_num_perturbations, top_n=args.rpo_top_n,
                                              pairing=args.rpo_pairing, seed=args.seed,
-                                             max_passage_tokens=args.max_passage_tokens)
+                                             max_passage_tokens=args.max_passage_tokens,
+                                             answer_prefix=args.answer_prefix or None)
         pairs = builder.build(data.split, output_dir=out, resume=not args.overwrite, max_queries=args.rpo_queries)
         LOG(f"RPO pairs: {len(pairs)} ({builder.describe()['stats']})")
     return pairs
@@ -234,6 +245,7 @@ def gpo_pairs(args, data, retriever_path: str, out: Path):
             num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p, pairing=args.gpo_pairing,
             seed=args.seed, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
             max_passage_tokens=args.max_passage_tokens, max_length=args.max_length,
+            answer_prefix=args.answer_prefix or None,
         )
         split = data.split
         if args.gpo_query_offset:  # e.g. queries the RPO pairs did not use
@@ -266,7 +278,10 @@ def gpo_train(args, pairs, retriever_path: str, out: Path) -> str:
         defaults = gpo_defaults(_cuda())
         defaults.update(bf16=args.bf16, beta=args.gpo_beta, learning_rate=args.gpo_learning_rate,
                         per_device_train_batch_size=args.gpo_batch_size, per_device_eval_batch_size=1,
-                        gradient_accumulation_steps=args.gpo_grad_accum, max_length=args.max_length)
+                        gradient_accumulation_steps=args.gpo_grad_accum, max_length=args.max_length,
+                        loss_type=args.gpo_loss_type.split(","),
+                        loss_weights=[float(w) for w in args.gpo_loss_weights.split(",")]
+                        if args.gpo_loss_weights else None)
         config = DPOConfig(output_dir=str(out), num_train_epochs=args.gpo_epochs, seed=args.seed, **defaults)
         trainer = DPOTrainer(model=model, args=config, train_dataset=pairs, eval_dataset=held,
                              processing_class=tok,
@@ -274,6 +289,7 @@ def gpo_train(args, pairs, retriever_path: str, out: Path) -> str:
                                                          model=model))
         add_bporag_card(trainer, {"retriever": retriever_path, "k": args.k, "generator": args.generator,
                                   "max_passage_tokens": args.max_passage_tokens,
+                                  "answer_prefix": args.answer_prefix or None,
                                   "pairs": str(out.parent / "gpo-pairs"), "beta": args.gpo_beta,
                                   "learning_rate": args.gpo_learning_rate, "num_beams": args.num_beams,
                                   "num_samples": args.num_samples})
@@ -312,11 +328,23 @@ def _cuda() -> bool:
 ROW_SPECS = {"vanilla": ("base", "base"), "+RPO": ("rpo", "base"), "+GPO": ("base", "gpo_ablation"),
              "BPO-RAG": ("rpo", "gpo")}
 ROWS = tuple(ROW_SPECS)
+SHARED_GPO_ROW = "+GPO (aligned under RPO)"
 
 
-def evaluate_rows(args, retrievers: dict, generators: dict) -> dict:
+def row_specs(args) -> dict:
+    """The rows to evaluate. With ``--gpo_ablation separate`` the +GPO row is the generator aligned under the base
+    retriever, and the generator aligned under the tuned one is shown too (under the base retriever), beside it."""
+    if args.gpo_ablation != "separate":
+        return ROW_SPECS
+    specs = dict(ROW_SPECS)
+    specs.pop("BPO-RAG")
+    return {**specs, SHARED_GPO_ROW: ("base", "gpo"), "BPO-RAG": ROW_SPECS["BPO-RAG"]}
+
+
+def evaluate_rows(args, retrievers: dict, generators: dict, out: Path | None = None) -> dict:
     """The four rows on each evaluation data set (same questions for every row): retrieval metrics per retriever,
-    EM/F1 per (retriever, generator), and the paired bootstrap 95% CI of each row's difference from vanilla."""
+    EM/F1 per (retriever, generator), and the paired bootstrap 95% CI of each row's difference from vanilla. With
+    ``out``, every row's answer to every question goes to ``out/predictions-<data set>.jsonl``."""
     specs = [s for s in (args.eval_datasets or f"{args.dataset}:test").split(",") if s]
     by_path: dict = {}
     for path in generators.values():
@@ -332,16 +360,18 @@ def evaluate_rows(args, retrievers: dict, generators: dict) -> dict:
             r = _retriever(args, rpath)
             pipes[name] = (r, _index(r, data.corpus))
         caches = {gpath: {} for gpath in by_path}  # prompt -> answer, per generator: rows share equal prompts
-        per_query = {}
-        for row, (rname, gname) in ROW_SPECS.items():
+        per_query, answers = {}, {}
+        for row, (rname, gname) in row_specs(args).items():
             r, index = pipes[rname]
             gen, tok = by_path[generators[gname]]
             t0 = time.perf_counter()
             pipe = RAGPipeline(r, index, data.corpus, gen, tok, k=args.k, batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens, max_passage_tokens=args.max_passage_tokens)
+                               max_new_tokens=args.max_new_tokens, max_passage_tokens=args.max_passage_tokens,
+                               answer_prefix=args.answer_prefix or None)
             res = pipe.evaluate(split, ks=(1, 5, 10), progress=f"{Path(path).name} {row}",
-                                answer_cache=caches[generators[gname]])
+                                answer_cache=caches[generators[gname]], return_predictions=True)
             per_query[row] = res["per_query"]
+            answers[row] = [p["prediction"] for p in res["predictions"]]
             entry = {"dataset": Path(path).name, "split": split_name or "test", "row": row,
                      "retriever": retrievers[rname], "generator": generators[gname], "queries": len(split),
                      **{key: round(v, 4) for key, v in res["metrics"].items() if not key.endswith("_seconds")},
@@ -357,6 +387,11 @@ def evaluate_rows(args, retrievers: dict, generators: dict) -> dict:
                                               seed=args.seed)[b], 4) for b in ("low", "high")]
                 for m, v in res["per_query"].items()}
             results.append(entry)
+        if out is not None:
+            with (out / f"predictions-{Path(path).name}.jsonl").open("w") as fh:
+                for i, (qid, question, gold) in enumerate(zip(split.ids, split.questions, split.answers)):
+                    fh.write(json.dumps({"id": qid, "question": question, "answers": gold,
+                                         **{row: answers[row][i] for row in answers}}) + "\n")
     return {"rows": results, "args": asdict(args)}
 
 
@@ -393,7 +428,8 @@ def main(args: BPORAGArguments) -> dict:
     if "eval" in stages:
         with LOG.stage("evaluation"):
             results = evaluate_rows(args, {"base": args.retriever, "rpo": retriever_rpo},
-                                    {"base": args.generator, "gpo": generator_gpo, "gpo_ablation": generator_ablation})
+                                    {"base": args.generator, "gpo": generator_gpo, "gpo_ablation": generator_ablation},
+                                    out)
         results["stages"] = list(LOG.stages)
         results["total_seconds"] = round(time.perf_counter() - start, 1)
         results["peak_rss_gib"] = LOG.peak_gib()

@@ -47,6 +47,9 @@ class GPOBuildArguments:
         "help": "each passage is cut to this many tokens (as examples/bporag.py; recorded in stats.json)"})
     max_length: int = field(default=GPO_MAX_LENGTH, metadata={
         "help": "the DPOConfig.max_length you will train with (gpo_defaults: 640)"})
+    answer_prefix: str | None = field(default=None, metadata={
+        "help": "text the answers start with, e.g. 'The answer is \"' (trl_bporag.generation.QUOTED_ANSWER_PREFIX); "
+                "use the same at evaluation (a GPO adapter records it in bporag_config.json)"})
     generator_dtype: str = field(default="bfloat16")
     index_dir: str | None = field(default=None)
     no_resume: bool = field(default=False, metadata={"help": "start over instead of resuming"})
@@ -68,7 +71,7 @@ def main(args: GPOBuildArguments):
         retriever, index, data.corpus, gen, tok, k=args.k, num_beams=args.num_beams, num_samples=args.num_samples,
         temperature=args.temperature, top_p=args.top_p, pairing=args.pairing, seed=args.seed,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_passage_tokens=args.max_passage_tokens,
-        max_length=args.max_length,
+        max_length=args.max_length, answer_prefix=args.answer_prefix or None,
     )
     pairs = builder.build(data.split, output_dir=args.output_dir, resume=not args.no_resume,
                           max_queries=args.max_queries, push_to_hub=args.push_to_hub)

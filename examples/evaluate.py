@@ -49,6 +49,9 @@ class EvalArguments:
     max_passage_tokens: int | None = field(default=None, metadata={
         "help": "each passage is cut to this many tokens (default: what a GPO adapter's bporag_config.json records, "
                 "else 192)"})
+    answer_prefix: str | None = field(default=None, metadata={
+        "help": "text the generator's reply starts with (default: the one a GPO adapter was trained with, from its "
+                "bporag_config.json, else none; \"\" for none)"})
     output_dir: str = field(default="runs/eval")
     save_predictions: bool = field(default=True, metadata={"help": "write predictions.jsonl"})
 
@@ -69,12 +72,14 @@ def markdown_table(args: EvalArguments, result: dict) -> str:
     return "\n".join([head, sep, row]) + "\n"
 
 
-def passage_tokens(args: EvalArguments) -> int:
-    """--max_passage_tokens, else the cut a GPO adapter was trained with (its bporag_config.json), else 192."""
-    if args.max_passage_tokens is not None:
-        return args.max_passage_tokens
+def prompt_settings(args: EvalArguments) -> dict:
+    """The prompt's passage cut and answer prefix: the flags where given, else what a GPO adapter was trained with (its
+    bporag_config.json), else 192 tokens and no prefix."""
     aligned = read_bporag_config(args.generator) if os.path.isdir(args.generator) and not args.retrieval_only else None
-    return int((aligned or {}).get("max_passage_tokens") or 192)
+    aligned = aligned or {}
+    tokens = args.max_passage_tokens if args.max_passage_tokens is not None else aligned.get("max_passage_tokens")
+    prefix = args.answer_prefix if args.answer_prefix is not None else aligned.get("answer_prefix")
+    return {"max_passage_tokens": int(tokens or 192), "answer_prefix": prefix or None}
 
 
 def main(args: EvalArguments) -> dict:
@@ -97,7 +102,7 @@ def main(args: EvalArguments) -> dict:
     )
     pipe = RAGPipeline(retriever, index, data.corpus, gen, tok, k=args.k, with_title=args.with_title,
                        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                       max_passage_tokens=passage_tokens(args))
+                       **prompt_settings(args))
     result = pipe.evaluate(split, ks=ks, generate_answers=not args.retrieval_only,
                            return_predictions=args.save_predictions)
     predictions = result.pop("predictions", None)

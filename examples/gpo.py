@@ -55,7 +55,7 @@ def main(script_args, training_args, model_args, bporag_config: dict | None = No
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    card = {key: bporag_config.get(key) for key in ("retriever", "k", "system_prompt", "max_passage_tokens",
+    card = {key: bporag_config.get(key) for key in ("retriever", "k", "system_prompt", "answer_prefix", "max_passage_tokens",
                                                     "with_title", "num_beams", "num_samples", "pairing")}
     card.update(generator=model_args.model_name_or_path or DEFAULT_GENERATOR, pairs=script_args.dataset_name,
                 beta=training_args.beta, loss_type=training_args.loss_type, learning_rate=training_args.learning_rate)

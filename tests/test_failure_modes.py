@@ -322,14 +322,18 @@ def test_negative_beta_is_refused_by_the_config():
         SetDPOConfig(output_dir="unused", beta=-1.0, use_cpu=True, bf16=False)
 
 
-def test_evaluate_cuts_passages_as_the_gpo_adapter_was_trained(tmp_path):
+def test_evaluate_prompts_as_the_gpo_adapter_was_trained(tmp_path):
     evaluate = _example("evaluate")
     adapter = tmp_path / "generator-gpo"
     adapter.mkdir()
-    (adapter / "bporag_config.json").write_text(json.dumps({"retriever": "r", "k": 5, "max_passage_tokens": 96}))
-    assert evaluate.passage_tokens(evaluate.EvalArguments(dataset="x", generator=str(adapter))) == 96
-    assert evaluate.passage_tokens(evaluate.EvalArguments(dataset="x", generator=str(adapter),
-                                                          max_passage_tokens=50)) == 50
-    assert evaluate.passage_tokens(evaluate.EvalArguments(dataset="x")) == 192  # a Hub id: the library default
+    (adapter / "bporag_config.json").write_text(json.dumps({"retriever": "r", "k": 5, "max_passage_tokens": 96,
+                                                             "answer_prefix": 'The answer is "'}))
+    settings = evaluate.prompt_settings
+    assert settings(evaluate.EvalArguments(dataset="x", generator=str(adapter))) == {
+        "max_passage_tokens": 96, "answer_prefix": 'The answer is "'}
+    assert settings(evaluate.EvalArguments(dataset="x", generator=str(adapter), max_passage_tokens=50,
+                                           answer_prefix="")) == {"max_passage_tokens": 50, "answer_prefix": None}
+    # a Hub id: the library defaults
+    assert settings(evaluate.EvalArguments(dataset="x")) == {"max_passage_tokens": 192, "answer_prefix": None}
     with pytest.raises(ValueError, match="--max_passage_tokens"):
         evaluate.EvalArguments(dataset="x", max_passage_tokens=0)

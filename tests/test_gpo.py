@@ -50,7 +50,8 @@ def word_judge(prediction, answers):
 def builder(parts, **kw):
     r, index, corpus, gen, tok = parts
     kw.setdefault("judge", word_judge)
-    return GenerationPreferenceBuilder(r, index, corpus, gen, tok, k=3, num_beams=2, max_new_tokens=6,
+    kw.setdefault("num_beams", 2)
+    return GenerationPreferenceBuilder(r, index, corpus, gen, tok, k=3, max_new_tokens=6,
                                        batch_size=4, query_batch_size=4, **kw)
 
 
@@ -224,6 +225,49 @@ def test_plain_text_rows_without_a_chat_template(tiny_st, tmp_path):
     assert pairs[0]["chosen"].startswith(" ")
 
 
+def test_the_default_f1_judge_prefers_the_answer_closest_to_the_gold(parts):
+    """judge=None is SQuAD token F1: with each question's greedy answer as its gold, the greedy answer wins every pair
+    whose sample differs from it, and the rows carry the F1 of their answers."""
+    from trl_bporag.metrics import qa_f1
+
+    split = make_split(8)
+    probe = builder(parts, num_samples=2, num_beams=1)
+    texts = [probe.fit_prompt(q, [probe.corpus.passage(int(i), True) for i in ids[:3] if i >= 0])[1]
+             for q, ids in zip(split.questions, probe.index.search(probe.retriever.encode_queries(split.questions),
+                                                                    3)[1])]
+    greedy = [c[0][1] for c in probe.answers(texts, split.ids)]
+    gold = QASplit(split.ids, split.questions, [[g] for g in greedy], split.gold_ids)
+    b = builder(parts, num_samples=2, num_beams=1, judge=None)
+    pairs = b.build(gold)
+    assert b.describe()["config"]["judge"] == "f1" and len(pairs) > 0
+    for row in pairs:
+        answer = greedy[gold.ids.index(row["query_id"])]
+        assert row["chosen_source"] == "beam" and row["chosen"][0]["content"] == answer and row["chosen_f1"] == 1.0
+        assert row["rejected_f1"] == pytest.approx(qa_f1(row["rejected"][0]["content"], [answer]))
+        assert row["rejected_f1"] < 1.0
+
+
+def test_answer_prefix_ends_the_prompt_and_the_answers_close_it(parts):
+    from trl_bporag.generation import QUOTED_ANSWER_PREFIX, answer_stop, clean_answer
+
+    assert answer_stop(QUOTED_ANSWER_PREFIX) == '"' and answer_stop("Answer:") is None and answer_stop(None) is None
+    assert clean_answer(' Paris" is the capital.\nmore', '"') == "Paris"
+    assert clean_answer("no quote here\nsecond line", '"') == "no quote here"
+    b = builder(parts, num_samples=2, answer_prefix=QUOTED_ANSWER_PREFIX)
+    assert b.conversational is False  # TRL's conversational rows cannot end in a started reply
+    pairs = b.build(make_split())
+    assert len(pairs) > 0 and b.describe()["config"]["answer_prefix"] == QUOTED_ANSWER_PREFIX
+    for row in pairs:
+        assert isinstance(row["prompt"], str) and row["prompt"].startswith("<|im_start|>system")
+        assert row["prompt"].endswith("<|im_start|>assistant\n" + QUOTED_ANSWER_PREFIX)
+        for side in ("chosen", "rejected"):
+            answer = row[side]
+            assert answer.endswith('"') and '"' not in answer[:-1]  # the answer up to its stop, then the stop
+            assert row[f"{side}_f1"] == pytest.approx(word_judge(answer[:-1], None))
+    with pytest.raises(ValueError, match="answer_prefix"):
+        builder(parts, answer_prefix=QUOTED_ANSWER_PREFIX, conversational=True)
+
+
 def test_check_dpo_lengths_counts_and_drops(tiny_generator_dir, caplog):
     _, tok = load_generator(tiny_generator_dir)
     user = lambda n: [{"role": "user", "content": " ".join(["paris"] * n)}]  # noqa: E731
@@ -308,8 +352,11 @@ def test_bporag_end_to_end_with_tiny_models(tmp_path, tiny_retriever_dir, tiny_g
     assert rows["vanilla"]["recall@5"] == rows["+GPO"]["recall@5"]  # same retriever, same retrieval
     for name in ("rpo-pairs/stats.json", "retriever-rpo/modules.json", "gpo-pairs/stats.json",
                  "generator-gpo/adapter_config.json", "generator-gpo/bporag_config.json", "results.json",
-                 "results.md"):
+                 "results.md", "predictions-qa_test.jsonl"):
         assert (out / name).is_file(), name
+    answers = [json.loads(line) for line in (out / "predictions-qa_test.jsonl").read_text().splitlines()]
+    assert len(answers) == 5 and set(answers[0]) == {"id", "question", "answers", *bporag.ROWS}
+    assert all(isinstance(a[row], str) for a in answers for row in bporag.ROWS)
     # the adapter records its retriever relative to itself (the run folder can move) and resolves it from there
     assert json.loads((out / "generator-gpo" / "bporag_config.json").read_text())["retriever"] == "../retriever-rpo"
     assert read_bporag_config(out / "generator-gpo")["retriever"] == os.path.realpath(out / "retriever-rpo")
@@ -338,6 +385,10 @@ def test_bporag_end_to_end_with_tiny_models(tmp_path, tiny_retriever_dir, tiny_g
     ablation = out / "generator-gpo-base-retriever"
     assert rows["+GPO"]["generator"] == str(ablation)
     assert rows["BPO-RAG"]["generator"] == str(out / "generator-gpo")
+    # the generator aligned under the tuned retriever is shown beside it, under the base retriever
+    assert list(rows) == ["vanilla", "+RPO", "+GPO", bporag.SHARED_GPO_ROW, "BPO-RAG"]
+    assert rows[bporag.SHARED_GPO_ROW]["generator"] == str(out / "generator-gpo")
+    assert rows[bporag.SHARED_GPO_ROW]["recall@5"] == rows["vanilla"]["recall@5"]
     assert read_bporag_config(ablation)["retriever"] == os.path.realpath(tiny_retriever_dir)
     assert (out / "gpo-pairs-base-retriever" / "stats.json").is_file()
     assert (out / "generator-gpo" / "adapter_model.safetensors").stat().st_mtime_ns == stamp

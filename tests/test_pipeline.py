@@ -46,6 +46,19 @@ def test_batched_generation_matches_one_by_one(tiny_generator_dir):
     assert sampled == generate(model, tok, prompts, max_new_tokens=5, do_sample=True, seed=3, num_return_sequences=2)
 
 
+def test_pipeline_answer_prefix_ends_every_prompt_and_cuts_answers_at_its_stop(pipe, toy_split):
+    from trl_bporag.generation import QUOTED_ANSWER_PREFIX, clean_answer
+
+    pipe.answer_prefix = QUOTED_ANSWER_PREFIX
+    ids, _ = pipe.retrieve(toy_split.questions)
+    prompts = pipe.prompts(toy_split.questions, ids)
+    assert all(p.endswith("<|im_start|>assistant\n" + QUOTED_ANSWER_PREFIX) for p in prompts)
+    raw = generate(pipe.generator, pipe.tokenizer, prompts, max_new_tokens=pipe.max_new_tokens, clean=False)
+    assert pipe.answer(toy_split.questions, ids) == [clean_answer(r, '"') for r in raw]
+    text = build_prompt(pipe.tokenizer, "q", ["a"], answer_prefix=QUOTED_ANSWER_PREFIX)
+    assert text == build_prompt(pipe.tokenizer, "q", ["a"]) + QUOTED_ANSWER_PREFIX
+
+
 def test_pipeline_retrieves_and_answers(pipe, toy_split):
     out = pipe(toy_split.questions)
     assert len(out) == 3

@@ -20,6 +20,20 @@ DEFAULT_SYSTEM_PROMPT = (
     "You answer questions using the given passages. Reply with the answer only: a few words, no full sentence."
 )
 
+#: An answer prefix that makes small instruction models answer with a short span: the reply starts with it, the
+#: generator writes the answer and closes the quote (chosen on squad-dev *dev*, ``bench/prompt_choice.py``).
+QUOTED_ANSWER_PREFIX = 'The answer is "'
+
+_CLOSING = {'"': '"', "\u201c": "\u201d", "(": ")", "[": "]"}
+
+
+def answer_stop(answer_prefix: str | None) -> str | None:
+    """Where an answer written after ``answer_prefix`` ends: the closing mark of an opening quote or bracket the prefix
+    ends with (``'The answer is "'`` -> ``'"'``), else None (the first line is the answer)."""
+    if not answer_prefix:
+        return None
+    return _CLOSING.get(answer_prefix.rstrip(" ")[-1:])
+
 
 def truncate_passage(text: str, tokenizer, max_tokens: int | None) -> str:
     """Cut a passage to at most ``max_tokens`` tokens of ``tokenizer`` (None: keep it whole)."""
@@ -52,23 +66,31 @@ def build_prompt(
     passages: Sequence[str],
     max_passage_tokens: int | None = 192,
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    answer_prefix: str | None = None,
 ) -> str:
     """The prompt string the generator reads: its chat template when it has one, else a plain text prompt.
 
-    Passages (never the question) are truncated to ``max_passage_tokens`` tokens each.
+    Passages (never the question) are truncated to ``max_passage_tokens`` tokens each. ``answer_prefix``: text the
+    reply starts with (e.g. :data:`QUOTED_ANSWER_PREFIX`), appended after the generation prompt; the generator
+    continues it and :func:`clean_answer` with ``stop=answer_stop(answer_prefix)`` keeps what it wrote up to the stop.
     """
     passages = [truncate_passage(p, tokenizer, max_passage_tokens) for p in passages]
     if has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(
+        text = tokenizer.apply_chat_template(
             build_messages(question, passages, system_prompt), tokenize=False, add_generation_prompt=True
         )
-    head = f"{system_prompt}\n\n" if system_prompt else ""
-    ctx = f"{format_context(passages)}\n\n" if passages else ""
-    return f"{head}{ctx}Question: {question}\nAnswer:"
+    else:
+        head = f"{system_prompt}\n\n" if system_prompt else ""
+        ctx = f"{format_context(passages)}\n\n" if passages else ""
+        text = f"{head}{ctx}Question: {question}\nAnswer:" + (" " if answer_prefix else "")
+    return text + (answer_prefix or "")
 
 
-def clean_answer(text: str) -> str:
-    """First non-empty line of a completion, stripped."""
+def clean_answer(text: str, stop: str | None = None) -> str:
+    """The answer in a completion: the text before ``stop`` (when given and present), then its first non-empty line,
+    stripped."""
+    if stop:
+        text = text.split(stop, 1)[0]
     for line in text.strip().splitlines():
         if line.strip():
             return line.strip()
@@ -139,11 +161,13 @@ def generate(
     clean: bool = True,
     sample_seeds: Sequence[int] | None = None,
     progress: str | None = None,
+    stop: str | None = None,
     **generate_kwargs,
 ) -> list[str] | list[list[str]]:
     """Batched generation with left padding; prompts are grouped by length and answers come back in input order.
 
-    ``progress``: a description for a tqdm progress bar over the prompts (None: no bar).
+    ``progress``: a description for a tqdm progress bar over the prompts (None: no bar). ``clean``: each answer is
+    :func:`clean_answer` of its completion (cut at ``stop`` when given).
 
     ``generate_kwargs`` go to ``model.generate`` (``do_sample``, ``num_beams``, ``temperature``, ``top_p``...;
     default greedy). With ``num_return_sequences > 1`` each entry is a list of that many answers.
@@ -210,7 +234,7 @@ def generate(
             )
             texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
             if clean:
-                texts = [clean_answer(t) for t in texts]
+                texts = [clean_answer(t, stop) for t in texts]
             for j, i in enumerate(idx):
                 chunk = texts[j * num_return_sequences : (j + 1) * num_return_sequences]
                 out[i] = chunk if num_return_sequences > 1 else chunk[0]
@@ -304,12 +328,13 @@ def generate_candidates(
     top_p: float | None = None,
     top_k: int | None = None,
     clean: bool = True,
+    stop: str | None = None,
     share_prefixes: bool = True,
     stats: dict | None = None,
     read_once: bool = True,
 ) -> tuple[list[str], list[list[str]]]:
     """Per prompt, one beam-search answer (greedy when ``num_beams=1``) and ``num_samples`` seeded samples, reading
-    each prompt once.
+    each prompt once. ``clean`` / ``stop``: as in :func:`generate`.
 
     Each prompt of a batch is read once into a KV cache (alone and unpadded; with ``share_prefixes``, a prompt that
     begins like the one before it reads only what differs, see below); the beam search continues from a copy of the
@@ -348,11 +373,12 @@ def generate_candidates(
     if not read_once or not _plain_kv_cache(model):  # sliding-window or linear-attention layers cannot be cut
         beam_kw = {"num_beams": num_beams} if num_beams > 1 else {}
         beams = generate(model, tokenizer, list(prompts), batch_size=batch_size, max_new_tokens=max_new_tokens,
-                         clean=clean, **beam_kw)
+                         clean=clean, stop=stop, **beam_kw)
         if not num_samples:
             return beams, [[] for _ in prompts]
         samples = generate(model, tokenizer, list(prompts), batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           clean=clean, num_return_sequences=num_samples, sample_seeds=sample_seeds, do_sample=True,
+                           clean=clean, stop=stop, num_return_sequences=num_samples, sample_seeds=sample_seeds,
+                           do_sample=True,
                            temperature=temperature, top_p=top_p, top_k=top_k)
         return beams, [s if num_samples > 1 else [s] for s in samples]
     if share_prefixes:
@@ -391,8 +417,8 @@ def generate_candidates(
                                  logits_processor=LogitsProcessorList([processor]), **common)
             sample_texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         if clean:
-            beam_texts = [clean_answer(t) for t in beam_texts]
-            sample_texts = [clean_answer(t) for t in sample_texts]
+            beam_texts = [clean_answer(t, stop) for t in beam_texts]
+            sample_texts = [clean_answer(t, stop) for t in sample_texts]
         for j, i in enumerate(idx):
             beams[i] = beam_texts[j]
             samples[i] = sample_texts[j * num_samples : (j + 1) * num_samples]

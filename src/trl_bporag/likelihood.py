@@ -38,6 +38,7 @@ def answer_log_likelihood(
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
     batch_size: int = 8,
     progress: bool = False,
+    answer_prefix: str | None = None,
 ) -> list[float]:
     """max over the distinct gold answers a of (1/|a|) Σ_t log p(a_t | prompt(q, window), a_<t), one per window.
 
@@ -45,7 +46,8 @@ def answer_log_likelihood(
         model: a causal LM (``AutoModelForCausalLM``).
         tokenizer: its tokenizer.
         questions, windows, answers: aligned lists: the question, the window's passage texts and the gold answers.
-        max_passage_tokens, system_prompt: as in :func:`~trl_bporag.generation.build_prompt`.
+        max_passage_tokens, system_prompt, answer_prefix: as in :func:`~trl_bporag.generation.build_prompt` (with
+            an answer prefix, the answer is scored as the continuation of the prompt that ends with it).
         batch_size: sequences per forward pass (sequences are grouped by length).
         progress: show a tqdm bar.
     """
@@ -60,7 +62,7 @@ def answer_log_likelihood(
             raise ValueError(f"answers[{i}]: no non-empty gold answer for question {q!r}")
         key = (q, tuple(window))
         if key not in prompt_cache:
-            prompt = build_prompt(tokenizer, q, list(window), max_passage_tokens, system_prompt)
+            prompt = build_prompt(tokenizer, q, list(window), max_passage_tokens, system_prompt, answer_prefix)
             prompt_cache[key] = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         for a in distinct:
             items.append((i, prompt_cache[key], tokenizer(a, add_special_tokens=False)["input_ids"]))

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .data import Corpus, QASplit
-from .generation import DEFAULT_SYSTEM_PROMPT, build_prompt, generate
+from .generation import DEFAULT_SYSTEM_PROMPT, answer_stop, build_prompt, generate
 from .metrics import answer_metrics, per_query_metrics, retrieval_metrics
 from .retrieval import DenseIndex, Retriever
 
@@ -27,6 +27,9 @@ class RAGPipeline:
         tokenizer: the generator's tokenizer (required with ``generator``).
         k: passages given to the generator.
         with_title: the generator reads ``title + " " + text`` (as the retriever does by default).
+        max_passage_tokens, system_prompt, answer_prefix: the prompt, as in
+            :func:`~trl_bporag.generation.build_prompt`; with ``answer_prefix`` the answer is what the generator writes
+            after it, up to :func:`~trl_bporag.generation.answer_stop`.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class RAGPipeline:
         batch_size: int = 8,
         max_passage_tokens: int | None = 192,
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        answer_prefix: str | None = None,
     ):
         if not isinstance(retriever, Retriever):
             retriever = Retriever(retriever)
@@ -57,6 +61,7 @@ class RAGPipeline:
         self.k, self.with_title = k, with_title
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.max_passage_tokens, self.system_prompt = max_passage_tokens, system_prompt
+        self.answer_prefix = answer_prefix
 
     @classmethod
     def from_pretrained(
@@ -100,7 +105,7 @@ class RAGPipeline:
                            aligned["retriever"], retriever)
         if k is None:
             k = int(aligned.get("k") or 5)
-        for key in ("system_prompt", "max_passage_tokens", "with_title"):
+        for key in ("system_prompt", "answer_prefix", "max_passage_tokens", "with_title"):
             if key in aligned and key not in kwargs:
                 kwargs[key] = aligned[key]
         ret = Retriever(retriever, score=score)
@@ -123,7 +128,8 @@ class RAGPipeline:
         if self.tokenizer is None:
             raise ValueError("this pipeline has no generator: pass generator= and tokenizer=")
         return [
-            build_prompt(self.tokenizer, q, self.passages(ids[: self.k]), self.max_passage_tokens, self.system_prompt)
+            build_prompt(self.tokenizer, q, self.passages(ids[: self.k]), self.max_passage_tokens, self.system_prompt,
+                         self.answer_prefix)
             for q, ids in zip(questions, passage_ids)
         ]
 
@@ -139,7 +145,8 @@ class RAGPipeline:
         todo = list(dict.fromkeys(p for p in prompts if p not in cache))
         if todo:
             new = generate(self.generator, self.tokenizer, todo, batch_size=self.batch_size,
-                           max_new_tokens=self.max_new_tokens, progress=progress)
+                           max_new_tokens=self.max_new_tokens, progress=progress,
+                           stop=answer_stop(self.answer_prefix))
             cache.update(zip(todo, new))
         return [cache[p] for p in prompts]
 

@@ -31,6 +31,7 @@ from ..data import Corpus
 from ..generation import (
     DEFAULT_SYSTEM_PROMPT,
     _mix_seed,
+    answer_stop,
     build_messages,
     build_prompt,
     generate_candidates,
@@ -66,7 +67,14 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
         judge: ``(prediction, gold_answers) -> float``; default SQuAD token F1 (max over the gold answers).
         max_length: the ``DPOConfig.max_length`` the pairs will be trained with; passages are cut so that prompt +
             ``max_new_tokens`` + 1 fits (None: only ``max_passage_tokens`` applies).
-        conversational: rows in TRL's conversational format (default: when the tokenizer has a chat template).
+        answer_prefix: text every answer starts with (e.g.
+            :data:`~trl_bporag.generation.QUOTED_ANSWER_PREFIX`), as in
+            :func:`~trl_bporag.generation.build_prompt`: it ends the prompt, the candidates are what the generator
+            writes after it up to :func:`~trl_bporag.generation.answer_stop`, and the rows' answers end with that stop
+            (the generator learns to close its answer). TRL's conversational rows cannot end in a started reply, so
+            these rows are plain text (the chat template already applied).
+        conversational: rows in TRL's conversational format (default: when the tokenizer has a chat template and there
+            is no ``answer_prefix``).
         seed: sampling seed; each query's samples come from their own stream (seed, query id), so the pairs do not
             depend on batch sizes, the number of processes or resuming.
 
@@ -101,6 +109,7 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
         max_passage_tokens: int | None = 192,
         max_length: int | None = 1024,
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        answer_prefix: str | None = None,
         conversational: bool | None = None,
         query_batch_size: int = 32,
     ):
@@ -122,9 +131,12 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
             raise ValueError(f"max_length: {max_length} leaves no room for a prompt with max_new_tokens="
                              f"{max_new_tokens}")
         if conversational is None:
-            conversational = has_chat_template(tokenizer)
+            conversational = has_chat_template(tokenizer) and not answer_prefix
         elif conversational and not has_chat_template(tokenizer):
             raise ValueError("conversational=True needs a tokenizer with a chat template")
+        elif conversational and answer_prefix:
+            raise ValueError("answer_prefix: TRL's conversational rows cannot end in a started reply; pass "
+                             "conversational=False (plain-text rows, the chat template applied) or no answer_prefix")
         self.retriever, self.index, self.corpus = retriever, index, corpus
         self.generator, self.tokenizer = generator, tokenizer
         self.k, self.num_beams, self.num_samples = k, num_beams, num_samples
@@ -134,6 +146,7 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.max_passage_tokens, self.max_length = max_passage_tokens, max_length
         self.system_prompt, self.conversational = system_prompt, conversational
+        self.answer_prefix, self.stop = answer_prefix, answer_stop(answer_prefix)
         self.query_batch_size = query_batch_size
         self.batched = True  # False: one generate call per answer (the benchmark baseline)
         self.share_prefill = True  # read each prompt once for its beam and its samples (generate_candidates)
@@ -146,7 +159,7 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
             messages = build_messages(question, passages, self.system_prompt)
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             return messages, text
-        text = build_prompt(self.tokenizer, question, passages, None, self.system_prompt)
+        text = build_prompt(self.tokenizer, question, passages, None, self.system_prompt, self.answer_prefix)
         return text, text
 
     def fit_prompt(self, question: str, passages: Sequence[str]):
@@ -178,7 +191,7 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
         """Candidate answers per prompt: [("beam", a), ("sample_0", a), ...]."""
         seeds = [_mix_seed(self.seed, qid) for qid in query_ids]
         kwargs = dict(num_beams=self.num_beams, num_samples=self.num_samples, max_new_tokens=self.max_new_tokens,
-                      temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+                      temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, stop=self.stop)
         if self.batched:  # share_prefill=False: two batched generate calls, each prompt read per beam and sample
             beams, samples = generate_candidates(self.generator, self.tokenizer, list(texts), seeds,
                                                  batch_size=self.batch_size, read_once=self.share_prefill, **kwargs)
@@ -214,6 +227,9 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
             if self.conversational:
                 chosen = [{"role": "assistant", "content": candidates[c][1]}]
                 rejected = [{"role": "assistant", "content": candidates[r][1]}]
+            elif self.answer_prefix:  # the prompt ends in the prefix; the answer ends with its stop
+                end = self.stop or ""
+                chosen, rejected = candidates[c][1] + end, candidates[r][1] + end
             else:
                 chosen, rejected = " " + candidates[c][1], " " + candidates[r][1]
             rows.append({
@@ -258,7 +274,8 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
                 "top_k": self.top_k, "pairing": self.pairing, "judge": judge, "seed": self.seed,
                 "with_title": self.with_title, "max_new_tokens": self.max_new_tokens,
                 "max_passage_tokens": self.max_passage_tokens, "max_length": self.max_length,
-                "system_prompt": self.system_prompt, "conversational": self.conversational,
+                "system_prompt": self.system_prompt, "answer_prefix": self.answer_prefix,
+                "conversational": self.conversational,
                 "generator": getattr(self.generator, "name_or_path", None),
             },
             "stats": stats,

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..data import Corpus, QASplit
-from ..generation import DEFAULT_SYSTEM_PROMPT, build_prompt, generate, generate_candidates
+from ..generation import DEFAULT_SYSTEM_PROMPT, answer_stop, build_prompt, generate, generate_candidates
 from ..likelihood import answer_log_likelihood
 from ..metrics import qa_f1
 from ..utils import stable_seed
@@ -82,6 +82,8 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
         max_pairs_per_query: keep at most this many pairs per query (None: all).
         order_matters: windows with the same passages in another order are distinct (use with a position-aware set
             score); by default they are degenerate (no gradient under the sum score) and are not emitted.
+        max_passage_tokens, system_prompt, answer_prefix: the generator judges' prompt, as in
+            :func:`~trl_bporag.generation.build_prompt` (use the prompt the generator will answer with).
 
     :meth:`build` (from :class:`~trl_bporag.preferences.base.ShardedPreferenceBuilder`) runs it over a split:
     resumable, ``accelerate launch``-aware, returns a :class:`datasets.Dataset`.
@@ -116,6 +118,7 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
         max_new_tokens: int = 24,
         max_passage_tokens: int | None = 192,
         system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+        answer_prefix: str | None = None,
         query_batch_size: int = 32,
     ):
         if isinstance(perturbations, str):
@@ -155,6 +158,7 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
         self.order_matters, self.seed, self.with_title = order_matters, seed, with_title
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.max_passage_tokens, self.system_prompt = max_passage_tokens, system_prompt
+        self.answer_prefix = answer_prefix
         self.query_batch_size = query_batch_size
         self.use_window_cache = True  # identical (query, window) pairs are judged once; off only for benchmarks
         self.stats: Counter = Counter()
@@ -219,19 +223,22 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
         ans = [answers[i] for i in first]
         self.stats["windows_judged"] += len(first)
         if self.judge == "generator_f1":
-            prompts = [build_prompt(self.tokenizer, q, t, self.max_passage_tokens, self.system_prompt)
-                       for q, t in zip(qs, texts)]
+            prompts = [build_prompt(self.tokenizer, q, t, self.max_passage_tokens, self.system_prompt,
+                                    self.answer_prefix) for q, t in zip(qs, texts)]
+            stop = answer_stop(self.answer_prefix)
             if self.use_window_cache:  # each prompt read once; the lists of a query share their first passages
                 outputs, _ = generate_candidates(self.generator, self.tokenizer, prompts, num_samples=0,
-                                                 batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
+                                                 batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+                                                 stop=stop)
             else:  # the no-cache baseline: one generate call per (query, list)
                 outputs = [generate(self.generator, self.tokenizer, [p], batch_size=1,
-                                    max_new_tokens=self.max_new_tokens)[0] for p in prompts]
+                                    max_new_tokens=self.max_new_tokens, stop=stop)[0] for p in prompts]
             self.stats["generations"] += len(prompts)
             scores = [qa_f1(o, a) for o, a in zip(outputs, ans)]
         elif self.judge == "answer_likelihood":
             scores = answer_log_likelihood(self.generator, self.tokenizer, qs, texts, ans, self.max_passage_tokens,
-                                           self.system_prompt, batch_size=self.batch_size)
+                                           self.system_prompt, batch_size=self.batch_size,
+                                           answer_prefix=self.answer_prefix)
             self.stats["generations"] += len(texts)
         else:
             scores = [float(s) for s in self.judge(qs, ans, texts)]
