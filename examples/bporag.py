@@ -8,12 +8,16 @@
 Rows (as in the paper's tables): vanilla (base retriever + base generator), +RPO (tuned retriever + base generator),
 +GPO (base retriever + GPO generator), full BPO-RAG (tuned retriever + GPO generator). By default the +GPO row uses the
 generator aligned under the tuned retriever; ``--gpo_ablation separate`` trains a second generator under the base
-retriever for that row, as an ablation that never saw RPO would.
+retriever for that row, as an ablation that never saw RPO would (the shared generator is then shown beside it, as a
+fifth row).
 
 Each stage writes a standard artifact under ``--output_dir`` and is skipped when its artifact is already there (pass
 ``--overwrite`` to redo them): ``rpo-pairs/`` and ``gpo-pairs/`` (``datasets`` folders + stats.json, resumable),
 ``retriever-rpo/`` (a sentence-transformers folder), ``generator-gpo/`` (a PEFT adapter + bporag_config.json), and
-``results.json``, ``results.md``, ``results.png``.
+``results.json``, ``results.md``, ``results.png``, ``predictions-<data set>.jsonl`` (every row's answer per question).
+
+Every prompt (RPO generator judges, GPO pairs, evaluation) starts the generator's reply with ``--answer_prefix``
+(default ``The answer is "``: SmolLM2 then answers with a short quoted span; ``""`` for none).
 """
 
 from __future__ import annotations
