@@ -27,9 +27,12 @@ class RAGPipeline:
         tokenizer: the generator's tokenizer (required with ``generator``).
         k: passages given to the generator.
         with_title: the generator reads ``title + " " + text`` (as the retriever does by default).
-        max_passage_tokens, system_prompt, answer_prefix: the prompt, as in
-            :func:`~trl_bporag.generation.build_prompt`; with ``answer_prefix`` the answer is what the generator writes
-            after it, up to :func:`~trl_bporag.generation.answer_stop`.
+        max_new_tokens: answer length limit.
+        batch_size: generation batch size.
+        max_passage_tokens: each passage is cut to this many tokens in the prompt.
+        system_prompt: the system message (:func:`~trl_bporag.generation.build_prompt`).
+        answer_prefix: text the generator's reply starts with; the answer is what it writes after it, up to
+            :func:`~trl_bporag.generation.answer_stop`.
     """
 
     def __init__(

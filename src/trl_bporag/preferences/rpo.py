@@ -82,8 +82,9 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
         max_pairs_per_query: keep at most this many pairs per query (None: all).
         order_matters: windows with the same passages in another order are distinct (use with a position-aware set
             score); by default they are degenerate (no gradient under the sum score) and are not emitted.
-        max_passage_tokens, system_prompt, answer_prefix: the generator judges' prompt, as in
-            :func:`~trl_bporag.generation.build_prompt` (use the prompt the generator will answer with).
+        answer_prefix: text the generator judges' replies start with, as in
+            :func:`~trl_bporag.generation.build_prompt` (use the prompt the generator will answer with; likewise
+            ``max_passage_tokens`` and ``system_prompt``).
 
     :meth:`build` (from :class:`~trl_bporag.preferences.base.ShardedPreferenceBuilder`) runs it over a split:
     resumable, ``accelerate launch``-aware, returns a :class:`datasets.Dataset`.
