@@ -180,6 +180,11 @@ def _dtype(args) -> str:
     return "bfloat16" if args.bf16 else "float32"
 
 
+def _prefix(args) -> str | None:
+    """--answer_prefix, where "" means none."""
+    return args.answer_prefix or None
+
+
 def _retriever(args, path: str) -> Retriever:
     """Encoding under bf16 autocast with --bf16 (2.4x faster on a CPU, Recall@k within 0.001 of float32)."""
     return Retriever(path, dtype=_dtype(args))
@@ -205,7 +210,7 @@ def rpo_pairs(args, data, out: Path):
                                              num_perturbations=args.rpo_num_perturbations, top_n=args.rpo_top_n,
                                              pairing=args.rpo_pairing, seed=args.seed,
                                              max_passage_tokens=args.max_passage_tokens,
-                                             answer_prefix=args.answer_prefix or None)
+                                             answer_prefix=_prefix(args))
         pairs = builder.build(data.split, output_dir=out, resume=not args.overwrite, max_queries=args.rpo_queries)
         LOG(f"RPO pairs: {len(pairs)} ({builder.describe()['stats']})")
     return pairs
@@ -249,7 +254,7 @@ def gpo_pairs(args, data, retriever_path: str, out: Path):
             num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p, pairing=args.gpo_pairing,
             seed=args.seed, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
             max_passage_tokens=args.max_passage_tokens, max_length=args.max_length,
-            answer_prefix=args.answer_prefix or None,
+            answer_prefix=_prefix(args),
         )
         split = data.split
         if args.gpo_query_offset:  # e.g. queries the RPO pairs did not use
@@ -293,7 +298,7 @@ def gpo_train(args, pairs, retriever_path: str, out: Path) -> str:
                                                          model=model))
         add_bporag_card(trainer, {"retriever": retriever_path, "k": args.k, "generator": args.generator,
                                   "max_passage_tokens": args.max_passage_tokens,
-                                  "answer_prefix": args.answer_prefix or None,
+                                  "answer_prefix": _prefix(args),
                                   "pairs": str(out.parent / "gpo-pairs"), "beta": args.gpo_beta,
                                   "learning_rate": args.gpo_learning_rate, "num_beams": args.num_beams,
                                   "num_samples": args.num_samples})
@@ -371,7 +376,7 @@ def evaluate_rows(args, retrievers: dict, generators: dict, out: Path | None = N
             t0 = time.perf_counter()
             pipe = RAGPipeline(r, index, data.corpus, gen, tok, k=args.k, batch_size=args.batch_size,
                                max_new_tokens=args.max_new_tokens, max_passage_tokens=args.max_passage_tokens,
-                               answer_prefix=args.answer_prefix or None)
+                               answer_prefix=_prefix(args))
             res = pipe.evaluate(split, ks=(1, 5, 10), progress=f"{Path(path).name} {row}",
                                 answer_cache=caches[generators[gname]], return_predictions=True)
             per_query[row] = res["per_query"]
