@@ -180,6 +180,11 @@ def _dtype(args) -> str:
     return "bfloat16" if args.bf16 else "float32"
 
 
+def _weights(text: str | None) -> list[float] | None:
+    """--rpo_loss_weights / --gpo_loss_weights: comma-separated floats (None: the trainer's equal weights)."""
+    return [float(w) for w in text.split(",")] if text else None
+
+
 def _prefix(args) -> str | None:
     """--answer_prefix, where "" means none."""
     return args.answer_prefix or None
@@ -226,7 +231,7 @@ def rpo_train(args, pairs, out: Path) -> str:
         config = SetDPOConfig(
             output_dir=str(out), k=args.k, beta=args.rpo_beta, reference=args.rpo_reference,
             loss_type=args.rpo_loss_type.split(","),
-            loss_weights=[float(w) for w in args.rpo_loss_weights.split(",")] if args.rpo_loss_weights else None,
+            loss_weights=_weights(args.rpo_loss_weights),
             learning_rate=args.rpo_learning_rate, num_train_epochs=args.rpo_epochs,
             per_device_train_batch_size=args.rpo_batch_size, bf16=args.bf16, use_cpu=not _cuda(), seed=args.seed,
             logging_steps=10, save_strategy="no", report_to=[], max_passage_length=256,
@@ -289,8 +294,7 @@ def gpo_train(args, pairs, retriever_path: str, out: Path) -> str:
                         per_device_train_batch_size=args.gpo_batch_size, per_device_eval_batch_size=1,
                         gradient_accumulation_steps=args.gpo_grad_accum, max_length=args.max_length,
                         loss_type=args.gpo_loss_type.split(","),
-                        loss_weights=[float(w) for w in args.gpo_loss_weights.split(",")]
-                        if args.gpo_loss_weights else None)
+                        loss_weights=_weights(args.gpo_loss_weights))
         config = DPOConfig(output_dir=str(out), num_train_epochs=args.gpo_epochs, seed=args.seed, **defaults)
         trainer = DPOTrainer(model=model, args=config, train_dataset=pairs, eval_dataset=held,
                              processing_class=tok,

@@ -26,7 +26,7 @@ import os
 from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from trl_bporag import DEFAULT_GENERATOR, load_generator
-from trl_bporag.artifacts import read_bporag_config
+from trl_bporag.artifacts import PROMPT_SETTINGS, read_bporag_config
 from trl_bporag.preferences import check_dpo_lengths, load_pairs
 from trl_bporag.trainers import add_bporag_card, gpo_defaults
 from trl_bporag.utils import quiet_known_warnings
@@ -55,8 +55,8 @@ def main(script_args, training_args, model_args, bporag_config: dict | None = No
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    card = {key: bporag_config.get(key) for key in ("retriever", "k", "system_prompt", "answer_prefix", "max_passage_tokens",
-                                                    "with_title", "num_beams", "num_samples", "pairing")}
+    card = {key: bporag_config.get(key) for key in ("retriever", "k", *PROMPT_SETTINGS, "num_beams", "num_samples",
+                                                    "pairing")}
     card.update(generator=model_args.model_name_or_path or DEFAULT_GENERATOR, pairs=script_args.dataset_name,
                 beta=training_args.beta, loss_type=training_args.loss_type, learning_rate=training_args.learning_rate)
     if card.get("retriever") is not None and card.get("k") is not None:

@@ -17,6 +17,8 @@ from typing import Any
 
 BPORAG_CONFIG_NAME = "bporag_config.json"
 PAIRS_STATS_NAME = "stats.json"
+#: The prompt settings a GPO adapter records in bporag_config.json and RAGPipeline.from_pretrained reuses.
+PROMPT_SETTINGS = ("system_prompt", "answer_prefix", "max_passage_tokens", "with_title")
 
 
 def write_bporag_config(output_dir: str | os.PathLike, config: dict[str, Any]) -> Path:

@@ -93,7 +93,7 @@ class RAGPipeline:
         answers can differ from float32 in rare near-ties); pass ``"float32"`` or None for the model's own dtype."""
         import os
 
-        from .artifacts import BPORAG_CONFIG_NAME, read_bporag_config
+        from .artifacts import BPORAG_CONFIG_NAME, PROMPT_SETTINGS, read_bporag_config
         from .models import DEFAULT_RETRIEVER, load_generator
 
         if corpus is None:
@@ -108,7 +108,7 @@ class RAGPipeline:
                            aligned["retriever"], retriever)
         if k is None:
             k = int(aligned.get("k") or 5)
-        for key in ("system_prompt", "answer_prefix", "max_passage_tokens", "with_title"):
+        for key in PROMPT_SETTINGS:
             if key in aligned and key not in kwargs:
                 kwargs[key] = aligned[key]
         ret = Retriever(retriever, score=score)

@@ -146,11 +146,16 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.max_passage_tokens, self.max_length = max_passage_tokens, max_length
         self.system_prompt, self.conversational = system_prompt, conversational
-        self.answer_prefix, self.stop = answer_prefix, answer_stop(answer_prefix)
+        self.answer_prefix = answer_prefix
         self.query_batch_size = query_batch_size
         self.batched = True  # False: one generate call per answer (the benchmark baseline)
         self.share_prefill = True  # read each prompt once for its beam and its samples (generate_candidates)
         self.stats: Counter = Counter()
+
+    @property
+    def stop(self) -> str | None:
+        """Where a candidate written after ``answer_prefix`` ends (:func:`~trl_bporag.generation.answer_stop`)."""
+        return answer_stop(self.answer_prefix)
 
     # -- prompts ------------------------------------------------------------------------------------------------
     def _render(self, question: str, passages: Sequence[str]):
