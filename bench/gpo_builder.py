@@ -18,6 +18,7 @@ import time
 
 import torch
 from _common import DATA, PeakRSS
+from baselines import PerAnswerGenerationPreferenceBuilder
 
 from trl_bporag import DenseIndex, Retriever, load_beir, load_generator
 from trl_bporag.preferences import GenerationPreferenceBuilder
@@ -41,11 +42,10 @@ def main():
     gen, tok = load_generator(torch_dtype=args.dtype)
 
     def run(mode: str):
-        b = GenerationPreferenceBuilder(r, index, data.corpus, gen, tok, k=5, num_beams=args.num_beams,
-                                        num_samples=args.num_samples, batch_size=args.batch_size,
-                                        max_new_tokens=args.max_new_tokens, query_batch_size=args.queries)
-        b.batched = mode != "per_answer"
-        b.share_prefill = mode == "shared"
+        cls, kw = ((GenerationPreferenceBuilder, {}) if mode == "shared" else
+                   (PerAnswerGenerationPreferenceBuilder, {"per_answer": mode == "per_answer"}))
+        b = cls(r, index, data.corpus, gen, tok, k=5, num_beams=args.num_beams, num_samples=args.num_samples,
+                batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, query_batch_size=args.queries, **kw)
         generate_once = b.answers
         answers = {}
 

@@ -58,6 +58,8 @@ def main():
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
+    from baselines import UncachedRetrievalPreferenceBuilder
+
     from trl_bporag import DenseIndex, Retriever, load_beir, load_generator, load_retriever
     from trl_bporag.generation import generate
     from trl_bporag.preferences import RetrievalPreferenceBuilder
@@ -70,11 +72,10 @@ def main():
     generate(model, tokenizer, ["Warm-up: say hi."], batch_size=1, max_new_tokens=4)
 
     def builder(cached: bool):
-        b = RetrievalPreferenceBuilder(retriever, index, data.corpus, generator=model, tokenizer=tokenizer,
-                                       judge="generator_f1", k=args.k, perturbations=args.recipe,
-                                       num_perturbations=args.num_perturbations, batch_size=args.batch_size)
-        b.use_window_cache = cached
-        return b
+        cls = RetrievalPreferenceBuilder if cached else UncachedRetrievalPreferenceBuilder
+        return cls(retriever, index, data.corpus, generator=model, tokenizer=tokenizer, judge="generator_f1",
+                   k=args.k, perturbations=args.recipe, num_perturbations=args.num_perturbations,
+                   batch_size=args.batch_size)
 
     split = chunk_split(data.split, args.offset, args.offset + args.queries)
     names = ("ours", "baseline")

@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _common import DATA, PeakRSS, mb, median  # noqa: E402
+from baselines import naive_scorer  # noqa: E402
 
 
 def build_pairs(retriever, k: int, queries: int, recipe: str, num_perturbations: int):
@@ -59,7 +60,7 @@ def make_trainer(model, pairs, k, batch_size, naive: bool, bf16: bool, out: str)
     )
     trainer = SetDPOTrainer(model, args=cfg, train_dataset=pairs)
     if naive:
-        trainer._encode_unique_passages = False  # encode every list entry: chosen and rejected separately
+        trainer.scorer = naive_scorer(trainer)  # encode every list entry: chosen and rejected separately
     return trainer
 
 
@@ -100,8 +101,8 @@ def run_config(base, pairs, k, batch_size, args, with_naive: bool):
         rejected = [r[:k] for r in batch["rejected"]]
         queries = list(dict.fromkeys(batch["prompt"]))
         passages = list(dict.fromkeys(t for lst in chosen + rejected for t in lst))
-        q = ours._encode(floor_model, queries, "query")
-        p = ours._encode(floor_model, passages, "document")
+        q = ours.scorer.encode(floor_model, queries, "query")
+        p = ours.scorer.encode(floor_model, passages, "document")
         return q.mean() + p.mean(), len(queries) + len(passages)
 
     times = {name: [] for name in models}

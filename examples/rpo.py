@@ -3,7 +3,7 @@
 TRL's ``trl/scripts/dpo.py`` with ``DPOTrainer`` -> ``SetDPOTrainer`` and ``DPOConfig`` -> ``SetDPOConfig``; same parser
 tuple (ScriptArguments, config, ModelConfig), ``--config yaml`` supported.
 
-    python examples/rpo.py --dataset_name runs/rpo-pairs --output_dir runs/retriever-rpo --k 5 --reference free
+    python examples/rpo.py --dataset_name runs/rpo-pairs --output_dir runs/retriever-rpo --reference free
     accelerate launch examples/rpo.py --dataset_name runs/rpo-pairs --output_dir runs/retriever-rpo --bf16
 
 The measured best recipe (docs/benchmarks.md, "RPO against the label-free anchors"): listwise pairs
@@ -12,8 +12,12 @@ listwise rows), β 10 (the default), one epoch. TRL's default of 3 epochs overfi
 
 ``--dataset_name`` is a Hub id or a ``save_to_disk`` folder; a single Dataset is split into train/test when
 ``--eval_strategy`` is not "no" (``--eval_fraction``). ``--model_name_or_path`` defaults to all-MiniLM-L6-v2.
-``--retrieval_eval_dataset ../shared/data/squad-dev`` measures Recall@k before and after training; the model card
-records both (as does ``--push_to_hub --hub_model_id user/name``).
+k is read from the pairs (their lists hold k passages) unless ``--k`` is given; the saved folder records it and the
+score for the pipeline. ``--retrieval_eval_dataset ../shared/data/squad-dev`` measures Recall@k on its test split before
+and after training; the model card records both (as does ``--push_to_hub --hub_model_id user/name``). With an
+``--eval_strategy``, the same data set's ``--retrieval_dev_split`` is evaluated at every evaluation
+(:func:`trl_bporag.evaluation.retrieval_evaluator`), so ``--load_best_model_at_end --metric_for_best_model
+eval_squad-dev-dev_cosine_accuracy@1`` keeps the step with the best dev Recall@1.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from trl_bporag import DEFAULT_RETRIEVER, SetDPOConfig, SetDPOTrainer
+from trl_bporag.evaluation import retrieval_evaluator
 from trl_bporag.preferences import load_pairs
 from trl_bporag.utils import quiet_known_warnings
 
@@ -38,6 +43,8 @@ class RPOScriptArguments(ScriptArguments):
     retrieval_eval_split: str = field(default="test")
     retrieval_eval_max_queries: int | None = field(default=None)
     retrieval_eval_ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    retrieval_dev_split: str = field(default="dev", metadata={"help": "split of --retrieval_eval_dataset evaluated "
+                                                                      "during training (with --eval_strategy)"})
 
 
 def retrieval_eval(model, script_args) -> dict[str, float]:
@@ -55,12 +62,17 @@ def main(script_args, training_args, model_args):
     need_eval = training_args.eval_strategy != "no"
     dataset = load_pairs(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split,
                          script_args.dataset_test_split, need_eval, script_args.eval_fraction)
+    evaluator = None
+    if need_eval and script_args.retrieval_eval_dataset:
+        evaluator = retrieval_evaluator(script_args.retrieval_eval_dataset, script_args.retrieval_dev_split,
+                                        script_args.retrieval_eval_max_queries, script_args.retrieval_eval_ks)
     trainer = SetDPOTrainer(
         model=model_args.model_name_or_path or DEFAULT_RETRIEVER,
         args=training_args,
         train_dataset=dataset[script_args.dataset_train_split],
         eval_dataset=dataset[script_args.dataset_test_split] if need_eval else None,
         peft_config=get_peft_config(model_args),
+        evaluator=evaluator,
     )
     card_metrics = None
     if script_args.retrieval_eval_dataset and trainer.is_world_process_zero():

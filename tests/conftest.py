@@ -1,8 +1,10 @@
 import json
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))  # bench/baselines.py: the plain ways
 
 import pytest  # noqa: E402
 

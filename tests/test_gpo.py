@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from baselines import PerAnswerGenerationPreferenceBuilder
 from datasets import Dataset, load_from_disk
 
 from _tiny_generator import build_tiny_generator
@@ -47,11 +48,11 @@ def word_judge(prediction, answers):
     return sum("a" not in w for w in words) / max(len(words), 1)
 
 
-def builder(parts, **kw):
+def builder(parts, cls=GenerationPreferenceBuilder, **kw):
     r, index, corpus, gen, tok = parts
     kw.setdefault("judge", word_judge)
     kw.setdefault("num_beams", 2)
-    return GenerationPreferenceBuilder(r, index, corpus, gen, tok, k=3, max_new_tokens=6,
+    return cls(r, index, corpus, gen, tok, k=3, max_new_tokens=6,
                                        batch_size=4, query_batch_size=4, **kw)
 
 
@@ -119,9 +120,8 @@ def test_unbatched_baseline_gives_the_same_pairs(parts):
     split = make_split(6)
     fast = builder(parts, num_samples=2).build(split)
     assert len(fast) > 0
-    for batched, share_prefill in ((False, False), (True, False)):  # one generate per answer; two batched calls
-        other = builder(parts, num_samples=2)
-        other.batched, other.share_prefill = batched, share_prefill
+    for per_answer in (True, False):  # one generate per answer; two batched calls
+        other = builder(parts, num_samples=2, cls=PerAnswerGenerationPreferenceBuilder, per_answer=per_answer)
         assert other.build(split).to_list() == fast.to_list()
 
 

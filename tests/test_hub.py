@@ -2,6 +2,7 @@
 sent, and that what was sent loads back."""
 
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -56,8 +57,10 @@ def test_rpo_retriever_push_sends_the_sentence_transformers_folder_and_card(tmp_
     assert set(upload["files"]) == {
         "README.md", "config.json", "config_sentence_transformers.json", "model.safetensors", "modules.json",
         "sentence_bert_config.json", "1_Pooling/config.json", "tokenizer.json", "tokenizer_config.json",
-        "training_args.bin",
+        "training_args.bin", "bporag_config.json",
     } | ({"special_tokens_map.json"} & set(upload["files"]))
+    sent_config = json.loads((fake_hub.repo_dir("user/tiny-rpo") / "bporag_config.json").read_text())
+    assert sent_config["k"] == 2 and sent_config["score"] == "cos"  # what RAGPipeline reads back
     assert not any(f.endswith((".pt", ".pth", ".bin")) and f != "training_args.bin" for f in upload["files"])
 
     card = (fake_hub.repo_dir("user/tiny-rpo") / "README.md").read_text()

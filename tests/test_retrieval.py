@@ -248,8 +248,8 @@ def test_retriever_and_trainer_encode_the_same_way(tmp_path, tiny_st, prompts):
     trainer = SetDPOTrainer(model, args=cfg, train_dataset=pairs)
     trainer.model.eval()
     with torch.no_grad():
-        tq = torch.nn.functional.normalize(trainer._encode(trainer.model, ["capital of france"], "query"), dim=-1)
-        tp = torch.nn.functional.normalize(trainer._encode(trainer.model, ["paris is the capital"], "document"), dim=-1)
+        tq = torch.nn.functional.normalize(trainer.scorer.encode(trainer.model, ["capital of france"], "query"), dim=-1)
+        tp = torch.nn.functional.normalize(trainer.scorer.encode(trainer.model, ["paris is the capital"], "document"), dim=-1)
     np.testing.assert_allclose(tq.numpy(), q, atol=1e-5)
     np.testing.assert_allclose(tp.numpy(), p, atol=1e-5)
     # the prompts are part of the fingerprint, so indexes of the two kinds of folder are kept apart

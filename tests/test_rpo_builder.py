@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from baselines import UncachedRetrievalPreferenceBuilder
 from datasets import load_from_disk
 
 from conftest import write_beir
@@ -131,14 +132,12 @@ def test_generator_judge_caches_identical_windows(setup, tiny_generator_dir):
     scores = cached.judge_windows(questions, answers, windows)
     assert cached.stats["generations"] == 3  # the repeated window is generated once
     assert scores[0] == scores[2] == 1.0 and scores[1] < 1.0
-    naive = RetrievalPreferenceBuilder(r, index, corpus, gen, tok, **kw)
-    naive.use_window_cache = False
+    naive = UncachedRetrievalPreferenceBuilder(r, index, corpus, gen, tok, **kw)
     assert naive.judge_windows(questions, answers, windows) == scores
     assert naive.stats["generations"] == 4
     # whole builds: same pairs, fewer generations with the cache
     cached = RetrievalPreferenceBuilder(r, index, corpus, gen, tok, **kw)
-    naive = RetrievalPreferenceBuilder(r, index, corpus, gen, tok, **kw)
-    naive.use_window_cache = False
+    naive = UncachedRetrievalPreferenceBuilder(r, index, corpus, gen, tok, **kw)
     ds, ds_naive = cached.build(split), naive.build(split)
     assert ds.to_list() == ds_naive.to_list()
     assert naive.stats["generations"] == 35 and cached.stats["generations"] < 35

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +24,12 @@ def test_rpo_script_trains_and_saves_a_sentence_transformers_folder(tmp_path, ti
     Dataset.from_list(rows).save_to_disk(str(tmp_path / "pairs"))
     out = tmp_path / "model"
     cmd = [sys.executable, "examples/rpo.py", "--dataset_name", str(tmp_path / "pairs"), "--model_name_or_path",
-           tiny_retriever_dir, "--output_dir", str(out), "--k", "3", "--per_device_train_batch_size", "4",
+           tiny_retriever_dir, "--output_dir", str(out), "--per_device_train_batch_size", "4",
            "--num_train_epochs", "2", "--learning_rate", "1e-3", "--eval_strategy", "epoch",
-           "--eval_fraction", "0.25", "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1",
-           "--retrieval_eval_dataset", str(tmp_path / "qa"), "--retrieval_eval_ks", "1", "3"]
+           "--eval_fraction", "0.25", "--report_to", "none", "--save_strategy", "epoch", "--logging_steps", "1",
+           "--retrieval_eval_dataset", str(tmp_path / "qa"), "--retrieval_eval_ks", "1", "3",
+           "--retrieval_dev_split", "test", "--load_best_model_at_end",
+           "--metric_for_best_model", "eval_qa-test_cosine_accuracy@1"]
     res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1",
                                                                              "PATH": __import__("os").environ["PATH"]})
     assert res.returncode == 0, res.stderr[-3000:]
@@ -35,7 +38,15 @@ def test_rpo_script_trains_and_saves_a_sentence_transformers_folder(tmp_path, ti
     q = ["what is the capital of france"]
     assert not np.allclose(tuned.encode(q), base.encode(q))  # the weights moved
     card = (out / "README.md").read_text()
-    assert "set_dpo" in card and "k: 3" in card
+    assert "set_dpo" in card and "k: 3" in card  # k read from the pairs (lists of 3), not given
+    assert json.loads((out / "bporag_config.json").read_text())["k"] == 3
+    # the retrieval evaluator ran at every evaluation, and selected the kept checkpoint
+    (last,) = sorted(out.glob("checkpoint-*"))[-1:]
+    state = json.loads((last / "trainer_state.json").read_text())
+    recalls = [log["eval_qa-test_cosine_accuracy@1"] for log in state["log_history"]
+               if "eval_qa-test_cosine_accuracy@1" in log]
+    assert len(recalls) == 2 and state["best_metric"] == max(recalls)
+    assert state["best_model_checkpoint"] is not None
     # --retrieval_eval_dataset: Recall@k before and after training, in the card
-    assert "## Retrieval metrics" in card and "| recall@3 |" in card and "| answer_hit@1 |" in card
+    assert "### Retrieval metrics" in card and "| recall@3 |" in card and "| answer_hit@1 |" in card
     assert "Retrieval metrics: {" in res.stdout

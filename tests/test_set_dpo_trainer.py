@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -14,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+from baselines import naive_scorer  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from sentence_transformers import SentenceTransformer  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
@@ -162,7 +164,7 @@ def test_loss_matches_hand_computation(tmp_path, policy, other, pairs, loss_type
     batch = batch_of(trainer, pairs, 8)
     loss = trainer.compute_loss(trainer.model, batch)
     mode = "train" if trainer.model.training else "eval"  # encode() below switches the model to eval
-    trainer._skip_shared = True  # shared passages cancel in the margin: same loss without encoding them
+    trainer.scorer.skip_shared = True  # shared passages cancel in the margin: same loss without encoding them
     torch.testing.assert_close(trainer.compute_loss(trainer.model, batch).detach(), loss.detach(), atol=1e-5, rtol=1e-5)
     for name in ("rewards/margins", "rewards/accuracies"):
         assert trainer._metrics[mode][name][-1] == pytest.approx(trainer._metrics[mode][name][-2], abs=1e-5)
@@ -264,26 +266,27 @@ def test_gradient_only_through_policy(tmp_path, policy, pairs):
 # ----------------------------------------------------------------------------------------------------------------
 # 3. unique-passage encoding == naive encoding
 # ----------------------------------------------------------------------------------------------------------------
-def loss_grads_and_encodings(trainer, batch, attribute, values):
-    """For each value of ``trainer.<attribute>``: (loss, policy gradients, [(kind, number of texts)] encoded)."""
-    encoded = []
-    original = trainer._encode
-
-    def recording_encode(model, texts, kind):
-        encoded.append((kind, len(texts)))
-        return original(model, texts, kind)
-
-    trainer._encode = recording_encode
+def loss_grads_and_encodings(trainer, batch, scorers):
+    """For each named scorer put in ``trainer.scorer``: (loss, policy gradients, [(kind, number of texts)] encoded)."""
+    original = trainer.scorer
     results = {}
-    for value in values:
-        encoded.clear()
-        setattr(trainer, attribute, value)
+    for name, scorer in scorers.items():
+        encoded = []
+        encode = scorer.encode
+
+        def recording_encode(model, texts, kind, encode=encode, encoded=encoded):
+            encoded.append((kind, len(texts)))
+            return encode(model, texts, kind)
+
+        scorer.encode = recording_encode
+        trainer.scorer = scorer
         trainer.model.zero_grad()
         loss = trainer.compute_loss(trainer.model, batch)
         loss.backward()
         grads = [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
-        results[value] = (loss.detach(), grads, list(encoded))
-    trainer._encode = original
+        results[name] = (loss.detach(), grads, encoded)
+        del scorer.encode
+    trainer.scorer = original
     return results
 
 
@@ -291,25 +294,27 @@ def test_unique_passage_encoding_matches_naive(tmp_path, policy, other, pairs):
     args = make_args(tmp_path, beta=0.3, skip_shared_passages=False)
     trainer = SetDPOTrainer(policy, ref_model=other, args=args, train_dataset=pairs)
     batch = batch_of(trainer, pairs, 8)
-    results = loss_grads_and_encodings(trainer, batch, "_encode_unique_passages", (True, False))
+    results = loss_grads_and_encodings(trainer, batch, {"unique": trainer.scorer, "naive": naive_scorer(trainer)})
 
-    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-6, rtol=1e-5)
-    for g_unique, g_naive in zip(results[True][1], results[False][1]):
+    torch.testing.assert_close(results["unique"][0], results["naive"][0], atol=1e-6, rtol=1e-5)
+    for g_unique, g_naive in zip(results["unique"][1], results["naive"][1]):
         torch.testing.assert_close(g_unique, g_naive, atol=1e-6, rtol=1e-4)
     # Each unique passage text is encoded once per model (policy, reference): one passage forward each
     n_unique = len({t for lst in batch["chosen"] + batch["rejected"] for t in lst})
-    doc_calls = [n for kind, n in results[True][2] if kind == "document"]
+    doc_calls = [n for kind, n in results["unique"][2] if kind == "document"]
     assert doc_calls == [n_unique, n_unique]
     assert n_unique < 2 * len(batch["prompt"]) * K
-    naive_docs = [n for kind, n in results[False][2] if kind == "document"]
+    naive_docs = [n for kind, n in results["naive"][2] if kind == "document"]
     assert sum(naive_docs) == 2 * 2 * len(batch["prompt"]) * K
 
 
 def test_skipping_shared_passages_is_exact_and_encodes_less(tmp_path, policy, other, pairs):
     trainer = SetDPOTrainer(policy, ref_model=other, args=make_args(tmp_path, beta=0.3), train_dataset=pairs)
-    assert trainer._skip_shared  # the default with the sum score
+    assert trainer.scorer.skip_shared  # the default with the sum score
     batch = batch_of(trainer, pairs, 8)
-    results = loss_grads_and_encodings(trainer, batch, "_skip_shared", (True, False))
+    full = copy.copy(trainer.scorer)
+    full.skip_shared = False
+    results = loss_grads_and_encodings(trainer, batch, {True: trainer.scorer, False: full})
     n_docs = {skip: sum(n for kind, n in results[skip][2] if kind == "document") for skip in (True, False)}
     torch.testing.assert_close(results[True][0], results[False][0], atol=1e-6, rtol=1e-5)
     for g_skip, g_full in zip(results[True][1], results[False][1]):
@@ -320,7 +325,7 @@ def test_skipping_shared_passages_is_exact_and_encodes_less(tmp_path, policy, ot
     assert n_docs[True] == 2 * len(differing) < n_docs[False]  # policy + reference, differing passages only
     weighted = SetDPOTrainer(policy, ref_model=other, train_dataset=pairs,
                              args=make_args(tmp_path, position_weights=[1.0, 0.5, 0.25][:K] + [0.1] * max(0, K - 3)))
-    assert not weighted._skip_shared  # with position weights shared passages do not cancel
+    assert not weighted.scorer.skip_shared  # with position weights shared passages do not cancel
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -584,7 +589,7 @@ def test_peft_adapter_reference(tmp_path, tiny_paths, policy, pairs):
     trainer.train()
     changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p)}
     assert changed and changed <= trainable
-    with trainer._adapter_disabled():
+    with trainer._peft_model().disable_adapter():
         torch.testing.assert_close(trainer.model.encode(P, convert_to_tensor=True), base_emb)
     tuned = trainer.model.encode(P, convert_to_tensor=True)
     assert not torch.allclose(tuned, base_emb)

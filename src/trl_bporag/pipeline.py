@@ -76,7 +76,7 @@ class RAGPipeline:
         cache_index: bool = True,
         index_type: str = "flat",
         k: int | None = None,
-        score: str = "cos",
+        score: str | None = None,
         generator_dtype="bfloat16",
         **kwargs,
     ) -> RAGPipeline:
@@ -87,7 +87,9 @@ class RAGPipeline:
 
         A GPO adapter folder holds ``bporag_config.json`` (the retriever and k it was aligned under): with
         ``retriever=None`` / ``k=None`` those are used, so ``from_pretrained(generator="runs/gpo", corpus=...)``
-        rebuilds the BPO-RAG pipeline (Eq. 8-9). Otherwise the defaults are all-MiniLM-L6-v2 and k=5.
+        rebuilds the BPO-RAG pipeline (Eq. 8-9). Otherwise k comes from the retriever folder's ``bporag_config.json``
+        (written by :class:`~trl_bporag.SetDPOTrainer`), else 5; the retriever defaults to all-MiniLM-L6-v2. ``score``
+        defaults to the retriever's own similarity function (what the trainer saved; cosine for most models).
 
         ``generator_dtype`` defaults to bfloat16, as in the example scripts (about 2x faster than float32 on a CPU;
         answers can differ from float32 in rare near-ties); pass ``"float32"`` or None for the model's own dtype."""
@@ -107,7 +109,8 @@ class RAGPipeline:
             logger.warning("The generator %s was aligned under retriever %s; pairing it with %s", generator,
                            aligned["retriever"], retriever)
         if k is None:
-            k = int(aligned.get("k") or 5)
+            trained = read_bporag_config(retriever) if isinstance(retriever, str) and os.path.isdir(retriever) else None
+            k = int(aligned.get("k") or (trained or {}).get("k") or 5)
         for key in PROMPT_SETTINGS:
             if key in aligned and key not in kwargs:
                 kwargs[key] = aligned[key]

@@ -148,8 +148,6 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
         self.system_prompt, self.conversational = system_prompt, conversational
         self.answer_prefix = answer_prefix
         self.query_batch_size = query_batch_size
-        self.batched = True  # False: one generate call per answer (the benchmark baseline)
-        self.share_prefill = True  # read each prompt once for its beam and its samples (generate_candidates)
         self.stats: Counter = Counter()
 
     @property
@@ -197,15 +195,14 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
         seeds = [_mix_seed(self.seed, qid) for qid in query_ids]
         kwargs = dict(num_beams=self.num_beams, num_samples=self.num_samples, max_new_tokens=self.max_new_tokens,
                       temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, stop=self.stop)
-        if self.batched:  # share_prefill=False: two batched generate calls, each prompt read per beam and sample
-            beams, samples = generate_candidates(self.generator, self.tokenizer, list(texts), seeds,
-                                                 batch_size=self.batch_size, read_once=self.share_prefill, **kwargs)
-        else:  # baseline: one model.generate call per answer (batch_size=1), same seeds as the batched path
-            per_text = [generate_candidates(self.generator, self.tokenizer, [text], [s], batch_size=1,
-                                            read_once=False, **kwargs) for text, s in zip(texts, seeds)]
-            beams, samples = [b[0] for b, _ in per_text], [ss[0] for _, ss in per_text]
+        beams, samples = self.candidate_answers(list(texts), seeds, **kwargs)
         self.stats["generations"] += len(texts) * (1 + self.num_samples)
         return [[("beam", b)] + [(f"sample_{j}", a) for j, a in enumerate(ss)] for b, ss in zip(beams, samples)]
+
+    def candidate_answers(self, texts: list[str], seeds: list[int], **kwargs) -> tuple[list[str], list[list[str]]]:
+        """The beam answer and the seeded samples of each prompt, batched; each prompt is read once for all of them
+        (:func:`~trl_bporag.generation.generate_candidates`)."""
+        return generate_candidates(self.generator, self.tokenizer, texts, seeds, batch_size=self.batch_size, **kwargs)
 
     # -- pairing ------------------------------------------------------------------------------------------------
     def pairs_for_query(self, query_id, prompt, candidates, gold, passage_ids) -> list[dict]:

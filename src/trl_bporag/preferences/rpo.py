@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..data import Corpus, QASplit
-from ..generation import DEFAULT_SYSTEM_PROMPT, answer_stop, build_prompt, generate, generate_candidates
+from ..generation import DEFAULT_SYSTEM_PROMPT, answer_stop, build_prompt, generate_candidates
 from ..likelihood import answer_log_likelihood
 from ..metrics import qa_f1
 from ..utils import stable_seed
@@ -161,7 +161,6 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
         self.max_passage_tokens, self.system_prompt = max_passage_tokens, system_prompt
         self.answer_prefix = answer_prefix
         self.query_batch_size = query_batch_size
-        self.use_window_cache = True  # identical (query, window) pairs are judged once; off only for benchmarks
         self.stats: Counter = Counter()
 
     # -- perturbations ------------------------------------------------------------------------------------------
@@ -217,8 +216,8 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
         unique: dict = {}
         for i, key in enumerate(keys):
             unique.setdefault(key, []).append(i)
-        order = list(unique) if self.use_window_cache else list(range(len(keys)))
-        first = [unique[key][0] for key in order] if self.use_window_cache else order
+        order = list(unique)  # identical (query, window) pairs are judged once
+        first = [unique[key][0] for key in order]
         texts = [self._texts(windows[i]) for i in first]
         qs = [questions[i] for i in first]
         ans = [answers[i] for i in first]
@@ -226,14 +225,7 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
         if self.judge == "generator_f1":
             prompts = [build_prompt(self.tokenizer, q, t, self.max_passage_tokens, self.system_prompt,
                                     self.answer_prefix) for q, t in zip(qs, texts)]
-            stop = answer_stop(self.answer_prefix)
-            if self.use_window_cache:  # each prompt read once; the lists of a query share their first passages
-                outputs, _ = generate_candidates(self.generator, self.tokenizer, prompts, num_samples=0,
-                                                 batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
-                                                 stop=stop)
-            else:  # the no-cache baseline: one generate call per (query, list)
-                outputs = [generate(self.generator, self.tokenizer, [p], batch_size=1,
-                                    max_new_tokens=self.max_new_tokens, stop=stop)[0] for p in prompts]
+            outputs = self.generate_answers(prompts, answer_stop(self.answer_prefix))
             self.stats["generations"] += len(prompts)
             scores = [qa_f1(o, a) for o, a in zip(outputs, ans)]
         elif self.judge == "answer_likelihood":
@@ -245,13 +237,18 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
             scores = [float(s) for s in self.judge(qs, ans, texts)]
             if len(scores) != len(texts) or not all(np.isfinite(scores)):
                 raise ValueError(f"judge returned {len(scores)} scores for {len(texts)} windows, or non-finite values")
-        if not self.use_window_cache:
-            return scores
         out = [0.0] * len(keys)
         for key, score in zip(order, scores):
             for i in unique[key]:
                 out[i] = score
         return out
+
+    def generate_answers(self, prompts: Sequence[str], stop: str | None) -> list[str]:
+        """Greedy answers of the generator judge, batched; each prompt is read once (the lists of a query share their
+        first passages)."""
+        outputs, _ = generate_candidates(self.generator, self.tokenizer, list(prompts), num_samples=0,
+                                         batch_size=self.batch_size, max_new_tokens=self.max_new_tokens, stop=stop)
+        return outputs
 
     # -- pairing ------------------------------------------------------------------------------------------------
     def _window_key(self, window: Sequence[int]):

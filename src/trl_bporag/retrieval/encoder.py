@@ -63,7 +63,9 @@ class Retriever:
 
     Args:
         model: a SentenceTransformer, or an id / path loaded with :func:`trl_bporag.models.load_retriever`.
-        score: ``"cos"`` (dot product of L2-normalised embeddings, default) or ``"dot"`` (raw dot product).
+        score: ``"cos"`` (dot product of L2-normalised embeddings) or ``"dot"`` (raw dot product). Default: the
+            model's own similarity function (``similarity_fn_name``, which :class:`~trl_bporag.SetDPOTrainer` saves
+            for its ``score``): ``"dot"`` for a dot-product model, else ``"cos"``.
         batch_size: encoding batch size.
         cache_size: keep up to this many text embeddings in memory (0 = off). Only for a frozen model: call
             :meth:`clear_cache` after changing its weights.
@@ -80,7 +82,7 @@ class Retriever:
     def __init__(
         self,
         model="sentence-transformers/all-MiniLM-L6-v2",
-        score: str = "cos",
+        score: str | None = None,
         batch_size: int = 64,
         cache_size: int = 0,
         query_prompt: str | None = None,
@@ -97,6 +99,8 @@ class Retriever:
 
             model = load_retriever(model, device=device)
         self.model = model
+        if score is None:
+            score = "dot" if getattr(model, "similarity_fn_name", None) == "dot" else "cos"
         self.score = _check_score(score)
         self.batch_size = batch_size
         self.query_prompt = query_prompt

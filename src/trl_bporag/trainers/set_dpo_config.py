@@ -48,9 +48,11 @@ class SetDPOConfig(DPOConfig):
     `SentenceTransformer`, `dtype` and the rest to the transformers model.
 
     Parameters added to [`trl.DPOConfig`]:
-        k (`int`, *optional*, defaults to `5`):
+        k (`int` or `None`, *optional*, defaults to `None`):
             Number of leading passages of each list that the generator reads; the set score sums over them. Every
-            `chosen`/`rejected` list must have at least `k` passages (extra ones are ignored).
+            `chosen`/`rejected` list must have at least `k` passages (extra ones are ignored). `None`: the length of
+            the shortest list of the training data (the pair builders write lists of exactly their `k`). The trained
+            retriever's folder records it, and [`~trl_bporag.RAGPipeline`] reads it from there.
         score (`str`, *optional*, defaults to `"cos"`):
             Similarity f(q, p): `"cos"` (dot product of L2-normalised embeddings) or `"dot"` (raw dot product).
         position_weights (`list[float]`, *optional*):
@@ -149,9 +151,10 @@ class SetDPOConfig(DPOConfig):
         default=None,
         metadata={"help": "Weight each pair by 2*sigmoid(-scale * reference margin); None: all pairs weigh 1."},
     )
-    k: int = field(
-        default=5,
-        metadata={"help": "Number of leading passages of each list in the set score (the generator reads k)."},
+    k: int | None = field(
+        default=None,
+        metadata={"help": "Number of leading passages of each list in the set score (the generator reads k). Default: "
+                  "the length of the shortest list of the training data (the builders write lists of k)."},
     )
     score: str = field(
         default="cos",
@@ -209,8 +212,8 @@ class SetDPOConfig(DPOConfig):
         if not self.loss_type:
             raise ValueError(f"loss_type must name at least one of {list(SUPPORTED_LOSS_TYPES)}.")
 
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {self.k!r}.")
+        if self.k is not None and (isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1):
+            raise ValueError(f"k must be an integer >= 1 or None (from the data), got {self.k!r}.")
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"beta must be a finite number > 0 (a negative beta trains the preference backwards), "
                              f"got {self.beta!r}.")
@@ -224,7 +227,7 @@ class SetDPOConfig(DPOConfig):
             raise ValueError(f"score must be one of {list(SUPPORTED_SCORES)}, got {self.score!r}.")
         if self.position_weights is not None:
             self.position_weights = [float(w) for w in self.position_weights]
-            if len(self.position_weights) < self.k:
+            if self.k is not None and len(self.position_weights) < self.k:
                 raise ValueError(
                     f"position_weights has {len(self.position_weights)} entries but k={self.k}: give at least k "
                     "weights (only the first k are used)."
@@ -272,3 +275,17 @@ class SetDPOConfig(DPOConfig):
             )
 
         super().__post_init__()
+
+    def retriever_kwargs(self) -> dict:
+        """Keyword arguments of :func:`trl_bporag.models.load_retriever` from `model_init_kwargs`: `revision`,
+        `trust_remote_code` (or this config's `trust_remote_code`) and `cache_folder` go to `SentenceTransformer`,
+        `dtype` (or `torch_dtype`) and anything else to the transformers model (`model_kwargs`)."""
+        init = dict(self.model_init_kwargs) if isinstance(self.model_init_kwargs, dict) else {}
+        kwargs = {key: init.pop(key) for key in ("revision", "cache_folder", "trust_remote_code") if key in init}
+        if self.trust_remote_code:
+            kwargs.setdefault("trust_remote_code", True)
+        if "torch_dtype" in init:
+            init["dtype"] = init.pop("torch_dtype")
+        if init:
+            kwargs["model_kwargs"] = init
+        return kwargs

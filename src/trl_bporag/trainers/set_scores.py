@@ -1,0 +1,112 @@
+"""Set scores of collated RPO batches under a SentenceTransformer, as :class:`~trl_bporag.SetDPOTrainer` computes them.
+
+s(q, P) = Σ_{i≤k} w_i f(q, P_i), with f the cosine (or dot) similarity of the model's query and passage embeddings.
+Queries and passages are encoded the way the model serves them (its ``query`` / ``document`` prompts and Router
+routes, as ``encode_query`` / ``encode_document`` do), each unique text of a batch once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .set_dpo_data import LIST_SCORES_COLUMN, LISTS_COLUMN
+
+
+def prompt_for(st_model, kind: str) -> str | None:
+    """The model's own prompt for ``kind`` ("query", or "document" / "passage" / "corpus"); None when it has none."""
+    prompts = getattr(st_model, "prompts", None) or {}
+    for name in ["query"] if kind == "query" else ["document", "passage", "corpus"]:
+        if name in prompts:
+            return prompts[name] or None
+    default = getattr(st_model, "default_prompt_name", None)
+    return (prompts.get(default) or None) if default else None
+
+
+def batch_lists(inputs: dict[str, Any], k: int) -> list[list[list[str]]]:
+    """The windows of a collated batch, ``[B][L][k]``: listwise rows as they are, a pair as [chosen, rejected]."""
+    if LISTS_COLUMN in inputs:
+        return inputs[LISTS_COLUMN]
+    return [[list(c[:k]), list(r[:k])] for c, r in zip(inputs["chosen"], inputs["rejected"])]
+
+
+def preferred_pair(inputs: dict[str, Any]) -> torch.Tensor:
+    """[B, 2] window indices of each row's preferred and dispreferred window: (chosen, rejected) = (0, 1) for a pair;
+    for a listwise row the best- and the worst-judged list (the first of equals)."""
+    if LISTS_COLUMN not in inputs:
+        return torch.tensor([[0, 1]] * len(inputs["prompt"]))
+    judged, mask = inputs[LIST_SCORES_COLUMN], inputs["list_mask"]
+    best = judged.masked_fill(~mask, -float("inf")).argmax(1, keepdim=True)
+    worst = judged.masked_fill(~mask, float("inf")).argmin(1, keepdim=True)
+    return torch.cat([best, worst], dim=1)
+
+
+class SetScorer:
+    """Set scores of L lists per query in one forward per text kind.
+
+    Args:
+        k: passages per list that count.
+        score: ``"cos"`` or ``"dot"``.
+        position_weights: w_1..w_k (None: all 1, the paper's sum score).
+        skip_shared: with the sum score, do not encode a passage that is in every list of its row (it adds the same
+            f(q, p) to all of them, so every difference between the row's scores, hence every loss, is exact).
+        max_query_length: query truncation in tokens (capped by the model's ``max_seq_length``).
+        max_passage_length: passage truncation in tokens (the same cap).
+        unwrap: gives the SentenceTransformer inside a wrapped (DDP) model; the forward runs through the wrapper.
+    """
+
+    def __init__(self, k: int, score: str = "cos", position_weights=None, skip_shared: bool = True,
+                 max_query_length: int = 64, max_passage_length: int = 256, unwrap: Callable = lambda m: m):
+        self.k, self.score, self.unwrap = k, score, unwrap
+        self.weights = torch.tensor(list(position_weights[:k]) if position_weights is not None else [1.0] * k,
+                                    dtype=torch.float32)
+        self.skip_shared = skip_shared and position_weights is None
+        self.max_length = {"query": max_query_length, "document": max_passage_length}
+
+    def encode(self, model, texts: list[str], kind: str) -> torch.Tensor:
+        """Embed ``texts`` (``kind`` "query" or "document") with one forward of ``model``; float32 [n, d]."""
+        st_model = self.unwrap(model)
+        limit = min(self.max_length[kind], getattr(st_model, "max_seq_length", None) or self.max_length[kind])
+        features = st_model.preprocess(texts, prompt=prompt_for(st_model, kind), task=kind, max_length=limit)
+        features = {key: v.to(st_model.device) if isinstance(v, torch.Tensor) else v for key, v in features.items()}
+        return model(features, task=kind)["sentence_embedding"].float()
+
+    def similarities(self, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """f(q_b, p_bi) for q [B, d] and p [B, n, d] -> [B, n]."""
+        if self.score == "cos":
+            q, p = F.normalize(q, p=2, dim=-1), F.normalize(p, p=2, dim=-1)
+        return torch.einsum("bd,bkd->bk", q, p)
+
+    def list_scores(self, model, queries: list[str], lists: list[list[list[str]]]):
+        """Set scores s(q_b, P_bj) (``lists[b][j]``: the first-k passages of list j of query b) under ``model``:
+        ``(scores [B, L], (q_emb [B, d], passages [N], p_emb [N, d]))`` with the N unique encoded passages."""
+        unique_queries = list(dict.fromkeys(queries))
+        q_index = {t: i for i, t in enumerate(unique_queries)}
+        q_emb = self.encode(model, unique_queries, "query")
+        q_emb = q_emb[torch.tensor([q_index[t] for t in queries], device=q_emb.device)]
+        shared = [set.intersection(*(set(w) for w in row)) if self.skip_shared else set() for row in lists]
+        unique = list(dict.fromkeys(t for row, sh in zip(lists, shared) for w in row for t in w if t not in sh))
+        p_emb = self.encode(model, unique, "document") if unique else q_emb.new_zeros((0, q_emb.shape[-1]))
+        index = {t: i for i, t in enumerate(unique)}
+        table = torch.cat([p_emb, p_emb.new_zeros((1, p_emb.shape[-1]))])  # row len(unique): a skipped passage
+        idx = torch.tensor([[[len(unique) if t in sh else index[t] for t in w] for w in row]
+                            for row, sh in zip(lists, shared)], device=p_emb.device)
+        emb = table[idx]  # [B, L, k, d]
+        B, L = emb.shape[:2]
+        sims = self.similarities(q_emb, emb.reshape(B, L * self.k, -1)).view(B, L, self.k)
+        return (sims * self.weights.to(sims.device)).sum(-1), (q_emb, unique, p_emb)
+
+    def contrastive_targets(self, inputs: dict[str, Any], passages: list[str]):
+        """Positives and masked (row, passage) cells of the ``sft`` term: for each row, the passages of the preferred
+        window that are not in the dispreferred one, against all of the batch's encoded ``passages``; the row's other
+        preferred passages are masked out."""
+        index = {t: i for i, t in enumerate(passages)}
+        positives, masked = [], []
+        for b, (lists, (good, bad)) in enumerate(zip(batch_lists(inputs, self.k), preferred_pair(inputs).tolist())):
+            good, bad = lists[good][: self.k], set(lists[bad][: self.k])
+            masked.extend((b, index[t]) for t in good if t in index)
+            positives.extend((b, index[t]) for t in good if t in index and t not in bad)
+        return positives, masked
