@@ -32,6 +32,34 @@ def check_retrieval_metrics(retrieval_metrics: dict[str, Any]) -> dict[str, Any]
     return clean
 
 
+def base_model_id(model) -> str | None:
+    """The id a SentenceTransformer was loaded from (as ``load_retriever`` records it, or its card's base model)."""
+    card = getattr(model, "model_card_data", None)
+    for candidate in (getattr(model, "bporag_model_id", None), getattr(card, "base_model", None),
+                      getattr(card, "model_id", None)):
+        if candidate:
+            return str(candidate)
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or None
+
+
+def describe_training(preference_loss, reference: str | None) -> tuple[str, str, str]:
+    """(objective, one sentence on what the retriever was trained on, reference) for a card, from the trainer's
+    preference loss (None: the sft term alone) and its reference (None: none is read)."""
+    from ..losses import ListwiseSetDPOLoss
+
+    if isinstance(preference_loss, ListwiseSetDPOLoss):
+        objective = "listwise (Plackett-Luce)"
+        sentence = "all judged windows of each query at once: Plackett–Luce over the judge's order of β·s(q, P)"
+    elif preference_loss is not None:
+        objective = "pairwise"
+        sentence = "preference pairs (P+, P−) of retrieved lists, with logits β[(s(P+) − s(P−)) − reference margin]"
+    else:
+        objective, sentence = "sft only", "the contrastive NLL of the passages each preferred list adds (sft)"
+    if reference is None:
+        reference = "none (reference-free)" if preference_loss is not None else "none (sft only)"
+    return objective, sentence, reference
+
+
 def _is_hub_id(name: str | None) -> bool:
     return bool(name) and not os.path.exists(name) and name.count("/") == 1 and not name.startswith(".")
 

@@ -23,6 +23,9 @@ LISTS_COLUMN = "lists"
 LIST_SCORES_COLUMN = "list_scores"
 REQUIRED_COLUMNS = ("prompt", "chosen", "rejected")
 LISTWISE_COLUMNS = ("prompt", LISTS_COLUMN, LIST_SCORES_COLUMN)
+#: Every column the collator reads.
+COLLATED_COLUMNS = (*REQUIRED_COLUMNS, REF_CHOSEN_COLUMN, REF_REJECTED_COLUMN, LISTS_COLUMN, LIST_SCORES_COLUMN,
+                    REF_LIST_COLUMN)
 
 
 def _check_window(passages, k: int, name: str, prompt) -> list[str]:

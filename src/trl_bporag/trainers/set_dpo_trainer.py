@@ -33,9 +33,10 @@ from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.utils import disable_dropout_in_model
 
 from ..losses import ContrastiveSetLoss, ListwiseSetDPOLoss, SetDPOLoss
-from .retriever_card import check_retrieval_metrics, retriever_card
+from .retriever_card import base_model_id, check_retrieval_metrics, describe_training, retriever_card
 from .set_dpo_config import SetDPOConfig
 from .set_dpo_data import (
+    COLLATED_COLUMNS,
     LIST_SCORES_COLUMN,
     LISTS_COLUMN,
     LISTWISE_COLUMNS,
@@ -149,7 +150,7 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
         if not isinstance(model, SentenceTransformer):
             raise TypeError(f"SetDPOTrainer trains a sentence_transformers.SentenceTransformer retriever, got "
                             f"{type(model).__name__}.")
-        self._base_model_id = self._base_model_id or self._infer_base_model_id(model)
+        self._base_model_id = self._base_model_id or base_model_id(model)
         if ref_model is not None and ref_model is model:
             raise ValueError("`model` and `ref_model` cannot be the same object. In most cases you should omit "
                              "`ref_model` and we'll initialize it to a frozen copy of `model` for you.")
@@ -234,16 +235,11 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
 
         self.ref_model = ref_model
         if ref_model is not None:
-            if self.is_deepspeed_enabled:
-                from trl.models import prepare_deepspeed
+            from trl.models import prepare_deepspeed, prepare_fsdp
 
-                self.ref_model = prepare_deepspeed(ref_model, self.accelerator)
-            elif self.is_fsdp_enabled:
-                from trl.models import prepare_fsdp
-
-                self.ref_model = prepare_fsdp(ref_model, self.accelerator)
-            else:
-                self.ref_model = self.accelerator.prepare_model(ref_model, evaluation_mode=True)
+            self.ref_model = (prepare_deepspeed(ref_model, self.accelerator) if self.is_deepspeed_enabled else
+                              prepare_fsdp(ref_model, self.accelerator) if self.is_fsdp_enabled else
+                              self.accelerator.prepare_model(ref_model, evaluation_mode=True))
         if args.sync_ref_model:
             if self.ref_model is None or self._peft_adapter:
                 raise ValueError("`sync_ref_model=True` needs a separate reference model: it is not supported with "
@@ -256,23 +252,9 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
             elif self.eval_dataset is not None:
                 self.eval_dataset = self._precompute_ref_scores(self.eval_dataset, "eval")
 
-    # ----------------------------------------------------------------------------------------------------------------
-    # Setup helpers
-    # ----------------------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _infer_base_model_id(model) -> str | None:
-        card = getattr(model, "model_card_data", None)
-        for candidate in (getattr(model, "bporag_model_id", None), getattr(card, "base_model", None),
-                          getattr(card, "model_id", None)):
-            if candidate:
-                return str(candidate)
-        return getattr(getattr(model, "config", None), "_name_or_path", None) or None
-
     def _set_signature_columns_if_needed(self):
-        # Used when `remove_unused_columns=True`: keep what the collator reads
-        if self._signature_columns is None:
-            self._signature_columns = [*REQUIRED_COLUMNS, REF_CHOSEN_COLUMN, REF_REJECTED_COLUMN, LISTS_COLUMN,
-                                       LIST_SCORES_COLUMN, REF_LIST_COLUMN]
+        if self._signature_columns is None:  # with `remove_unused_columns=True`: keep what the collator reads
+            self._signature_columns = list(COLLATED_COLUMNS)
 
     # ----------------------------------------------------------------------------------------------------------------
     # Set scores (trl_bporag.trainers.set_scores) and reference scores
@@ -386,12 +368,11 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
         rejected_rewards = self.beta * (scores2[:, 1] - ref2[:, 1])
         gather = self.accelerator.gather_for_metrics
         metrics = self._metrics[mode]
-        metrics["rewards/chosen"].append(gather(chosen_rewards).mean().item())
-        metrics["rewards/rejected"].append(gather(rejected_rewards).mean().item())
-        metrics["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean().item())
-        metrics["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
-        metrics["scores/chosen"].append(gather(scores2[:, 0]).mean().item())
-        metrics["scores/rejected"].append(gather(scores2[:, 1]).mean().item())
+        for name, value in {"rewards/chosen": chosen_rewards, "rewards/rejected": rejected_rewards,
+                            "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+                            "rewards/margins": chosen_rewards - rejected_rewards, "scores/chosen": scores2[:, 0],
+                            "scores/rejected": scores2[:, 1]}.items():
+            metrics[name].append(gather(value).mean().item())
 
         if return_outputs:
             return loss, {"chosen_scores": scores2[:, 0], "rejected_scores": scores2[:, 1],
@@ -498,19 +479,11 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
 
     def _write_card(self, output_dir, model_name=None, dataset_name=None, tags=None) -> None:
         self._card_dataset_name = dataset_name or self._card_dataset_name
-        if isinstance(self.preference_loss, ListwiseSetDPOLoss):
-            objective = "listwise (Plackett-Luce)"
-            sentence = "all judged windows of each query at once: Plackett–Luce over the judge's order of β·s(q, P)"
-        elif self.preference_loss is not None:
-            objective = "pairwise"
-            sentence = "preference pairs (P+, P−) of retrieved lists, with logits β[(s(P+) − s(P−)) − reference margin]"
-        else:
-            objective, sentence = "sft only", "the contrastive NLL of the passages each preferred list adds (sft)"
-        reference = ("none (reference-free)" if self.preference_loss is not None else "none (sft only)")
-        if self._needs_reference:
-            reference = ("base encoder (PEFT adapter disabled)" if self._peft_adapter else
-                         "precomputed reference set scores" if self.precompute_ref_scores else
-                         "frozen copy of the base retriever" if self._ref_is_policy_copy else "explicit reference retriever")
+        reference = ("base encoder (PEFT adapter disabled)" if self._peft_adapter else
+                     "precomputed reference set scores" if self.precompute_ref_scores else
+                     "frozen copy of the base retriever" if self._ref_is_policy_copy else "explicit reference retriever")
+        objective, sentence, reference = describe_training(self.preference_loss, reference if self._needs_reference
+                                                           else None)
         settings = {**self.folder_config(), "beta": self.beta, "loss_type": self.loss_types,
                     "loss_weights": self.loss_weights, "objective": objective,
                     "label_smoothing": self.args.label_smoothing, "reference": reference,
@@ -522,5 +495,6 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
                               self.hub_model_id or model_name or Path(self.args.output_dir).name, self._base_model_id,
                               self._card_dataset_name, tags, self._card_metrics, self._paper.get("citation"))
         Path(output_dir, "README.md").write_text(text)
+
 
 __all__ = ["DataCollatorForSetPreference", "SetDPOTrainer"]
