@@ -50,3 +50,49 @@ def test_rpo_script_trains_and_saves_a_sentence_transformers_folder(tmp_path, ti
     # --retrieval_eval_dataset: Recall@k before and after training, in the card
     assert "### Retrieval metrics" in card and "| recall@3 |" in card and "| answer_hit@1 |" in card
     assert "Retrieval metrics: {" in res.stdout
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, tiny_retriever_dir):
+    """accelerate launch --multi_gpu --num_processes 2 of examples/rpo.py on CPU (gloo), 4 rows per process, gives the
+    losses and final weights of one process with 8 rows per batch; a checkpoint saved under 2 processes reloads as a
+    sentence-transformers folder holding those weights."""
+    import torch
+
+    countries = [("paris", "france"), ("rome", "italy"), ("berlin", "germany"), ("madrid", "spain"),
+                 ("lisbon", "portugal"), ("vienna", "austria"), ("oslo", "norway"), ("athens", "greece")]
+    rows = []
+    for i, (city, country) in enumerate(countries * 3):
+        other = countries[(i + 1) % len(countries)][0]
+        rows.append({"prompt": f"what is the capital of {country}",
+                     "chosen": [f"{city} is the capital", f"{country} has a river", "old city"],
+                     "rejected": [f"{other} is the capital", f"{country} has a river", "old city"]})
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "pairs"))
+    common = ["examples/rpo.py", "--dataset_name", str(tmp_path / "pairs"), "--model_name_or_path", tiny_retriever_dir,
+              "--max_steps", "3", "--learning_rate", "1e-3", "--reference", "free", "--report_to", "none",
+              "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "3", "--seed", "0",
+              "--dataloader_drop_last", "true", "--train_sampling_strategy", "sequential"]
+    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": __import__("os").environ["PATH"]}
+    one = subprocess.run([sys.executable, *common, "--per_device_train_batch_size", "8", "--output_dir",
+                          str(tmp_path / "one")], cwd=REPO, capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *common,
+                          "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "two")],
+                         cwd=REPO, capture_output=True, text=True, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+
+    def losses(run):
+        state = json.loads((tmp_path / run / "checkpoint-3" / "trainer_state.json").read_text())
+        return [log["loss"] for log in state["log_history"] if "loss" in log]
+
+    assert len(losses("one")) == 3
+    np.testing.assert_allclose(losses("two"), losses("one"), atol=1e-4)
+    assert losses("one")[0] != losses("one")[-1]  # it trained
+    final = {run: SentenceTransformer(str(tmp_path / run), device="cpu").state_dict() for run in ("one", "two")}
+    base = SentenceTransformer(tiny_retriever_dir, device="cpu").state_dict()
+    assert any(not torch.equal(base[k], v) for k, v in final["one"].items())
+    for key, value in final["one"].items():
+        torch.testing.assert_close(final["two"][key], value, atol=1e-5, rtol=1e-4)
+    checkpoint = SentenceTransformer(str(tmp_path / "two" / "checkpoint-3"), device="cpu").state_dict()
+    for key, value in final["two"].items():
+        torch.testing.assert_close(checkpoint[key], value)

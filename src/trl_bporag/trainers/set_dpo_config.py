@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 
 from trl import DPOConfig
@@ -20,6 +21,12 @@ logger = logging.getLogger(__name__)
 # contrastive NLL of the chosen-only passages against the batch (see SetDPOConfig.contrastive_scale).
 SUPPORTED_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft")
 SUPPORTED_SCORES = ("cos", "dot")
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _default_bf16(fp16: bool, use_cpu: bool) -> bool:
@@ -100,7 +107,9 @@ class SetDPOConfig(DPOConfig):
     ([`~trl_bporag.losses.ListwiseSetDPOLoss`]), alone or with `"sft"`.
 
     Defaults that differ from [`trl.DPOConfig`]: `beta=10.0`, `learning_rate=2e-5`, `bf16=None` (resolved to `True` only on a CUDA
-    device with bf16 support), `gradient_checkpointing` off, `remove_unused_columns=False`, `max_length=None`.
+    device with bf16 support), `gradient_checkpointing` off, `remove_unused_columns=False`, `max_length=None`, and
+    `use_cpu=True` when launched with several processes (`accelerate launch`, `torchrun`) on a machine without CUDA:
+    otherwise transformers sets up no process group and each process trains alone on all the data.
 
     Supported `loss_type` values: `"sigmoid"`, `"hinge"`, `"ipo"`, `"exo_pair"`, `"robust"`, `"discopop"` (the TRL
     losses that depend only on the chosen-minus-rejected margin), alone or combined with `loss_weights`.
@@ -194,6 +203,11 @@ class SetDPOConfig(DPOConfig):
     )
 
     def __post_init__(self):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not _has_cuda():
+            # transformers sets up no process group without CUDA unless use_cpu: every process would train alone on
+            # all the data (measured: `accelerate launch --num_processes 2` on a CPU machine, identical batches)
+            logger.info("A multi-process launch without CUDA: use_cpu=True (gloo), so the processes share the data.")
+            self.use_cpu = True
         if self.gradient_checkpointing is None and not hasattr(self, "activation_checkpointing"):
             self.gradient_checkpointing = False  # transformers without the activation_checkpointing rename
         if self.bf16 is None:
