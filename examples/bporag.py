@@ -26,11 +26,12 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from trl import TrlParser
+from trl import DPOConfig, ModelConfig, TrlParser
 
 from trl_bporag import (
     DEFAULT_GENERATOR,
@@ -40,10 +41,8 @@ from trl_bporag import (
     RAGPipeline,
     Retriever,
     SetDPOConfig,
-    SetDPOTrainer,
     load_generator,
     load_rag_dataset,
-    load_retriever,
 )
 from trl_bporag.generation import QUOTED_ANSWER_PREFIX
 from trl_bporag.losses import REFERENCES
@@ -54,12 +53,15 @@ from trl_bporag.preferences import (
     JUDGES,
     GenerationPreferenceBuilder,
     RetrievalPreferenceBuilder,
-    check_dpo_lengths,
 )
 from trl_bporag.preferences.rpo import PAIRINGS
 from trl_bporag.report import plot_results, results_markdown
-from trl_bporag.trainers import GPO_MAX_LENGTH, add_bporag_card, gpo_defaults, gpo_lora_config
+from trl_bporag.trainers import GPO_MAX_LENGTH, gpo_defaults
 from trl_bporag.utils import quiet_known_warnings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpo  # noqa: E402  (the stage scripts beside this one: bporag.py runs their main functions)
+import rpo  # noqa: E402
 
 logger = logging.getLogger("bporag")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -222,6 +224,7 @@ def rpo_pairs(args, data, out: Path):
 
 
 def rpo_train(args, pairs, out: Path) -> str:
+    """examples/rpo.py's main on the pairs folder (k comes from the pairs)."""
     if _done(out, "modules.json", args):
         LOG(f"RPO: reusing {out}")
         return str(out)
@@ -229,18 +232,14 @@ def rpo_train(args, pairs, out: Path) -> str:
         raise ValueError("RPO pairs: none were built (all ties?); raise --rpo_queries or --rpo_num_perturbations")
     with LOG.stage("RPO training"):
         config = SetDPOConfig(
-            output_dir=str(out), k=args.k, beta=args.rpo_beta, reference=args.rpo_reference,
-            loss_type=args.rpo_loss_type.split(","),
-            loss_weights=_weights(args.rpo_loss_weights),
+            output_dir=str(out), beta=args.rpo_beta, reference=args.rpo_reference,
+            loss_type=args.rpo_loss_type.split(","), loss_weights=_weights(args.rpo_loss_weights),
             learning_rate=args.rpo_learning_rate, num_train_epochs=args.rpo_epochs,
             per_device_train_batch_size=args.rpo_batch_size, bf16=args.bf16, use_cpu=not _cuda(), seed=args.seed,
             logging_steps=10, save_strategy="no", report_to=[], max_passage_length=256,
         )
-        trainer = SetDPOTrainer(load_retriever(args.retriever), args=config,
-                                train_dataset=pairs.shuffle(seed=args.seed))
-        trainer.train()
-        trainer.save_model(str(out))
-        trainer.create_model_card(dataset_name=args.dataset)
+        rpo.main(rpo.RPOScriptArguments(dataset_name=str(out.parent / "rpo-pairs")), config,
+                 ModelConfig(model_name_or_path=args.retriever))
         LOG(f"RPO: retriever saved to {out}")
     return str(out)
 
@@ -270,63 +269,47 @@ def gpo_pairs(args, data, retriever_path: str, out: Path):
     return pairs
 
 
-def gpo_train(args, pairs, retriever_path: str, out: Path) -> str:
-    from trl import DPOConfig, DPOTrainer
-
+def gpo_train(args, pairs_dir: Path, out: Path) -> str:
+    """examples/gpo.py's main on the pairs folder (the retriever, k and prompt settings come from its stats.json),
+    with a share of the pairs held out and evaluated after the epoch; writes train_curve.json."""
     if _done(out, "adapter_config.json", args):
         LOG(f"GPO: reusing {out}")
         return str(out)
-    if len(pairs) == 0:
-        raise ValueError("GPO pairs: none were built (all ties?); raise --gpo_queries or --num_samples")
     with LOG.stage(f"GPO training ({out.name})"):
-        # bf16 weights with --bf16 (autocast computes in bf16 anyway; PEFT keeps the LoRA weights in float32): the
-        # frozen base takes half the memory
-        model, tok = load_generator(args.generator, torch_dtype=_dtype(args))
-        pairs, _ = check_dpo_lengths(pairs, tok, args.max_length)
-        pairs = pairs.shuffle(seed=args.seed)
-        held = None
-        n_held = int(round(len(pairs) * args.gpo_eval_fraction))
-        if n_held >= 1 and len(pairs) - n_held >= 1:
-            split = pairs.train_test_split(test_size=n_held, shuffle=False)
-            pairs, held = split["train"], split["test"]
         defaults = gpo_defaults(_cuda())
         defaults.update(bf16=args.bf16, beta=args.gpo_beta, learning_rate=args.gpo_learning_rate,
                         per_device_train_batch_size=args.gpo_batch_size, per_device_eval_batch_size=1,
                         gradient_accumulation_steps=args.gpo_grad_accum, max_length=args.max_length,
-                        loss_type=args.gpo_loss_type.split(","),
-                        loss_weights=_weights(args.gpo_loss_weights))
+                        loss_type=args.gpo_loss_type.split(","), loss_weights=_weights(args.gpo_loss_weights),
+                        eval_strategy="epoch" if args.gpo_eval_fraction else "no")
         config = DPOConfig(output_dir=str(out), num_train_epochs=args.gpo_epochs, seed=args.seed, **defaults)
-        trainer = DPOTrainer(model=model, args=config, train_dataset=pairs, eval_dataset=held,
-                             processing_class=tok,
-                             peft_config=gpo_lora_config(args.lora_r, args.lora_alpha, args.lora_top_layers or None,
-                                                         model=model))
-        add_bporag_card(trainer, {"retriever": retriever_path, "k": args.k, "generator": args.generator,
-                                  "max_passage_tokens": args.max_passage_tokens,
-                                  "answer_prefix": _prefix(args),
-                                  "pairs": str(out.parent / "gpo-pairs"), "beta": args.gpo_beta,
-                                  "learning_rate": args.gpo_learning_rate, "num_beams": args.num_beams,
-                                  "num_samples": args.num_samples})
-        trainer.train()
-        held_out = trainer.evaluate() if held is not None else {}
-        trainer.save_model(str(out))
-        trainer.create_model_card(dataset_name=args.dataset)
+        script_args = gpo.GPOScriptArguments(dataset_name=str(pairs_dir), eval_fraction=args.gpo_eval_fraction,
+                                             lora_top_layers=args.lora_top_layers or None)
+        # bf16 weights with --bf16 (autocast computes in bf16 anyway; PEFT keeps the LoRA weights in float32): the
+        # frozen base takes half the memory
+        model_args = ModelConfig(model_name_or_path=args.generator, dtype=_dtype(args), use_peft=True,
+                                 lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_target_modules="all-linear",
+                                 lora_dropout=0.0)
+        trainer = gpo.main(script_args, config, model_args)
+        history = trainer.state.log_history
         curve = [{"step": h["step"], "loss": round(h["loss"], 4),
                   "reward_accuracy": round(h.get("rewards/accuracies", float("nan")), 3),
-                  "reward_margin": round(h.get("rewards/margins", float("nan")), 3)}
-                 for h in trainer.state.log_history if "loss" in h]
-        train_loss = next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h),
-                          float("nan"))
-        summary = {"train_pairs": len(pairs), "held_out_pairs": len(held) if held is not None else 0,
+                  "reward_margin": round(h.get("rewards/margins", float("nan")), 3)} for h in history if "loss" in h]
+        train_loss = next((h["train_loss"] for h in reversed(history) if "train_loss" in h), float("nan"))
+        held_out = next((h for h in reversed(history) if "eval_loss" in h), {})
+        n_train = len(trainer.train_dataset)
+        summary = {"train_pairs": n_train,
+                   "held_out_pairs": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
                    "steps": trainer.state.global_step, "train_loss": round(train_loss, 4), "curve": curve,
                    "held_out": {k: round(v, 4) for k, v in held_out.items() if isinstance(v, float)}}
         (out / "train_curve.json").write_text(json.dumps(summary, indent=2))
-        LOG(f"GPO: adapter saved to {out}; {len(pairs)} pairs, {trainer.state.global_step} steps, mean training "
+        LOG(f"GPO: adapter saved to {out}; {n_train} pairs, {trainer.state.global_step} steps, mean training "
             f"loss {train_loss:.3f}")
         for point in curve:
             LOG(f"  step {point['step']:>4}: loss {point['loss']:.3f}, reward accuracy "
                 f"{point['reward_accuracy']:.2f}, margin {point['reward_margin']:.2f}")
         if held_out:
-            LOG(f"  held-out pairs ({len(held)}): loss {held_out.get('eval_loss', float('nan')):.3f}, reward "
+            LOG(f"  held-out pairs ({summary['held_out_pairs']}): loss {held_out['eval_loss']:.3f}, reward "
                 f"accuracy {held_out.get('eval_rewards/accuracies', float('nan')):.2f}")
     return str(out)
 
@@ -428,13 +411,14 @@ def main(args: BPORAGArguments) -> dict:
     generator_gpo = str(out / "generator-gpo")
     generator_ablation = generator_gpo
     if "gpo_pairs" in stages or "gpo" in stages:
-        pairs = gpo_pairs(args, data, retriever_rpo, out / "gpo-pairs")
+        gpo_pairs(args, data, retriever_rpo, out / "gpo-pairs")
         if "gpo" in stages:
-            generator_gpo = gpo_train(args, pairs, retriever_rpo, out / "generator-gpo")
+            generator_gpo = gpo_train(args, out / "gpo-pairs", out / "generator-gpo")
         if args.gpo_ablation == "separate":
-            pairs_b = gpo_pairs(args, data, args.retriever, out / "gpo-pairs-base-retriever")
+            gpo_pairs(args, data, args.retriever, out / "gpo-pairs-base-retriever")
             if "gpo" in stages:
-                generator_ablation = gpo_train(args, pairs_b, args.retriever, out / "generator-gpo-base-retriever")
+                generator_ablation = gpo_train(args, out / "gpo-pairs-base-retriever",
+                                               out / "generator-gpo-base-retriever")
     if args.gpo_ablation == "separate":
         generator_ablation = str(out / "generator-gpo-base-retriever")
     results: dict = {}

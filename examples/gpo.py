@@ -14,6 +14,9 @@ What it adds around the stock trainer:
 * the saved adapter gets ``bporag_config.json`` and a model-card section naming the retriever and k of the pairs
   (read from the pairs' ``stats.json``), so ``RAGPipeline.from_pretrained(generator=output_dir, corpus=...)`` pairs
   it with its retriever;
+* ``--lora_top_layers N``: LoRA (``--lora_r``, ``--lora_alpha``) on the last N decoder layers only
+  (``gpo_lora_config``), cheaper steps and less memory; ``--eval_fraction``: the pairs held out when
+  ``--eval_strategy`` is set and the data set has no test split;
 * defaults that work for LoRA DPO on a CPU-only machine (``gpo_defaults``: learning rate 5e-5, ``use_cpu`` + bf16
   autocast when there is no CUDA, no gradient checkpointing); any flag or ``--config`` value overrides them.
 """
@@ -22,16 +25,24 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 
 from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from trl_bporag import DEFAULT_GENERATOR, load_generator
 from trl_bporag.artifacts import PROMPT_SETTINGS, read_bporag_config
 from trl_bporag.preferences import check_dpo_lengths, load_pairs
-from trl_bporag.trainers import add_bporag_card, gpo_defaults
+from trl_bporag.trainers import add_bporag_card, gpo_defaults, gpo_lora_config
 from trl_bporag.utils import quiet_known_warnings
 
 logger = logging.getLogger("gpo")
+
+
+@dataclass
+class GPOScriptArguments(ScriptArguments):
+    eval_fraction: float = field(default=0.05, metadata={"help": "held-out pairs when the data set has no test split"})
+    lora_top_layers: int | None = field(default=None, metadata={
+        "help": "LoRA (--lora_r, --lora_alpha) on the last N decoder layers only; None: --use_peft's own settings"})
 
 
 def main(script_args, training_args, model_args, bporag_config: dict | None = None):
@@ -40,7 +51,7 @@ def main(script_args, training_args, model_args, bporag_config: dict | None = No
                          f"{training_args.beta!r}")
     need_eval = training_args.eval_strategy != "no"
     dataset = load_pairs(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split,
-                         script_args.dataset_test_split, need_eval)
+                         script_args.dataset_test_split, need_eval, script_args.eval_fraction)
     if bporag_config is None:
         bporag_config = (read_bporag_config(script_args.dataset_name) if os.path.isdir(script_args.dataset_name)
                          else None) or {}
@@ -53,7 +64,8 @@ def main(script_args, training_args, model_args, bporag_config: dict | None = No
         train_dataset=dataset[script_args.dataset_train_split],
         eval_dataset=dataset[script_args.dataset_test_split] if need_eval else None,
         processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+        peft_config=(gpo_lora_config(model_args.lora_r, model_args.lora_alpha, script_args.lora_top_layers, model=model)
+                     if script_args.lora_top_layers else get_peft_config(model_args)),
     )
     card = {key: bporag_config.get(key) for key in ("retriever", "k", *PROMPT_SETTINGS, "num_beams", "num_samples",
                                                     "pairing")}
@@ -74,7 +86,7 @@ def main(script_args, training_args, model_args, bporag_config: dict | None = No
 
 
 def make_parser() -> TrlParser:
-    parser = TrlParser((ScriptArguments, DPOConfig, ModelConfig))
+    parser = TrlParser((GPOScriptArguments, DPOConfig, ModelConfig))
     parser.set_defaults_with_config(**gpo_defaults())
     return parser
 

@@ -84,9 +84,11 @@ def main(script_args, training_args, model_args):
         trainer.set_retrieval_metrics(card_metrics)
         trainer.accelerator.print(f"Retrieval metrics: {card_metrics}")
     trainer.save_model(training_args.output_dir)
+    trainer.create_model_card(dataset_name=script_args.dataset_name)
     trainer.accelerator.print(f"Retriever saved to {training_args.output_dir} (a sentence-transformers folder).")
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    return trainer
 
 
 if __name__ == "__main__":
