@@ -101,6 +101,47 @@ def snapshot(
 # --------------------------------------------------------------------------------------------------------------------
 # Preference pairs
 # --------------------------------------------------------------------------------------------------------------------
+def index_card(index, repo_id: str | None = None) -> str:
+    """The ``README.md`` pushed with a :class:`~trl_bporag.DenseIndex`: YAML (tags, model, dimension, size,
+    fingerprints) and usage."""
+    import yaml
+
+    meta = index.metadata
+    info = {
+        "model_id": meta.get("model_id"),
+        "model_fingerprint": meta.get("model_fingerprint"),
+        "score": meta.get("score"),
+        "dim": index.dim,
+        "num_passages": len(index),
+        "index_type": index.index_type,
+        "corpus_fingerprint": meta.get("corpus_fingerprint"),
+        "with_title": meta.get("with_title"),
+    }
+    info = {key: value for key, value in info.items() if value is not None}
+    header = {"tags": ["faiss", "retrieval-index", "trl", "bporag"], "bporag_index": info}
+    rows = "\n".join(f"| {key} | {value} |" for key, value in info.items())
+    name = repo_id or "INDEX_REPO"
+    body = f"""# {name.split("/")[-1]}
+
+A FAISS inner-product index ({index.index_type}) of {len(index)} passage embeddings, built with trl-bporag's
+`DenseIndex`. `index.faiss` is the index; `metadata.json` holds the passage ids in row order, the index parameters,
+the sha256 of `index.faiss`, and the fingerprints of the retriever and of the corpus it was built from.
+
+| field | value |
+|---|---|
+{rows}
+
+```python
+from trl_bporag import DenseIndex, Retriever
+
+retriever = Retriever("{info.get("model_id", "RETRIEVER")}")
+index = DenseIndex.from_pretrained("{name}", retriever=retriever)  # refuses another retriever or a corrupt file
+scores, ids = index.search_ids(retriever.encode_queries(["..."]), k=5)
+```
+"""
+    return f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n{body}"
+
+
 def pairs_card(dataset, repo_id: str, description: Mapping | None = None, split: str = "train",
                kind: str = "rpo") -> str:
     """The dataset card (``README.md``) of a pairs repo: YAML with the ``configs`` entry that makes

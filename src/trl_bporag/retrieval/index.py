@@ -327,43 +327,10 @@ class DenseIndex:
         self._check_meta("index", meta, retriever, corpus, with_title, num_passages=len(self))
 
     def card(self, repo_id: str | None = None) -> str:
-        """The ``README.md`` pushed with the index: YAML (tags, model, dimension, size, fingerprints) and usage."""
-        import yaml
+        """The ``README.md`` pushed with the index (:func:`trl_bporag.hub.index_card`)."""
+        from trl_bporag.hub import index_card
 
-        meta = self.metadata
-        info = {
-            "model_id": meta.get("model_id"),
-            "model_fingerprint": meta.get("model_fingerprint"),
-            "score": meta.get("score"),
-            "dim": self.dim,
-            "num_passages": len(self),
-            "index_type": self.index_type,
-            "corpus_fingerprint": meta.get("corpus_fingerprint"),
-            "with_title": meta.get("with_title"),
-        }
-        info = {key: value for key, value in info.items() if value is not None}
-        header = {"tags": ["faiss", "retrieval-index", "trl", "bporag"], "bporag_index": info}
-        rows = "\n".join(f"| {key} | {value} |" for key, value in info.items())
-        name = repo_id or "INDEX_REPO"
-        body = f"""# {name.split("/")[-1]}
-
-A FAISS inner-product index ({self.index_type}) of {len(self)} passage embeddings, built with trl-bporag's
-`DenseIndex`. `index.faiss` is the index; `metadata.json` holds the passage ids in row order, the index parameters,
-the sha256 of `index.faiss`, and the fingerprints of the retriever and of the corpus it was built from.
-
-| field | value |
-|---|---|
-{rows}
-
-```python
-from trl_bporag import DenseIndex, Retriever
-
-retriever = Retriever("{info.get("model_id", "RETRIEVER")}")
-index = DenseIndex.from_pretrained("{name}", retriever=retriever)  # refuses another retriever or a corrupt file
-scores, ids = index.search_ids(retriever.encode_queries(["..."]), k=5)
-```
-"""
-        return f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n{body}"
+        return index_card(self, repo_id)
 
     def push_to_hub(
         self,
