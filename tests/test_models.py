@@ -1,5 +1,6 @@
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -63,23 +64,32 @@ def test_missing_model_gives_one_clear_error(offline, monkeypatch):
 
 
 def test_packaged_gguf_is_converted_once(tmp_path, tiny_generator_dir, offline, monkeypatch):
+    """The real _convert_gguf (cache folder, atomic rename, reuse), with transformers' GGUF reading replaced by the
+    tiny generator: the packaged file is read once, then every call reuses the converted folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     monkeypatch.setenv("TRL_BPORAG_CACHE", str(tmp_path / "cache"))
-    calls = []
+    reads = []
+    for cls in (AutoModelForCausalLM, AutoTokenizer):
+        real = cls.from_pretrained
 
-    def fake_from_gguf(packaged, torch_dtype=None):  # the GGUF dequantisation itself is covered by the slow test
-        calls.append(packaged.hub_id)
-        target = models.cache_dir() / "models" / packaged.hub_id.replace("/", "--")
-        if not target.exists():
-            shutil.copytree(tiny_generator_dir, target)
-        return target
+        def from_pretrained(path, *args, gguf_file=None, _real=real, **kwargs):
+            if gguf_file is None:
+                return _real(path, *args, **kwargs)
+            reads.append(gguf_file)  # the GGUF dequantisation itself is covered by the slow test
+            return _real(tiny_generator_dir)
 
+        monkeypatch.setattr(cls, "from_pretrained", from_pretrained)
     monkeypatch.setattr(PackagedModel, "location", lambda self: tmp_path)
-    monkeypatch.setattr(models, "_convert_gguf", fake_from_gguf)
     path = generator_path(DEFAULT_GENERATOR)
     assert path == str(tmp_path / "cache" / "models" / "HuggingFaceTB--SmolLM2-135M-Instruct")
+    assert (Path(path) / "config.json").is_file() and list(Path(path).glob("*.safetensors"))
+    assert len(reads) == 2  # model and tokenizer, once
+    assert generator_path(DEFAULT_GENERATOR) == path
     model, tok = load_generator(DEFAULT_GENERATOR)
     assert tok.pad_token is not None and not model.training
-    assert calls == [DEFAULT_GENERATOR] * 2
+    assert len(reads) == 2  # converted once: the later calls read the cache
+    assert not [p for p in Path(path).parent.iterdir() if ".tmp" in p.name]  # no half-written folder left
 
 
 def test_load_generator_from_folder(tiny_generator_dir):
