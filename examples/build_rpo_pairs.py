@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from trl import TrlParser
 
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, DenseIndex, Retriever, load_generator, load_rag_dataset
-from trl_bporag.hub import push_pairs_to_hub
 from trl_bporag.preferences import GENERATOR_JUDGES, RetrievalPreferenceBuilder
 from trl_bporag.utils import check_positive_ints, distributed_state, quiet_known_warnings
 
@@ -75,12 +74,10 @@ def main(args: BuildArguments):
         max_new_tokens=args.max_new_tokens,
     )
     pairs = builder.build(data.split, output_dir=args.output_dir, resume=not args.no_resume,
-                          max_queries=args.max_queries)
+                          max_queries=args.max_queries, push_to_hub=args.push_to_hub)
     if state.is_main_process:
         print(json.dumps(builder.describe(), indent=2))
         print(f"{len(pairs)} pairs written to {args.output_dir}")
-        if args.push_to_hub:  # parquet rows + dataset card + stats.json; load_dataset(repo_id) reads it back
-            print(push_pairs_to_hub(pairs, args.push_to_hub, description=builder.describe(), kind="rpo"))
 
 
 if __name__ == "__main__":

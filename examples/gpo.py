@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from trl import DPOConfig, DPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from trl_bporag import DEFAULT_GENERATOR, load_generator
-from trl_bporag.artifacts import PROMPT_SETTINGS, read_bporag_config
+from trl_bporag.artifacts import PROMPT_SETTINGS, read_stage_config
 from trl_bporag.preferences import check_dpo_lengths, load_pairs
 from trl_bporag.trainers import add_bporag_card, gpo_defaults, gpo_lora_config
 from trl_bporag.utils import quiet_known_warnings
@@ -52,9 +52,8 @@ def main(script_args, training_args, model_args, bporag_config: dict | None = No
     need_eval = training_args.eval_strategy != "no"
     dataset = load_pairs(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split,
                          script_args.dataset_test_split, need_eval, script_args.eval_fraction)
-    if bporag_config is None:
-        bporag_config = (read_bporag_config(script_args.dataset_name) if os.path.isdir(script_args.dataset_name)
-                         else None) or {}
+    if bporag_config is None:  # the retriever, k and prompt settings of the pairs (a folder or a Hub data set)
+        bporag_config = read_stage_config(script_args.dataset_name) or {}
     model, tokenizer = load_generator(model_args.model_name_or_path or DEFAULT_GENERATOR, torch_dtype=model_args.dtype)
     for split in list(dataset):
         dataset[split], _ = check_dpo_lengths(dataset[split], tokenizer, training_args.max_length)

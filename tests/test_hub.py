@@ -161,6 +161,12 @@ def test_build_rpo_pairs_script_push(tmp_path, tiny_retriever_dir, toy_corpus, t
     from datasets import load_from_disk
 
     assert load_dataset(str(repo), split="train").to_list() == load_from_disk(str(tmp_path / "pairs")).to_list()
+    # the next stage reads the builder's settings from the Hub as from the local folder
+    from trl_bporag.artifacts import read_bporag_config, read_stage_config
+
+    assert read_stage_config("user/script-pairs") == read_bporag_config(tmp_path / "pairs")
+    assert read_stage_config("user/script-pairs")["k"] == 2
+    assert read_stage_config("user/no-such-pairs") is None  # a clear warning, no crash
 
 
 def test_peft_adapter_folder_push_round_trip(tmp_path, tiny_generator_dir, fake_hub):

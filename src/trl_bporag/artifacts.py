@@ -5,15 +5,21 @@
   recorded **relative to the adapter folder** (``"retriever": "../retriever-rpo"``), so the two folders can move
   together (``retriever_absolute`` is the fallback when only the adapter moved); ``retriever_hub_id`` names where the
   retriever was pushed, for an adapter read from elsewhere.
-* ``stats.json`` beside a pairs folder (written by the builders): ``{"config": {...}, "stats": {...}}``.
+* ``bporag_config.json`` in a retriever folder written by :class:`~trl_bporag.SetDPOTrainer`: its ``k`` and ``score``,
+  the defaults of :meth:`~trl_bporag.RAGPipeline.from_pretrained`.
+* ``stats.json`` beside a pairs folder (written by the builders, pushed with the pairs): ``{"config": {...},
+  "stats": {...}}``; :func:`read_stage_config` reads it from a folder or a Hub data set alike.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 BPORAG_CONFIG_NAME = "bporag_config.json"
 PAIRS_STATS_NAME = "stats.json"
@@ -67,3 +73,18 @@ def read_bporag_config(path: str | os.PathLike) -> dict | None:
                 )
         return config
     return None
+
+
+def read_stage_config(name_or_path: str | os.PathLike, repo_type: str = "dataset") -> dict | None:
+    """:func:`read_bporag_config` of a local folder, or of a Hub repo (only its ``bporag_config.json`` /
+    ``stats.json`` are downloaded); None when neither holds one, or when the Hub cannot be reached (logged)."""
+    if os.path.isdir(name_or_path):
+        return read_bporag_config(name_or_path)
+    from .hub import snapshot
+
+    try:
+        folder = snapshot(name_or_path, repo_type=repo_type, allow_patterns=[BPORAG_CONFIG_NAME, PAIRS_STATS_NAME])
+    except ValueError as err:
+        logger.warning("No BPO-RAG settings read from %s: %s", name_or_path, err)
+        return None
+    return read_bporag_config(folder)

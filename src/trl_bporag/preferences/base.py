@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 class ShardedPreferenceBuilder:
     """Base class of :class:`RetrievalPreferenceBuilder` and :class:`GenerationPreferenceBuilder`."""
 
+    kind = "rpo"  # what the pushed data set card calls the pairs
+
     #: columns of an empty output data set
     row_columns: tuple[str, ...] = ()
     #: counters that are per process (work done), not per query; they are not resumed from shards
@@ -62,7 +64,8 @@ class ShardedPreferenceBuilder:
         interrupted run resumes from what was written (``resume=True``), and the final data set is written with
         ``save_to_disk(output_dir)`` plus ``stats.json``. Under ``accelerate launch`` the queries are split across
         processes and the main process writes the merged result (identical to a single-process run).
-        ``push_to_hub``: a Hub data set repo id the main process pushes the pairs to.
+        ``push_to_hub``: a Hub data set repo id the main process pushes the pairs to, with a dataset card and
+        ``stats.json`` (:func:`trl_bporag.hub.push_pairs_to_hub`).
         """
         from datasets import Dataset
 
@@ -139,8 +142,10 @@ class ShardedPreferenceBuilder:
                 # an empty data set needs one (empty) shard file, or load_from_disk cannot read it back
                 dataset.save_to_disk(str(output_dir), num_shards=1 if not rows else None)
                 (Path(output_dir) / "stats.json").write_text(json.dumps(self.describe(), indent=2))
-            if push_to_hub:
-                dataset.push_to_hub(push_to_hub)
+            if push_to_hub:  # parquet rows + dataset card + stats.json (trl_bporag.hub.push_pairs_to_hub)
+                from ..hub import push_pairs_to_hub
+
+                logger.info(push_pairs_to_hub(dataset, push_to_hub, description=self.describe(), kind=self.kind))
         state.wait_for_everyone()
         return dataset
 

@@ -83,6 +83,7 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
     """
 
     row_columns = GPO_ROW_COLUMNS
+    kind = "gpo"
     progress_desc = "GPO pairs"
     local_stat_keys = ("generations",)
     stat_keys = GPO_STAT_KEYS
