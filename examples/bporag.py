@@ -22,6 +22,7 @@ Every prompt (RPO generator judges, GPO pairs, evaluation) starts the generator'
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -59,9 +60,18 @@ from trl_bporag.report import plot_results, results_markdown
 from trl_bporag.trainers import GPO_MAX_LENGTH, gpo_defaults
 from trl_bporag.utils import quiet_known_warnings
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gpo  # noqa: E402  (the stage scripts beside this one: bporag.py runs their main functions)
-import rpo  # noqa: E402
+
+def _stage_script(name: str):
+    """``examples/<name>.py`` as a module, without putting ``examples/`` on ``sys.path`` for good (its evaluate.py
+    would shadow the ``evaluate`` package in the importing process)."""
+    spec = importlib.util.spec_from_file_location(f"bporag_stage_{name}", Path(__file__).resolve().with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+rpo, gpo = _stage_script("rpo"), _stage_script("gpo")  # bporag.py runs the stage scripts' main functions
 
 logger = logging.getLogger("bporag")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

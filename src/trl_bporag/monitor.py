@@ -128,7 +128,7 @@ class StageLog:
         log = StageLog("bporag")
         with log.stage("RPO pairs"):
             ...
-        log.stages  # [{"stage": "RPO pairs", "seconds": 61.2, "peak_rss_gib": 1.8}]
+        log.stages  # [{"stage": "RPO pairs", "seconds": 61.2, "peak_rss_gib": 1.8, "start_rss_gib": 0.6}]
         log.peak_gib()  # the process's peak so far
     """
 
@@ -161,7 +161,8 @@ class _Stage(_Sampler):
     def __exit__(self, *exc):
         super().__exit__(*exc)
         if exc[0] is None:
-            entry = {"stage": self.name, "seconds": round(self.seconds, 1), "peak_rss_gib": round(self.peak / 2**30, 2)}
+            entry = {"stage": self.name, "seconds": round(self.seconds, 1), "peak_rss_gib": round(self.peak / 2**30, 2),
+                     "start_rss_gib": round(self.start / 2**30, 2)}
             self.log.stages.append(entry)
             self.log(f"{self.name}: done in {self.seconds:.0f} s, peak memory {entry['peak_rss_gib']:.2f} GiB")
         return False

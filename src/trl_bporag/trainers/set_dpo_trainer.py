@@ -26,6 +26,7 @@ import transformers
 from accelerate.logging import get_logger
 from accelerate.utils import broadcast_object_list, tqdm
 from datasets import Dataset, IterableDataset
+from packaging.version import Version
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 from trl import DPOTrainer
@@ -112,7 +113,7 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
         evaluator=None,
     ):
         from sentence_transformers import SentenceTransformer
-        from sentence_transformers.base.evaluation import BaseEvaluator, SequentialEvaluator
+        from sentence_transformers.base.evaluation import SequentialEvaluator
 
         from ..models import load_retriever
 
@@ -133,12 +134,9 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
         if compute_metrics is not None:
             raise ValueError("`compute_metrics` is not supported: RPO rows have no labels. Pass `evaluator=` (e.g. a "
                              "sentence-transformers InformationRetrievalEvaluator) to measure retrieval in training.")
-        if evaluator is not None and not isinstance(evaluator, BaseEvaluator):
-            evaluator = SequentialEvaluator(list(evaluator))
-        self.evaluator = evaluator
-        if args.k is None:
+        self.evaluator = SequentialEvaluator(list(evaluator)) if isinstance(evaluator, (list, tuple)) else evaluator
+        if args.k is None:  # the shortest list of the training data: the builders write lists of k
             args.k = infer_k(train_dataset)
-            logger.info(f"k={args.k}: the shortest list of the training data")
         if args.position_weights is not None and len(args.position_weights) < args.k:
             raise ValueError(f"position_weights has {len(args.position_weights)} entries but k={args.k}.")
 
@@ -196,10 +194,9 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
             eval_dataset = validate_rpo_dataset(eval_dataset, args.k, "eval")
 
         # Reference scorer (dropout off before anything is copied from the policy)
-        if args.disable_dropout:
-            for m in (model, ref_model):
-                if m is not None:
-                    disable_dropout_in_model(m)
+        for m in (model, ref_model) if args.disable_dropout else ():
+            if m is not None:
+                disable_dropout_in_model(m)
         if not self._needs_reference:
             self.precompute_ref_scores, ref_model = False, None  # nothing reads reference scores
         self._ref_is_policy_copy = (ref_model is None and not self._peft_adapter and not self.precompute_ref_scores
@@ -222,6 +219,8 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
                          optimizers=optimizers)
         if eval_dataset is None:
             self.eval_dataset = None
+        if Version(transformers.__version__) < Version("5.19.0"):  # what TRL's _BaseTrainer.__init__ does there
+            self.model_accepts_loss_kwargs = False
         if args.n_gpu > 1:
             raise ValueError(f"{type(self).__name__} does not support `nn.DataParallel`. Launch with `accelerate "
                              "launch` or `torchrun`, or make a single GPU visible with `CUDA_VISIBLE_DEVICES`.")
