@@ -83,6 +83,19 @@ def shared_data(name):
     return path
 
 
+def launch_two(*args) -> list[str]:
+    """``accelerate launch`` of 2 CPU processes (a gloo group) on a free port: the default port can still be held by
+    an earlier launch of the same test session."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+            str(port), *args]
+
+
 def write_beir(root, corpus, split, split_name="test"):
     """Write a Corpus + QASplit (with gold_ids) as a BEIR-with-answers folder."""
     (root / "qrels").mkdir(parents=True)

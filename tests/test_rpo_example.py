@@ -58,6 +58,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, tiny_
     sentence-transformers folder holding those weights."""
     import torch
 
+    from conftest import launch_two
+
     countries = [("paris", "france"), ("rome", "italy"), ("berlin", "germany"), ("madrid", "spain"),
                  ("lisbon", "portugal"), ("vienna", "austria"), ("oslo", "norway"), ("athens", "greece")]
     rows = []
@@ -75,10 +77,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, tiny_
     one = subprocess.run([sys.executable, *common, "--per_device_train_batch_size", "8", "--output_dir",
                           str(tmp_path / "one")], cwd=REPO, capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *common,
-                          "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "two")],
-                         cwd=REPO, capture_output=True, text=True, env=env)
+    two = subprocess.run(launch_two(*common, "--per_device_train_batch_size", "4", "--output_dir",
+                                    str(tmp_path / "two")), cwd=REPO, capture_output=True, text=True, env=env)
     assert two.returncode == 0, two.stderr[-2000:]
 
     def losses(run):
