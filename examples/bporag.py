@@ -48,7 +48,7 @@ from trl_bporag import (
 from trl_bporag.generation import QUOTED_ANSWER_PREFIX
 from trl_bporag.losses import REFERENCES
 from trl_bporag.metrics import paired_bootstrap_ci
-from trl_bporag.monitor import StageLog
+from trl_bporag.monitor import StageLog, large_allocations_returned
 from trl_bporag.preferences import (
     GENERATOR_JUDGES,
     JUDGES,
@@ -240,7 +240,7 @@ def rpo_train(args, pairs, out: Path) -> str:
         return str(out)
     if len(pairs) == 0:
         raise ValueError("RPO pairs: none were built (all ties?); raise --rpo_queries or --rpo_num_perturbations")
-    with LOG.stage("RPO training"):
+    with LOG.stage("RPO training"), large_allocations_returned():
         config = SetDPOConfig(
             output_dir=str(out), beta=args.rpo_beta, reference=args.rpo_reference,
             loss_type=args.rpo_loss_type.split(","), loss_weights=_weights(args.rpo_loss_weights),
@@ -285,7 +285,7 @@ def gpo_train(args, pairs_dir: Path, out: Path) -> str:
     if _done(out, "adapter_config.json", args):
         LOG(f"GPO: reusing {out}")
         return str(out)
-    with LOG.stage(f"GPO training ({out.name})"):
+    with LOG.stage(f"GPO training ({out.name})"), large_allocations_returned():
         defaults = gpo_defaults(_cuda())
         defaults.update(bf16=args.bf16, beta=args.gpo_beta, learning_rate=args.gpo_learning_rate,
                         per_device_train_batch_size=args.gpo_batch_size, per_device_eval_batch_size=1,

@@ -136,3 +136,30 @@ def test_gpo_defaults_train_a_tiny_generator_below_log2_and_move_only_top_layer_
     assert sum(losses[-4:]) / 4 < 0.45 < math.log(2)
     moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert moved and all("lora_" in n and ".layers.1." in n for n in moved)
+
+
+def test_large_allocations_go_back_to_the_os_once_freed(tmp_path):
+    """In a fresh process: a 16 MiB block allocated after an earlier one of that size was freed comes from the heap by
+    glibc's default and stays resident when freed below a live small block; with large_allocations_to_os it is
+    mapped and returned."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import sys\n"
+        "from trl_bporag.monitor import large_allocations_to_os, rss_bytes\n"
+        "if sys.argv[1] == 'on':\n"
+        "    assert large_allocations_to_os()\n"
+        "n = 16 << 20\n"
+        "def touched():\n"
+        "    b = bytearray(n)\n"
+        "    b[::4096] = b'\\x01' * (n // 4096)\n"
+        "    return b\n"
+        "a = touched(); del a  # by default this raises glibc's threshold to 16 MiB\n"
+        "start = rss_bytes()\n"
+        "b = touched(); pin = bytearray(100_000); del b\n"
+        "print((rss_bytes() - start) / 2**20)\n")
+    kept = {mode: float(subprocess.run([sys.executable, str(script), mode], capture_output=True, text=True,
+                                       check=True).stdout) for mode in ("off", "on")}
+    assert kept["on"] < 2 < 12 < kept["off"]

@@ -59,9 +59,6 @@ class SentenceTransformerCheckpoints:
     def _peft_model(self, model=None):
         return transformer_modules(self.accelerator.unwrap_model(model if model is not None else self.model))[0].model
 
-    def _peft_model(self, model=None):
-        return transformer_modules(self.accelerator.unwrap_model(model if model is not None else self.model))[0].model
-
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Write a sentence-transformers folder (``SentenceTransformer(output_dir)`` loads it) with its model card and
         ``bporag_config.json`` (k and score, for :class:`~trl_bporag.RAGPipeline`). With PEFT, the merged encoder,
