@@ -716,3 +716,14 @@ def test_model_init_kwargs_reach_the_retriever_loaded_from_a_path(tmp_path, tiny
     plain = SetDPOTrainer(tiny_retriever_dir, args=SetDPOConfig(output_dir=str(tmp_path / "o2"), k=1, report_to=[],
                                                                 use_cpu=True, reference="free"), train_dataset=pairs)
     assert {p.dtype for p in plain.model.parameters()} == {torch.float32}
+
+
+def test_infer_k_is_the_shortest_list_of_the_data():
+    from trl_bporag.trainers import infer_k
+
+    pairwise = Dataset.from_dict({"prompt": ["q", "q"], "chosen": [["a", "b", "c"], ["a", "b", "c", "d"]],
+                                  "rejected": [["a", "b", "e", "f"], ["x", "y", "z", "w"]]})
+    assert infer_k(pairwise) == 3
+    listwise = Dataset.from_dict({"prompt": ["q"], "lists": [[["a", "b"], ["c", "d", "e"]]], "list_scores": [[1, 0]]})
+    assert infer_k(listwise) == 2
+    assert infer_k(pairwise.to_iterable_dataset()) == 3  # an IterableDataset: its first row

@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .data import Corpus, QASplit, RAGDataset, load_beir, load_hf, load_qa_dataset, load_rag_dataset
+from .evaluation import retrieval_evaluator
 from .losses import ContrastiveSetLoss, ListwiseSetDPOLoss, SetDPOLoss
 from .metrics import (
     answer_hit_at_k,
@@ -22,6 +23,7 @@ from .retrieval import DenseIndex, Retriever, set_scores
 from .trainers import SetDPOConfig, SetDPOTrainer
 
 __all__ = [
+    "retrieval_evaluator",
     "ContrastiveSetLoss",
     "ListwiseSetDPOLoss",
     "SetDPOLoss",

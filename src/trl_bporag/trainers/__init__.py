@@ -2,13 +2,18 @@
 
 from .gpo import GPO_MAX_LENGTH, add_bporag_card, gpo_defaults, gpo_lora_config, write_bporag_card
 from .set_dpo_config import SUPPORTED_LOSS_TYPES, SetDPOConfig
+from .set_dpo_data import infer_k, validate_rpo_dataset
 from .set_dpo_trainer import DataCollatorForSetPreference, SetDPOTrainer
+from .set_scores import SetScorer
 
 __all__ = [
     "SUPPORTED_LOSS_TYPES",
     "DataCollatorForSetPreference",
     "SetDPOConfig",
     "SetDPOTrainer",
+    "SetScorer",
+    "infer_k",
+    "validate_rpo_dataset",
     "add_bporag_card",
     "GPO_MAX_LENGTH",
     "gpo_defaults",
