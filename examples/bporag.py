@@ -32,6 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from trl import DPOConfig, ModelConfig, TrlParser
 
 from trl_bporag import (
@@ -207,10 +208,6 @@ def _retriever(args, path: str) -> Retriever:
     return Retriever(path, dtype=_dtype(args))
 
 
-def _index(retriever: Retriever, corpus) -> DenseIndex:
-    return DenseIndex.cached(retriever, corpus)
-
-
 def rpo_pairs(args, data, out: Path):
     from datasets import load_from_disk
 
@@ -222,7 +219,7 @@ def rpo_pairs(args, data, out: Path):
         gen = tok = None
         if args.rpo_judge in GENERATOR_JUDGES:
             gen, tok = load_generator(args.generator, torch_dtype=_dtype(args))
-        builder = RetrievalPreferenceBuilder(retriever, _index(retriever, data.corpus), data.corpus, gen, tok,
+        builder = RetrievalPreferenceBuilder(retriever, DenseIndex.cached(retriever, data.corpus), data.corpus, gen, tok,
                                              judge=args.rpo_judge, k=args.k, perturbations=args.rpo_perturbations,
                                              num_perturbations=args.rpo_num_perturbations, top_n=args.rpo_top_n,
                                              pairing=args.rpo_pairing, seed=args.seed,
@@ -245,7 +242,7 @@ def rpo_train(args, pairs, out: Path) -> str:
             output_dir=str(out), beta=args.rpo_beta, reference=args.rpo_reference,
             loss_type=args.rpo_loss_type.split(","), loss_weights=_weights(args.rpo_loss_weights),
             learning_rate=args.rpo_learning_rate, num_train_epochs=args.rpo_epochs,
-            per_device_train_batch_size=args.rpo_batch_size, bf16=args.bf16, use_cpu=not _cuda(), seed=args.seed,
+            per_device_train_batch_size=args.rpo_batch_size, bf16=args.bf16, use_cpu=not torch.cuda.is_available(), seed=args.seed,
             logging_steps=10, save_strategy="no", report_to=[], max_passage_length=256,
         )
         rpo.main(rpo.RPOScriptArguments(dataset_name=str(out.parent / "rpo-pairs")), config,
@@ -264,7 +261,7 @@ def gpo_pairs(args, data, retriever_path: str, out: Path):
         retriever = _retriever(args, retriever_path)
         gen, tok = load_generator(args.generator, torch_dtype=_dtype(args))
         builder = GenerationPreferenceBuilder(
-            retriever, _index(retriever, data.corpus), data.corpus, gen, tok, k=args.k, num_beams=args.num_beams,
+            retriever, DenseIndex.cached(retriever, data.corpus), data.corpus, gen, tok, k=args.k, num_beams=args.num_beams,
             num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p, pairing=args.gpo_pairing,
             seed=args.seed, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
             max_passage_tokens=args.max_passage_tokens, max_length=args.max_length,
@@ -286,7 +283,7 @@ def gpo_train(args, pairs_dir: Path, out: Path) -> str:
         LOG(f"GPO: reusing {out}")
         return str(out)
     with LOG.stage(f"GPO training ({out.name})"), large_allocations_returned():
-        defaults = gpo_defaults(_cuda())
+        defaults = gpo_defaults()  # use_cpu + bf16 autocast without CUDA
         defaults.update(bf16=args.bf16, beta=args.gpo_beta, learning_rate=args.gpo_learning_rate,
                         per_device_train_batch_size=args.gpo_batch_size, per_device_eval_batch_size=1,
                         gradient_accumulation_steps=args.gpo_grad_accum, max_length=args.max_length,
@@ -324,12 +321,6 @@ def gpo_train(args, pairs_dir: Path, out: Path) -> str:
     return str(out)
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 # the paper's rows: (retriever, generator)
 ROW_SPECS = {"vanilla": ("base", "base"), "+RPO": ("rpo", "base"), "+GPO": ("base", "gpo_ablation"),
              "BPO-RAG": ("rpo", "gpo")}
@@ -364,7 +355,7 @@ def evaluate_rows(args, retrievers: dict, generators: dict, out: Path | None = N
         pipes = {}
         for name, rpath in retrievers.items():
             r = _retriever(args, rpath)
-            pipes[name] = (r, _index(r, data.corpus))
+            pipes[name] = (r, DenseIndex.cached(r, data.corpus))
         caches = {gpath: {} for gpath in by_path}  # prompt -> answer, per generator: rows share equal prompts
         per_query, answers = {}, {}
         for row, (rname, gname) in row_specs(args).items():
