@@ -208,12 +208,11 @@ def _retriever(args, path: str) -> Retriever:
     return Retriever(path, dtype=_dtype(args))
 
 
-def rpo_pairs(args, data, out: Path):
-    from datasets import load_from_disk
-
+def rpo_pairs(args, data, out: Path) -> None:
+    """Build the RPO pairs into ``out`` (a ``save_to_disk`` folder + stats.json), unless they are there."""
     if _done(out, "stats.json", args):
         LOG(f"RPO pairs: reusing {out}")
-        return load_from_disk(str(out))
+        return
     with LOG.stage("RPO pairs"):
         retriever = _retriever(args, args.retriever)
         gen = tok = None
@@ -227,16 +226,14 @@ def rpo_pairs(args, data, out: Path):
                                              answer_prefix=_prefix(args))
         pairs = builder.build(data.split, output_dir=out, resume=not args.overwrite, max_queries=args.rpo_queries)
         LOG(f"RPO pairs: {len(pairs)} ({builder.describe()['stats']})")
-    return pairs
 
 
-def rpo_train(args, pairs, out: Path) -> str:
-    """examples/rpo.py's main on the pairs folder (k comes from the pairs)."""
+def rpo_train(args, pairs_dir: Path, out: Path) -> str:
+    """examples/rpo.py's main on the pairs folder (k comes from the pairs; a folder without pairs is load_pairs'
+    ValueError, with the builder's counts)."""
     if _done(out, "modules.json", args):
         LOG(f"RPO: reusing {out}")
         return str(out)
-    if len(pairs) == 0:
-        raise ValueError("RPO pairs: none were built (all ties?); raise --rpo_queries or --rpo_num_perturbations")
     with LOG.stage("RPO training"), large_allocations_returned():
         config = SetDPOConfig(
             output_dir=str(out), beta=args.rpo_beta, reference=args.rpo_reference,
@@ -245,18 +242,17 @@ def rpo_train(args, pairs, out: Path) -> str:
             per_device_train_batch_size=args.rpo_batch_size, bf16=args.bf16, use_cpu=not torch.cuda.is_available(), seed=args.seed,
             logging_steps=10, save_strategy="no", report_to=[], max_passage_length=256,
         )
-        rpo.main(rpo.RPOScriptArguments(dataset_name=str(out.parent / "rpo-pairs")), config,
+        rpo.main(rpo.RPOScriptArguments(dataset_name=str(pairs_dir)), config,
                  ModelConfig(model_name_or_path=args.retriever))
         LOG(f"RPO: retriever saved to {out}")
     return str(out)
 
 
-def gpo_pairs(args, data, retriever_path: str, out: Path):
-    from datasets import load_from_disk
-
+def gpo_pairs(args, data, retriever_path: str, out: Path) -> None:
+    """Build the GPO pairs into ``out`` (a ``save_to_disk`` folder + stats.json), unless they are there."""
     if _done(out, "stats.json", args):
         LOG(f"GPO pairs: reusing {out}")
-        return load_from_disk(str(out))
+        return
     with LOG.stage(f"GPO pairs ({out.name})"):
         retriever = _retriever(args, retriever_path)
         gen, tok = load_generator(args.generator, torch_dtype=_dtype(args))
@@ -273,7 +269,6 @@ def gpo_pairs(args, data, retriever_path: str, out: Path):
             split = QASplit(split.ids[o:], split.questions[o:], split.answers[o:], split.gold_ids[o:], split.name)
         pairs = builder.build(split, output_dir=out, resume=not args.overwrite, max_queries=args.gpo_queries)
         LOG(f"GPO pairs: {len(pairs)} ({builder.describe()['stats']})")
-    return pairs
 
 
 def gpo_train(args, pairs_dir: Path, out: Path) -> str:
@@ -406,9 +401,9 @@ def main(args: BPORAGArguments) -> dict:
     data = load_rag_dataset(args.dataset, args.train_split)
     retriever_rpo = str(out / "retriever-rpo")
     if "rpo_pairs" in stages or "rpo" in stages:
-        pairs = rpo_pairs(args, data, out / "rpo-pairs")
+        rpo_pairs(args, data, out / "rpo-pairs")
         if "rpo" in stages:
-            retriever_rpo = rpo_train(args, pairs, out / "retriever-rpo")
+            retriever_rpo = rpo_train(args, out / "rpo-pairs", out / "retriever-rpo")
     generator_gpo = str(out / "generator-gpo")
     generator_ablation = generator_gpo
     if "gpo_pairs" in stages or "gpo" in stages:

@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 class ShardedPreferenceBuilder:
     """Base class of :class:`RetrievalPreferenceBuilder` and :class:`GenerationPreferenceBuilder`."""
 
-    kind = "rpo"  # what the pushed data set card calls the pairs
+    #: what the pushed data set card calls the pairs ("rpo", "gpo")
+    kind: str = ""
 
     #: columns of an empty output data set
     row_columns: tuple[str, ...] = ()

@@ -91,6 +91,7 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
     """
 
     row_columns = ROW_COLUMNS
+    kind = "rpo"
     progress_desc = "RPO pairs"
     local_stat_keys = ("windows_judged", "generations", "short_lists")
     stat_keys = STAT_KEYS

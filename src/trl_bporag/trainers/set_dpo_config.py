@@ -36,7 +36,7 @@ def _default_bf16(fp16: bool, use_cpu: bool) -> bool:
     try:
         import torch
 
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        return bool(_has_cuda() and torch.cuda.is_bf16_supported())
     except Exception:  # pragma: no cover - defensive
         return False
 

@@ -136,9 +136,10 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
                              "sentence-transformers InformationRetrievalEvaluator) to measure retrieval in training.")
         self.evaluator = SequentialEvaluator(list(evaluator)) if isinstance(evaluator, (list, tuple)) else evaluator
         if args.k is None:  # the shortest list of the training data: the builders write lists of k
-            args.k = infer_k(train_dataset)
-        if args.position_weights is not None and len(args.position_weights) < args.k:
-            raise ValueError(f"position_weights has {len(args.position_weights)} entries but k={args.k}.")
+            args.k = infer_k(train_dataset)  # (SetDPOConfig checks position_weights against a k it was given)
+            if args.position_weights is not None and len(args.position_weights) < args.k:
+                raise ValueError(f"position_weights has {len(args.position_weights)} entries but k={args.k} (read "
+                                 "from the data).")
 
         # Models
         transformers.set_seed(args.seed)  # PEFT initialises the adapter randomly
