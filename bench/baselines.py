@@ -3,7 +3,7 @@ results as the library, without its sharing. They live here, not in the library.
 
 * :class:`NaiveSetScorer`: every entry of every list encoded (no unique-passage sharing, nothing skipped).
 * :class:`UncachedRetrievalPreferenceBuilder`: every (query, window) judged by its own ``generate`` call.
-* :class:`PerAnswerGenerationPreferenceBuilder`: one ``generate`` call per candidate answer, or (``read_once=False``)
+* :class:`PerAnswerGenerationPreferenceBuilder`: one ``generate`` call per candidate answer, or (``per_answer=False``)
   two batched calls in which each prompt is read once for its beam and once for its samples.
 """
 
