@@ -94,4 +94,6 @@ if __name__ == "__main__":
     quiet_known_warnings()
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"))
     script_args, training_args, model_args = make_parser().parse_args_and_config()
-    main(script_args, training_args, model_args)
+    trainer = main(script_args, training_args, model_args)
+    trainer.accelerator.wait_for_everyone()  # every rank is done before the process group goes (as in rpo.py)
+    trainer.accelerator.end_training()

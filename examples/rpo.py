@@ -95,4 +95,8 @@ if __name__ == "__main__":
     quiet_known_warnings()
     parser = TrlParser((RPOScriptArguments, SetDPOConfig, ModelConfig))
     script_args, training_args, model_args = parser.parse_args_and_config()
-    main(script_args, training_args, model_args)
+    trainer = main(script_args, training_args, model_args)
+    # Under a multi-process launch: every rank is done before any rank tears down the process group (gloo can abort a
+    # rank whose peer closes its sockets while it still reads them)
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()

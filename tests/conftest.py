@@ -1,6 +1,10 @@
 import json
 import os
+import re
+import shutil
+import subprocess
 import sys
+import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -94,6 +98,30 @@ def launch_two(*args) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
             str(port), *args]
+
+
+RANK_ERROR = re.compile(r"terminate called|what\(\)|Error|Exception|Aborted|exitcode")
+
+
+def run_two(*args, outputs=(), **run_kwargs) -> subprocess.CompletedProcess:
+    """Run :func:`launch_two` and return the finished process; on failure, its ``rank_errors`` holds every line of the
+    ranks' output that names an error (a failing rank's message is usually far above the launcher's summary).
+
+    A launch in which a rank died of SIGABRT, i.e. inside gloo's C++ transport rather than in Python, is run once
+    more, with a warning that shows what the first run printed: on a loaded machine gloo's TCP pairs fail now and
+    then (pytorch/gloo#168). The ``outputs`` folders are removed before that second run. A Python error in a rank, or
+    a second abort, is returned as it is."""
+    run_kwargs = {"capture_output": True, "text": True, **run_kwargs}
+    for attempt in range(2):
+        res = subprocess.run(launch_two(*args), **run_kwargs)
+        res.rank_errors = "\n".join(line for line in (res.stdout + res.stderr).splitlines() if RANK_ERROR.search(line))
+        if res.returncode == 0 or "SIGABRT" not in res.stderr or attempt == 1:
+            return res
+        warnings.warn(f"2-process launch: a rank aborted in native code; running it once more. It printed:\n"
+                      f"{res.rank_errors}", stacklevel=2)
+        for folder in outputs:
+            shutil.rmtree(folder, ignore_errors=True)
+    return res
 
 
 def write_beir(root, corpus, split, split_name="test"):

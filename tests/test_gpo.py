@@ -473,7 +473,7 @@ b.build(data.split, output_dir=out)
 
 
 def test_one_and_two_processes_give_the_same_gpo_pairs(tmp_path, tiny_retriever_dir, tiny_generator_dir):
-    from conftest import launch_two, write_beir
+    from conftest import run_two, write_beir
 
     write_beir(tmp_path / "data", make_corpus(), make_split(), "train")
     (tmp_path / "build.py").write_text(SCRIPT)
@@ -481,8 +481,8 @@ def test_one_and_two_processes_give_the_same_gpo_pairs(tmp_path, tiny_retriever_
     env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": os.environ["PATH"]}
     one = subprocess.run([sys.executable, *args, str(tmp_path / "one")], capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run(launch_two(*args, str(tmp_path / "two")), capture_output=True, text=True, env=env)
-    assert two.returncode == 0, two.stderr[-2000:]
+    two = run_two(*args, str(tmp_path / "two"), outputs=[tmp_path / "two"], env=env)
+    assert two.returncode == 0, two.rank_errors + two.stderr[-2000:]
     assert len(list((tmp_path / "two" / "shards").glob("rank*.jsonl"))) == 2  # both processes did work
     one_ds, two_ds = load_from_disk(str(tmp_path / "one")), load_from_disk(str(tmp_path / "two"))
     assert one_ds.num_rows > 0 and one_ds.to_list() == two_ds.to_list()

@@ -8,7 +8,7 @@ import pytest
 from baselines import UncachedRetrievalPreferenceBuilder
 from datasets import load_from_disk
 
-from conftest import launch_two, write_beir
+from conftest import run_two, write_beir
 from trl_bporag import load_generator
 from trl_bporag.data import Corpus, QASplit
 from trl_bporag.preferences import RetrievalPreferenceBuilder, answer_hit_judge, get_judge
@@ -195,9 +195,8 @@ def test_one_and_two_processes_give_the_same_pairs(setup, tmp_path, tiny_retriev
     env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": __import__("os").environ["PATH"]}
     subprocess.run([sys.executable, *base, "--output_dir", str(tmp_path / "one")], cwd=REPO, check=True,
                    capture_output=True, env=env)
-    two = subprocess.run(launch_two(*base, "--output_dir", str(tmp_path / "two")), cwd=REPO, capture_output=True,
-                         text=True, env=env)
-    assert two.returncode == 0, two.stderr[-2000:]
+    two = run_two(*base, "--output_dir", str(tmp_path / "two"), outputs=[tmp_path / "two"], cwd=REPO, env=env)
+    assert two.returncode == 0, two.rank_errors + two.stderr[-2000:]
     assert len(list((tmp_path / "two" / "shards").glob("rank*.jsonl"))) == 2  # both processes did work
     one_ds, two_ds = load_from_disk(str(tmp_path / "one")), load_from_disk(str(tmp_path / "two"))
     assert one_ds.num_rows > 0 and one_ds.to_list() == two_ds.to_list()

@@ -58,7 +58,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, tiny_
     sentence-transformers folder holding those weights."""
     import torch
 
-    from conftest import launch_two
+    from conftest import run_two
 
     countries = [("paris", "france"), ("rome", "italy"), ("berlin", "germany"), ("madrid", "spain"),
                  ("lisbon", "portugal"), ("vienna", "austria"), ("oslo", "norway"), ("athens", "greece")]
@@ -77,9 +77,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, tiny_
     one = subprocess.run([sys.executable, *common, "--per_device_train_batch_size", "8", "--output_dir",
                           str(tmp_path / "one")], cwd=REPO, capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run(launch_two(*common, "--per_device_train_batch_size", "4", "--output_dir",
-                                    str(tmp_path / "two")), cwd=REPO, capture_output=True, text=True, env=env)
-    assert two.returncode == 0, two.stderr[-2000:]
+    two = run_two(*common, "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "two"),
+                  outputs=[tmp_path / "two"], cwd=REPO, env=env)
+    assert two.returncode == 0, two.rank_errors + two.stderr[-2000:]
 
     def losses(run):
         state = json.loads((tmp_path / run / "checkpoint-3" / "trainer_state.json").read_text())
