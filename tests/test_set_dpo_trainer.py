@@ -727,3 +727,60 @@ def test_infer_k_is_the_shortest_list_of_the_data():
     listwise = Dataset.from_dict({"prompt": ["q"], "lists": [[["a", "b"], ["c", "d", "e"]]], "list_scores": [[1, 0]]})
     assert infer_k(listwise) == 2
     assert infer_k(pairwise.to_iterable_dataset()) == 3  # an IterableDataset: its first row
+
+
+def test_a_gathered_state_dict_is_what_the_saved_folder_holds(tmp_path, policy, pairs, monkeypatch):
+    """Under FSDP (full state dict) or DeepSpeed, transformers' ``save_model`` gathers the weights with
+    ``accelerator.get_state_dict`` and passes them to ``_save``: the folder must hold those, not the module's own
+    (sharded) parameters. Simulated on CPU by making ``save_model`` take its FSDP branch."""
+    from types import SimpleNamespace
+
+    trainer = SetDPOTrainer(policy, args=make_args(tmp_path), train_dataset=pairs)
+    own = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    gathered = {k: v + 0.5 if v.is_floating_point() else v.clone() for k, v in own.items()}
+    monkeypatch.setattr(trainer, "is_fsdp_enabled", True)
+    monkeypatch.setattr(trainer.accelerator.state, "fsdp_plugin", SimpleNamespace(state_dict_type="FULL_STATE_DICT"),
+                        raising=False)
+    monkeypatch.setattr(trainer.accelerator, "get_state_dict", lambda model, unwrap=True: gathered)
+    trainer.save_model(str(tmp_path / "saved"))
+    saved = SentenceTransformer(str(tmp_path / "saved"), device="cpu").state_dict()
+    assert saved.keys() == gathered.keys()
+    for key, value in gathered.items():
+        torch.testing.assert_close(saved[key], value)
+    after = trainer.model.state_dict()  # the module's own state_dict() is back, and its weights untouched
+    assert all(torch.equal(after[k], v) for k, v in own.items())
+    assert (tmp_path / "saved" / "bporag_config.json").is_file() and (tmp_path / "saved" / "README.md").is_file()
+
+
+def test_writes_state_dict_maps_fsdp1_wrapper_names_to_the_state_dict_keys():
+    from trl_bporag.trainers.st_checkpoints import writes_state_dict
+
+    class Wrapper(torch.nn.Module):  # FSDP1 wraps a submodule as `<name>._fsdp_wrapped_module`
+        def __init__(self, inner):
+            super().__init__()
+            self._fsdp_wrapped_module = inner
+
+    model = torch.nn.Sequential(Wrapper(torch.nn.Linear(2, 2)), torch.nn.Linear(2, 1))
+    given = {"0.weight": torch.ones(2, 2), "0.bias": torch.zeros(2), "1.weight": torch.full((1, 2), 3.0),
+             "1.bias": torch.ones(1)}
+    with writes_state_dict(model, given):
+        assert model.state_dict().keys() == given.keys()
+        inner = model[0]._fsdp_wrapped_module.state_dict()
+        assert inner.keys() == {"weight", "bias"} and torch.equal(inner["weight"], torch.ones(2, 2))
+        assert torch.equal(model[1].state_dict()["weight"], torch.full((1, 2), 3.0))
+    assert "0._fsdp_wrapped_module.weight" in model.state_dict()  # restored
+
+
+def test_peft_under_zero3_or_fsdp_is_refused_before_training(tmp_path, policy, pairs, monkeypatch):
+    from peft import LoraConfig
+    from transformers import Trainer
+
+    set_up = Trainer.create_accelerator_and_postprocess
+
+    def as_under_fsdp(self):  # the accelerator transformers sets up, then marked as FSDP's
+        set_up(self)
+        self.is_fsdp_enabled = True
+
+    monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", as_under_fsdp)
+    with pytest.raises(ValueError, match="PEFT retriever cannot be trained under DeepSpeed ZeRO-3 or FSDP"):
+        SetDPOTrainer(policy, args=make_args(tmp_path), train_dataset=pairs, peft_config=LoraConfig(r=4))

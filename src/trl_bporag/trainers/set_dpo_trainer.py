@@ -218,13 +218,13 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
                          eval_dataset=eval_dataset if eval_dataset is not None or evaluator is None else "evaluator",
                          processing_class=processing_class or model.tokenizer, callbacks=callbacks,
                          optimizers=optimizers)
-        if eval_dataset is None:
-            self.eval_dataset = None
+        self.eval_dataset = None if eval_dataset is None else self.eval_dataset  # not the "evaluator" placeholder
         if Version(transformers.__version__) < Version("5.19.0"):  # what TRL's _BaseTrainer.__init__ does there
             self.model_accepts_loss_kwargs = False
         if args.n_gpu > 1:
             raise ValueError(f"{type(self).__name__} does not support `nn.DataParallel`. Launch with `accelerate "
                              "launch` or `torchrun`, or make a single GPU visible with `CUDA_VISIBLE_DEVICES`.")
+        self._check_peft_unsharded()
         self.maybe_activation_offload_context = contextlib.nullcontext()
         if self.args.activation_offloading:
             from trl.models import get_act_offloading_ctx_manager

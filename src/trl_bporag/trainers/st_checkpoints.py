@@ -10,8 +10,10 @@ encoder (it loads anywhere) and the adapter alone under ``adapter/`` (what a res
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import re
 import shutil
 
 import torch
@@ -29,6 +31,26 @@ def transformer_modules(st_model) -> list:
     from sentence_transformers.models import Transformer
 
     return [m for m in st_model.modules() if isinstance(m, Transformer)]
+
+
+@contextlib.contextmanager
+def writes_state_dict(model: torch.nn.Module, state_dict: dict):
+    """Within the block, ``state_dict()`` of ``model`` and of each of its submodules returns its part of the given
+    ``state_dict`` (keys as an unwrapped ``model.state_dict()`` names them): every module's own ``save``
+    (sentence-transformers' modules, transformers' ``save_pretrained``) then writes those weights, whatever the
+    parameters hold. FSDP1's wrapper names are left out of the submodules' names, as its state dicts leave them out.
+    Nothing here calls the model's own ``state_dict()``: under FSDP that is a collective, and only rank 0 saves."""
+    modules = list(model.named_modules())
+    for name, module in modules:
+        name = re.sub(r"(^|\.)_(fsdp|checkpoint)_wrapped_module", "", name).lstrip(".")
+        prefix = f"{name}." if name else ""
+        part = {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+        module.state_dict = lambda *args, _part=part, **kwargs: dict(_part)
+    try:
+        yield model
+    finally:
+        for _, module in modules:
+            del module.state_dict
 
 
 class SentenceTransformerCheckpoints:
@@ -56,24 +78,42 @@ class SentenceTransformerCheckpoints:
         modules[0].model = get_peft_model(modules[0].model, peft_config)
         return model
 
+    def _check_peft_unsharded(self) -> None:
+        """Called once the Trainer is set up: a PEFT retriever is saved as its merged encoder, built from the module
+        itself, which ZeRO-3 and FSDP shard across processes; refuse that before training rather than at the save."""
+        zero3 = self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3
+        if self._peft_adapter and (zero3 or self.is_fsdp_enabled):
+            raise ValueError("A PEFT retriever cannot be trained under DeepSpeed ZeRO-3 or FSDP (saving merges the "
+                             "adapter into the unsharded encoder); use DDP or ZeRO-1/2, or train without peft_config.")
+
     def _peft_model(self, model=None):
         return transformer_modules(self.accelerator.unwrap_model(model if model is not None else self.model))[0].model
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Write a sentence-transformers folder (``SentenceTransformer(output_dir)`` loads it) with its model card and
         ``bporag_config.json`` (k and score, for :class:`~trl_bporag.RAGPipeline`). With PEFT, the merged encoder,
-        and the adapter alone under ``adapter/``."""
+        and the adapter alone under ``adapter/``.
+
+        ``state_dict``: the full weights, when ``Trainer.save_model`` gathered them (``accelerator.get_state_dict``
+        under DeepSpeed or FSDP with a full state dict; under ZeRO-3 / FSDP each process holds only a shard): the
+        folder is written with them instead of the module's own parameters (sentence-transformers' trainer ignores
+        it). A PEFT retriever is saved from its module (:meth:`_check_peft_unsharded`)."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
         st_model = self.accelerator.unwrap_model(self.model)
-        if self._peft_adapter:
+        if state_dict and not self._peft_adapter:
+            with writes_state_dict(st_model, state_dict):
+                st_model.save_pretrained(output_dir, create_model_card=False)
+        elif self._peft_adapter:
             self._peft_model().save_pretrained(os.path.join(output_dir, ADAPTER_SUBDIR))
             st_model = copy.deepcopy(st_model)
             module = transformer_modules(st_model)[0]
             module.model = module.model.merge_and_unload()
-        st_model.save_pretrained(output_dir, create_model_card=False)
+            st_model.save_pretrained(output_dir, create_model_card=False)
+        else:
+            st_model.save_pretrained(output_dir, create_model_card=False)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
         write_bporag_config(output_dir, self.folder_config())
         self._write_card(output_dir)
