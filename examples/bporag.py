@@ -147,7 +147,7 @@ class BPORAGArguments:
     eval_queries: int = field(default=50)
     max_new_tokens: int = field(default=24)
     batch_size: int = field(default=8, metadata={"help": "generation batch size"})
-    bootstrap_resamples: int = field(default=1000, metadata={"help": "paired bootstrap resamples for the 95% CIs"})
+    bootstrap_resamples: int = field(default=1000, metadata={"help": "paired bootstrap resamples for the 95%% CIs"})
 
     def __post_init__(self):
         """Refuse bad numbers at parse time, before any model is loaded or corpus encoded."""

@@ -337,3 +337,22 @@ def test_evaluate_prompts_as_the_gpo_adapter_was_trained(tmp_path):
     assert settings(evaluate.EvalArguments(dataset="x")) == {"max_passage_tokens": 192, "answer_prefix": None}
     with pytest.raises(ValueError, match="--max_passage_tokens"):
         evaluate.EvalArguments(dataset="x", max_passage_tokens=0)
+
+
+@pytest.mark.parametrize("script", ["bporag", "rpo", "gpo", "build_rpo_pairs", "build_gpo_pairs", "evaluate", "index"])
+def test_every_example_prints_its_help(script):
+    """`python examples/<script>.py --help` formats every flag's help (argparse reads a bare % in it as a format
+    character and crashed bporag.py's --help)."""
+    import dataclasses
+
+    from trl import TrlParser
+
+    from trl_bporag import SetDPOConfig
+
+    module = _example(script)
+    own = [cls for cls in vars(module).values()
+           if dataclasses.is_dataclass(cls) and isinstance(cls, type) and cls.__module__ == module.__name__]
+    assert own  # each script defines its arguments
+    for cls in [*own, SetDPOConfig]:
+        text = TrlParser((cls,)).format_help()
+        assert f"--{dataclasses.fields(cls)[0].name}" in text
