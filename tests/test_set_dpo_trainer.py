@@ -784,3 +784,32 @@ def test_peft_under_zero3_or_fsdp_is_refused_before_training(tmp_path, policy, p
     monkeypatch.setattr(Trainer, "create_accelerator_and_postprocess", as_under_fsdp)
     with pytest.raises(ValueError, match="PEFT retriever cannot be trained under DeepSpeed ZeRO-3 or FSDP"):
         SetDPOTrainer(policy, args=make_args(tmp_path), train_dataset=pairs, peft_config=LoraConfig(r=4))
+
+
+def test_set_score_gradients_are_bitwise_reproducible():
+    """The same batch gives bit-identical gradients every time, as ``transformers.set_seed`` promises a user. Picking the
+    windows' embeddings by indexing (``table[idx]``) had a backward that adds in parallel with atomics on CPU, so the
+    main command's retriever differed between runs with the same seed; the scorer now gathers similarities."""
+    from trl_bporag.trainers.set_scores import SetScorer
+
+    torch.manual_seed(0)
+    n, d, B, L, k = 60, 384, 16, 9, 5  # sizes of the main command's batches: big enough for a parallel backward
+    texts = [f"passage {i}" for i in range(n)]
+    table = torch.nn.Parameter(torch.randn(n + 1, d))
+    scorer = SetScorer(k=k, skip_shared=False)
+    scorer.encode = lambda model, ts, kind: table[[int(t.split()[1]) if kind == "document" else n for t in ts]]
+    lists = [[[texts[i] for i in torch.randperm(n)[:k].tolist()] for _ in range(L)] for _ in range(B)]
+    queries = [f"query {b}" for b in range(B)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(threads, 2))
+    try:
+        grads = []
+        for _ in range(6):
+            table.grad = None
+            scores, _ = scorer.list_scores(None, queries, lists)
+            (scores * torch.randn(B, L, generator=torch.Generator().manual_seed(1))).sum().backward()
+            grads.append(table.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert table.grad.abs().sum() > 0
+    assert all(torch.equal(grads[0], g) for g in grads[1:])

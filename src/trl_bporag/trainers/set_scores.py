@@ -94,9 +94,12 @@ class SetScorer:
         table = torch.cat([p_emb, p_emb.new_zeros((1, p_emb.shape[-1]))])  # row len(unique): a skipped passage
         idx = torch.tensor([[[len(unique) if t in sh else index[t] for t in w] for w in row]
                             for row, sh in zip(lists, shared)], device=p_emb.device)
-        emb = table[idx]  # [B, L, k, d]
-        B, L = emb.shape[:2]
-        sims = self.similarities(q_emb, emb.reshape(B, L * self.k, -1)).view(B, L, self.k)
+        B, L = idx.shape[:2]
+        # f(q_b, each encoded passage) [B, N + 1], then each window's picked: the backward of this gather is a
+        # deterministic scatter-add on CPU, where that of indexing the embeddings (table[idx]) adds with atomics in
+        # parallel, so two runs with the same seed trained to different weights
+        sims = self.similarities(q_emb, table.unsqueeze(0).expand(B, -1, -1))
+        sims = sims.gather(1, idx.view(B, L * self.k)).view(B, L, self.k)
         return (sims * self.weights.to(sims.device)).sum(-1), (q_emb, unique, p_emb)
 
     def contrastive_targets(self, inputs: dict[str, Any], passages: list[str]):
