@@ -25,7 +25,8 @@ class NaiveSetScorer(SetScorer):
         emb = self.encode(model, flat, "document").view(len(lists), len(lists[0]), self.k, -1)
         B, L = emb.shape[:2]
         sims = self.similarities(q_emb, emb.reshape(B, L * self.k, -1)).view(B, L, self.k)
-        return (sims * self.weights.to(sims.device)).sum(-1), (q_emb, flat, emb.reshape(-1, emb.shape[-1]))
+        every = self.similarities(q_emb, emb.reshape(1, -1, emb.shape[-1]).expand(B, -1, -1))  # f(q_b, each entry)
+        return (sims * self.weights.to(sims.device)).sum(-1), (flat, every)
 
 
 def naive_scorer(trainer) -> NaiveSetScorer:

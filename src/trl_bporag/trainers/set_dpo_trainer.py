@@ -261,8 +261,8 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
     # ----------------------------------------------------------------------------------------------------------------
     def compute_list_scores(self, queries: list[str], lists: list[list[list[str]]], model=None):
         """Set scores s(q_b, P_bj) of L lists per query under ``model`` (default: the policy): ``(scores [B, L],
-        (q_emb, unique passages, p_emb))`` (:meth:`SetScorer.list_scores <trl_bporag.trainers.set_scores.SetScorer>`).
-        """
+        (unique passages [N], f(q_b, each) [B, N]))``
+        (:meth:`SetScorer.list_scores <trl_bporag.trainers.set_scores.SetScorer>`)."""
         return self.scorer.list_scores(self.model if model is None else model, queries, lists)
 
     def compute_set_scores(self, inputs: dict, model=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -337,7 +337,7 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
     # ----------------------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        scores, (q_emb, passages, p_emb) = self._batch_scores(inputs, model)
+        scores, (passages, sims) = self._batch_scores(inputs, model)
         ref = None
         if self._needs_reference:
             ref = self._precomputed_ref(inputs) if self.precompute_ref_scores else None
@@ -354,7 +354,6 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
                 loss = self.preference_loss(scores[:, 0], scores[:, 1], ref_c, ref_r)
         if self.contrastive_loss is not None:
             positives, masked = self.scorer.contrastive_targets(inputs, passages)
-            sims = self.scorer.similarities(q_emb, p_emb.unsqueeze(0).expand(q_emb.shape[0], -1, -1))
             nll = self.contrastive_loss(sims, positives, masked)
             loss = loss + self.loss_weights[self.loss_types.index("sft")] * nll
             self._metrics[mode]["nll_loss"].append(self.accelerator.gather_for_metrics(nll.detach()).mean().item())

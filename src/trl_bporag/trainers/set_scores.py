@@ -82,7 +82,8 @@ class SetScorer:
 
     def list_scores(self, model, queries: list[str], lists: list[list[list[str]]]):
         """Set scores s(q_b, P_bj) (``lists[b][j]``: the first-k passages of list j of query b) under ``model``:
-        ``(scores [B, L], (q_emb [B, d], passages [N], p_emb [N, d]))`` with the N unique encoded passages."""
+        ``(scores [B, L], (passages [N], sims [B, N]))`` with the N unique encoded passages and f(q_b, each of them)
+        (the ``sft`` term's logits)."""
         unique_queries = list(dict.fromkeys(queries))
         q_index = {t: i for i, t in enumerate(unique_queries)}
         q_emb = self.encode(model, unique_queries, "query")
@@ -91,16 +92,15 @@ class SetScorer:
         unique = list(dict.fromkeys(t for row, sh in zip(lists, shared) for w in row for t in w if t not in sh))
         p_emb = self.encode(model, unique, "document") if unique else q_emb.new_zeros((0, q_emb.shape[-1]))
         index = {t: i for i, t in enumerate(unique)}
-        table = torch.cat([p_emb, p_emb.new_zeros((1, p_emb.shape[-1]))])  # row len(unique): a skipped passage
         idx = torch.tensor([[[len(unique) if t in sh else index[t] for t in w] for w in row]
                             for row, sh in zip(lists, shared)], device=p_emb.device)
         B, L = idx.shape[:2]
-        # f(q_b, each encoded passage) [B, N + 1], then each window's picked: the backward of this gather is a
-        # deterministic scatter-add on CPU, where that of indexing the embeddings (table[idx]) adds with atomics in
-        # parallel, so two runs with the same seed trained to different weights
-        sims = self.similarities(q_emb, table.unsqueeze(0).expand(B, -1, -1))
-        sims = sims.gather(1, idx.view(B, L * self.k)).view(B, L, self.k)
-        return (sims * self.weights.to(sims.device)).sum(-1), (q_emb, unique, p_emb)
+        # f(q_b, each encoded passage) [B, N], a 0 column for a skipped passage, then each window's entries picked:
+        # the backward of this gather is a deterministic scatter-add on CPU, where that of indexing the embeddings
+        # (p_emb[idx]) adds with atomics in parallel, so two runs with the same seed trained to different weights
+        sims = self.similarities(q_emb, p_emb.unsqueeze(0).expand(B, -1, -1))
+        picked = F.pad(sims, (0, 1)).gather(1, idx.view(B, L * self.k)).view(B, L, self.k)
+        return (picked * self.weights.to(sims.device)).sum(-1), (unique, sims)
 
     def contrastive_targets(self, inputs: dict[str, Any], passages: list[str]):
         """Positives and masked (row, passage) cells of the ``sft`` term: for each row, the passages of the preferred
