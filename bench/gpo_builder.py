@@ -17,7 +17,7 @@ import json
 import time
 
 import torch
-from _common import DATA, PeakRSS
+from _common import DATA, PeakRSS, print_machine
 from baselines import PerAnswerGenerationPreferenceBuilder
 
 from trl_bporag import DenseIndex, Retriever, load_beir, load_generator
@@ -31,7 +31,7 @@ def main():
     p.add_argument("--num_samples", type=int, default=1)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--max_new_tokens", type=int, default=24)
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 where native) | bfloat16 | float32")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -80,6 +80,7 @@ def main():
         "queries_with_different_answers_two_calls": sum(two_answers[q] != slow_answers[q] for q in two_answers),
         "peak_rss_mb_ours": round(mem_fast.peak / 2**20), "peak_rss_mb_two_calls": round(mem_two.peak / 2**20), "peak_rss_mb_per_answer": round(mem_slow.peak / 2**20),
     }), flush=True)
+    print_machine()
     print(f"GPO builder speed-up (ours vs one generate per answer): {t_slow / t_fast:.2f}x")
 
 

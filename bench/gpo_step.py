@@ -9,7 +9,7 @@ Only the lengths matter for speed; the rows have the shape of real GPO pairs.
 
 * old: passages cut to 192 tokens (prompts ~1,000 tokens), ``max_length`` 1024, batch 2 x 2 accumulation, the
   reference pass in every step, LoRA on all linear layers.
-* new (``gpo_defaults()`` + ``gpo_lora_config()`` with passages cut to 96 tokens): prompts ~600 tokens, batch 1,
+* new (``GPOConfig()`` + ``gpo_lora_config()`` with passages cut to 96 tokens): prompts ~600 tokens, batch 1,
   reference log-probabilities precomputed once (timed as part of the run), LoRA on all linear layers.
 
 Both train one epoch over the same questions. Prints seconds per pair, peak RSS of each run and, last, the ratio
@@ -25,11 +25,11 @@ import tempfile
 import time
 
 import torch
-from _common import DATA, PeakRSS, mb
+from _common import DATA, PeakRSS, mb, print_machine
 
 from trl_bporag import DenseIndex, Retriever, load_beir, load_generator
 from trl_bporag.preferences import GenerationPreferenceBuilder
-from trl_bporag.trainers import gpo_defaults, gpo_lora_config
+from trl_bporag.trainers import GPO_MAX_LENGTH, GPOConfig, gpo_lora_config
 
 
 def rows(n: int, max_passage_tokens: int, max_length: int):
@@ -42,7 +42,7 @@ def rows(n: int, max_passage_tokens: int, max_length: int):
     _, tok = load_generator(torch_dtype="float32")
     # the builder is used only for its prompt fitting; it never generates here
     b = GenerationPreferenceBuilder(r, index, data.corpus, object(), tok, k=5, max_passage_tokens=max_passage_tokens,
-                                    max_length=max_length)
+                                    max_length=max_length, answer_prefix=None)  # conversational rows
     _, top = index.search(r.encode_queries(split.questions), 5)
     out = []
     for i, (q, ranked) in enumerate(zip(split.questions, top)):
@@ -54,12 +54,12 @@ def rows(n: int, max_passage_tokens: int, max_length: int):
 
 
 def run(name: str, dataset, config_kwargs: dict, lora, dtype: str = "float32") -> dict:
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     model, tok = load_generator(torch_dtype=dtype)
     out = tempfile.mkdtemp()
     try:
-        config = DPOConfig(output_dir=out, num_train_epochs=1, seed=0, **config_kwargs)
+        config = GPOConfig(output_dir=out, num_train_epochs=1, seed=0, **config_kwargs)
         with PeakRSS() as mem:
             t0 = time.perf_counter()
             trainer = DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tok,
@@ -87,24 +87,23 @@ def main():
     p.add_argument("--only", choices=["old", "new"], default=None, help="run one side only (its own peak memory)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    common = {k: v for k, v in gpo_defaults().items() if k not in ("learning_rate", "precompute_ref_log_probs",
-                                                                     "per_device_train_batch_size",
-                                                                     "gradient_accumulation_steps", "max_length")}
-    new_defaults = gpo_defaults()
+    new_defaults = {}  # GPOConfig's
     if args.only == "new":
-        new_rows, _ = rows(args.pairs, args.max_passage_tokens, new_defaults["max_length"])
+        new_rows, _ = rows(args.pairs, args.max_passage_tokens, GPO_MAX_LENGTH)
         run("new", new_rows, new_defaults, lambda model: gpo_lora_config(top_layers=args.top_layers, model=model),
             args.dtype)
         return
     old_rows, _ = rows(args.pairs, 192, 1024)
-    old = run("old", old_rows, {**common, "max_length": 1024, "per_device_train_batch_size": 2,
-                                "gradient_accumulation_steps": 2, "learning_rate": 1e-4},
+    old = run("old", old_rows, {"max_length": 1024, "per_device_train_batch_size": 2, "loss_type": ["sigmoid"],
+                                "gradient_accumulation_steps": 2, "learning_rate": 1e-4,
+                                "precompute_ref_log_probs": False},
               lambda model: gpo_lora_config(r=16, alpha=32))
     if args.only == "old":
         return
-    new_rows, _ = rows(args.pairs, args.max_passage_tokens, new_defaults["max_length"])
+    new_rows, _ = rows(args.pairs, args.max_passage_tokens, GPO_MAX_LENGTH)
     new = run("new", new_rows, new_defaults, lambda model: gpo_lora_config(top_layers=args.top_layers, model=model),
               args.dtype)
+    print_machine()
     print(f"GPO seconds per pair, old / new: {old['s_per_pair'] / new['s_per_pair']:.2f}x "
           f"(peak RSS {old['peak_rss_mb']:.0f} -> {new['peak_rss_mb']:.0f} MB)")
 

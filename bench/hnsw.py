@@ -19,6 +19,7 @@ import resource
 import time
 
 import numpy as np
+from _common import print_machine
 
 
 def make_vectors(n: int, dim: int, kind: str, seed: int, chunk: int = 100_000) -> np.ndarray:
@@ -116,6 +117,7 @@ def main():
             best = row
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps({"peak_rss_gb": round(peak_gb, 2), "threads": args.threads}), flush=True)
+    print_machine()
     if best is None:
         print(f"HNSW never reached recall@10 >= {args.target_recall} (largest efSearch tried); "
               f"flat {flat_qps:.1f} QPS")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
-from _common import DATA  # noqa: E402
+from _common import DATA, print_machine  # noqa: E402
 
 
 def main():
@@ -84,6 +84,7 @@ def main():
                               "seconds": round(seconds, 1)}), flush=True)
 
     first, second = runs
+    print_machine()
     print(f"index reuse ({len(corpus)} passages): first run encoded {first['passages_encoded']}, second run encoded "
           f"{second['passages_encoded']} ({first['seconds']} s vs {second['seconds']} s, "
           f"{first['seconds'] / max(second['seconds'], 1e-9):.0f}x faster), same top-10: {same}")

@@ -14,7 +14,7 @@ import argparse
 import json
 
 import torch
-from _common import DATA
+from _common import DATA, print_machine
 
 from trl_bporag import DenseIndex, RAGPipeline, Retriever, load_beir, load_generator
 from trl_bporag.generation import DEFAULT_SYSTEM_PROMPT, QUOTED_ANSWER_PREFIX
@@ -44,9 +44,9 @@ def main():
     torch.set_num_threads(args.threads)
     data = load_beir(DATA / "squad-dev", "dev")
     split = data.split.head(args.queries)
-    r = Retriever(dtype="bfloat16")
+    r = Retriever()
     index = DenseIndex.cached(r, data.corpus)
-    gen, tok = load_generator(torch_dtype="bfloat16")
+    gen, tok = load_generator()
     per, rows = {}, []
     for name, (system, prefix) in PROMPTS.items():
         pipe = RAGPipeline(r, index, data.corpus, gen, tok, k=5, max_new_tokens=24,
@@ -67,6 +67,7 @@ def main():
         print(f"| {row['prompt']} | {row['exact_match']:.3f} | {row['f1']:.3f} | {row['mean_words']} | "
               f"{row.get('exact_match_diff', '-')} | {row.get('f1_diff', '-')} |")
     best = max(rows, key=lambda x: x["f1"])
+    print_machine()
     print(f"\nbest F1 on {len(split)} dev questions: {best['prompt']} ({best['f1']:.3f})")
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
-from _common import DATA, PeakRSS, mb  # noqa: E402
+from _common import DATA, PeakRSS, mb, print_machine  # noqa: E402
 
 
 def chunk_split(split, start, stop):
@@ -51,7 +51,7 @@ def main():
     p.add_argument("--recipe", default="minimal")
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 where native) | bfloat16 | float32")
     p.add_argument("--generator", default="HuggingFaceTB/SmolLM2-135M-Instruct")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--profile", action="store_true", help="cProfile ours; print the top functions")
@@ -122,6 +122,7 @@ def main():
     ratio = seconds["baseline"] / seconds["ours"]  # same pairs: pairs/s ratio = time ratio
     if out["ours"]["pairs"] and out["baseline"]["pairs"]:
         ratio = out["ours"]["pairs_per_s"] / out["baseline"]["pairs_per_s"]
+    print_machine()
     print(f"RPO builder (generator_f1, {args.queries} queries, {args.generator.split('/')[-1]} {args.dtype}): "
           f"ours/baseline pairs/s = {ratio:.2f}x, same pairs: {same}")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from trl_bporag import DenseIndex, Retriever, SetDPOConfig, SetDPOTrainer, load_beir, load_retriever  # noqa: E402
+from trl_bporag.hardware import describe_hardware  # noqa: E402
 from trl_bporag.metrics import recall_at_k  # noqa: E402
 from trl_bporag.preferences import RetrievalPreferenceBuilder  # noqa: E402
 
@@ -47,7 +48,7 @@ def main():
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--position_weights", default=None, help="comma-separated w_1..w_k")
-    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="force bf16 autocast (default: where the CPU computes it natively)")
     p.add_argument("--output_dir", default="runs/bench-rpo")
     p.add_argument("--skip_base", action="store_true")
     p.add_argument("--pairs_dir", default=None, help="reuse pairs built by an earlier run (skips building)")
@@ -87,7 +88,7 @@ def main():
                        loss_weights=weights, contrastive_scale=args.contrastive_scale,
                        learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
                        num_train_epochs=args.epochs, logging_steps=10, save_strategy="no", report_to=[],
-                       position_weights=pw, bf16=args.bf16, use_cpu=True, seed=0, max_passage_length=256)
+                       position_weights=pw, bf16=True if args.bf16 else None, use_cpu=True, seed=0, max_passage_length=256)
     policy = load_retriever(args.init_model) if args.init_model else load_retriever()
     trainer = SetDPOTrainer(policy, args=cfg, train_dataset=pairs.shuffle(seed=0))
     trainer.train()
@@ -104,6 +105,7 @@ def main():
     if not base_results:  # --skip_base: measure the base model's squad R@1 now, for the ratio
         base_results["squad-dev"] = recall(base, "squad-dev", "test")
     r1 = base_results["squad-dev"]["R@1"]
+    print(f"machine: {describe_hardware()}")
     print(f"squad-dev test R@1 relative change vs base {r1:.3f}: {results['squad-dev']['R@1'] / r1 - 1:+.3f}")
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
-from _common import DATA, PeakRSS, mb, median  # noqa: E402
+from _common import DATA, PeakRSS, mb, median, print_machine  # noqa: E402
 from baselines import naive_scorer  # noqa: E402
 
 
@@ -231,6 +231,7 @@ def main():
               f"| {r.get('losses_equal', '-')} |")
     head = results[0]
     ok = head.get("losses_equal")
+    print_machine()
     print(f"RPO step k={head['k']} batch={head['batch']}: ours/naive = {head.get('ours/naive', 'n/a')}x, "
           f"ours/floor = {head['ours/floor']}x, losses equal: {ok}")
 

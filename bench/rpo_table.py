@@ -30,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 from trl_bporag import DenseIndex, Retriever, load_beir, load_retriever  # noqa: E402
+from trl_bporag.hardware import bf16_native, describe_hardware, hardware_summary  # noqa: E402
 from trl_bporag.metrics import has_answer, paired_bootstrap_ci, per_query_metrics  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -40,11 +41,12 @@ ANCHORS = ("mnrl-answers", "lsr")
 
 # -- evaluation ----------------------------------------------------------------------------------------------------
 def evaluate(model) -> dict:
-    """Per-question Recall@k and answer-hit@k on each test split (bf16 encoding, exact search)."""
+    """Per-question Recall@k and answer-hit@k on each test split (encoding in the machine's compute dtype:
+    bf16 where native, as the issue-11 rows were measured; exact search)."""
     out = {}
     for name, split in EVAL_SETS:
         data = load_beir(DATA / name, split)
-        r = Retriever(model, dtype="bfloat16")
+        r = Retriever(model)
         index = DenseIndex.from_corpus(r, data.corpus)
         _, rows = index.search(r.encode_queries(data.split.questions), max(KS))
         ids = [[data.corpus.ids[j] for j in row if j >= 0] for row in rows]
@@ -58,7 +60,7 @@ def train_top(n_questions: int, depth: int = 50):
     """The first ``n_questions`` squad-dev train questions and the base retriever's top-``depth`` rows."""
     train = load_beir(DATA / "squad-dev", "train")
     split = train.split.head(n_questions)
-    r = Retriever(load_retriever(), dtype="bfloat16")
+    r = Retriever(load_retriever())
     index = DenseIndex.from_corpus(r, train.corpus)
     _, rows = index.search(r.encode_queries(split.questions), depth)
     return train.corpus, split, [[int(j) for j in row if j >= 0] for row in rows]
@@ -69,8 +71,8 @@ def _st_args(out: Path, args):
 
     return SentenceTransformerTrainingArguments(
         output_dir=str(out / "model"), per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
-        num_train_epochs=args.epochs, bf16=True, use_cpu=True, seed=0, save_strategy="no", report_to=[],
-        logging_steps=20, batch_sampler="no_duplicates")
+        num_train_epochs=args.epochs, bf16=bf16_native("cpu"), use_cpu=True, seed=0, save_strategy="no",
+        report_to=[], logging_steps=20, batch_sampler="no_duplicates")
 
 
 def mnrl_row(args, out: Path, gold: bool) -> dict:
@@ -122,15 +124,14 @@ def lsr_row(args, out: Path) -> dict:
 
     t0 = time.perf_counter()
     corpus, split, tops = train_top(args.train_queries, args.lsr_top_m)
-    gen, tok = load_generator(torch_dtype="bfloat16")
+    gen, tok = load_generator()
     questions, windows, answers = [], [], []
     for q, a, top in zip(split.questions, split.answers, tops):
         for j in top:
             questions.append(q)
             windows.append([corpus.passage(j, True)])
             answers.append(a)
-    scores = answer_log_likelihood(gen, tok, questions, windows, answers, max_passage_tokens=96,
-                                   batch_size=args.judge_batch_size, progress=True)
+    scores = answer_log_likelihood(gen, tok, questions, windows, answers, max_passage_tokens=96, progress=True)
     m = args.lsr_top_m
     data = {"query": list(split.questions)}
     for i in range(m):
@@ -182,14 +183,13 @@ def rpo_row(args, out: Path) -> dict:
             stats = {**stats, "pairs": len(pairs)}
     else:
         train = load_beir(DATA / "squad-dev", "train")
-        r = Retriever(load_retriever(), dtype="bfloat16")
+        r = Retriever(load_retriever())
         index = DenseIndex.from_corpus(r, train.corpus)
         builder_kwargs = {}
         if args.judge == "answer_likelihood":
             from trl_bporag.models import load_generator
 
-            builder_kwargs["generator"], builder_kwargs["tokenizer"] = load_generator(torch_dtype="bfloat16")
-            builder_kwargs["batch_size"] = args.judge_batch_size
+            builder_kwargs["generator"], builder_kwargs["tokenizer"] = load_generator()
         builder = RetrievalPreferenceBuilder(r, index, train.corpus, judge=args.judge, k=5, perturbations="minimal",
                                              num_perturbations=args.num_perturbations, pairing=args.pairing, max_passage_tokens=96,
                                              **builder_kwargs)
@@ -203,8 +203,8 @@ def rpo_row(args, out: Path) -> dict:
     cfg = SetDPOConfig(output_dir=str(out / "model"), k=5, beta=args.beta, loss_type=loss_types, loss_weights=weights,
                        reference=args.reference, reference_margin_scale=args.reference_margin_scale,
                        learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
-                       num_train_epochs=args.epochs, logging_steps=20, save_strategy="no", report_to=[], bf16=True,
-                       use_cpu=True, seed=0, max_passage_length=256)
+                       num_train_epochs=args.epochs, logging_steps=20, save_strategy="no", report_to=[],
+                       use_cpu=True, seed=0, max_passage_length=256)  # bf16: where the CPU computes it natively
     trainer = SetDPOTrainer(load_retriever(), args=cfg, train_dataset=pairs.shuffle(seed=0))
     t1 = time.perf_counter()
     trainer.train()
@@ -291,7 +291,6 @@ def main():
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--judge", default="answer_hit")
-    p.add_argument("--judge_batch_size", type=int, default=8)
     p.add_argument("--pairs_dir", default=None, help="reuse the pairs of an earlier rpo row")
     p.add_argument("--loss_type", default="sigmoid")
     p.add_argument("--loss_weights", default=None)
@@ -324,10 +323,12 @@ def main():
             return
         per_query = evaluate(model)
         info["total_seconds"] = time.perf_counter() - t0
+        info["hardware"] = hardware_summary()
         summary = {d: {m: round(_mean(v), 4) for m, v in per_query[d].items()} for d in per_query}
         (out / f"{name}.json").write_text(json.dumps({"args": vars(args), "info": info, "summary": summary,
                                                       "per_query": per_query}))
         print(json.dumps({"row": name, "info": info, "summary": summary}), flush=True)
+        print(f"machine: {describe_hardware()}", flush=True)
     if args.table:
         print(table(out))
     if args.compare:

@@ -1,9 +1,16 @@
-"""BPO-RAG end to end on one data set: index -> RPO pairs -> RPO -> GPO pairs -> GPO -> evaluate the paper's four rows.
+"""BPO-RAG end to end on one data set: RPO pairs -> RPO -> GPO pairs -> GPO -> evaluate the paper's four rows.
 
     python examples/bporag.py                                  # the small embedded default (minutes on 2 CPU cores)
     python examples/bporag.py --config bporag.yaml             # any flag below, from a YAML file
-    python examples/bporag.py --rpo_queries 1500 --gpo_queries 300 --eval_queries 200 \
+    python examples/bporag.py --rpo_queries 1500 --gpo_queries 800 --gpo_query_offset 1500 --eval_queries 500 \
         --eval_datasets ../shared/data/squad-dev:test,../shared/data/hotpotqa-distractor:test
+
+The recipe is composed of the stage scripts and nothing else: ``build_rpo_pairs.py``, ``rpo.py``,
+``build_gpo_pairs.py``, ``gpo.py`` and, for each row, ``evaluate.py``, each called through its ``main``. Every default
+here is that stage script's default (the recommended recipe), so the step-by-step commands of the README run the
+same thing; only the sizes (how many questions) are smaller. The prompt flags (``--k``, ``--max_passage_tokens``,
+``--answer_prefix``, ``--system_prompt``, ``--max_new_tokens``: ``trl_bporag.settings.RAGSettings``) are the same in
+every stage and row.
 
 Rows (as in the paper's tables): vanilla (base retriever + base generator), +RPO (tuned retriever + base generator),
 +GPO (base retriever + GPO generator), full BPO-RAG (tuned retriever + GPO generator). By default the +GPO row uses the
@@ -11,21 +18,20 @@ generator aligned under the tuned retriever; ``--gpo_ablation separate`` trains 
 retriever for that row, as an ablation that never saw RPO would (the shared generator is then shown beside it, as a
 fifth row).
 
-Each stage writes a standard artifact under ``--output_dir`` and is skipped when its artifact is already there (pass
-``--overwrite`` to redo them): ``rpo-pairs/`` and ``gpo-pairs/`` (``datasets`` folders + stats.json, resumable),
-``retriever-rpo/`` (a sentence-transformers folder), ``generator-gpo/`` (a PEFT adapter + bporag_config.json), and
-``results.json``, ``results.md``, ``results.png``, ``predictions-<data set>.jsonl`` (every row's answer per question).
-
-Every prompt (RPO generator judges, GPO pairs, evaluation) starts the generator's reply with ``--answer_prefix``
-(default ``The answer is "``: SmolLM2 then answers with a short quoted span; ``""`` for none).
+Each stage writes a standard artifact under ``--output_dir``: ``rpo-pairs/`` and ``gpo-pairs/`` (``datasets`` folders
++ stats.json, resumable), ``retriever-rpo/`` (a sentence-transformers folder), ``generator-gpo/`` (a PEFT adapter +
+bporag_config.json), and ``results.json``, ``results.md``, ``results.png``, ``predictions-<data set>.jsonl``. A stage
+whose artifact is there is reused only when it was made with the settings asked for now (each stage records them in
+``<artifact>/.bporag_stage.json``); otherwise the run stops with an error naming what differs (``--overwrite`` redoes
+the stages).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -33,32 +39,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from trl import DPOConfig, ModelConfig, TrlParser
+from trl import ModelConfig, TrlParser
 
-from trl_bporag import (
-    DEFAULT_GENERATOR,
-    DEFAULT_RETRIEVER,
-    DenseIndex,
-    QASplit,
-    RAGPipeline,
-    Retriever,
-    SetDPOConfig,
-    load_generator,
-    load_rag_dataset,
-)
-from trl_bporag.generation import QUOTED_ANSWER_PREFIX
+from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, SetDPOConfig, load_rag_dataset
+from trl_bporag.hardware import DTYPE_CHOICES, describe_hardware, hardware_summary, resolve_dtype
 from trl_bporag.losses import REFERENCES
-from trl_bporag.metrics import paired_bootstrap_ci
 from trl_bporag.monitor import StageLog, large_allocations_returned
-from trl_bporag.preferences import (
-    GENERATOR_JUDGES,
+from trl_bporag.report import plot_results, results_markdown, row_entry
+from trl_bporag.settings import (
+    GPO_DEFAULTS,
     JUDGES,
-    GenerationPreferenceBuilder,
-    RetrievalPreferenceBuilder,
+    PAIRINGS,
+    RPO_DEFAULTS,
+    GPOPairSettings,
+    RAGSettings,
+    RAGSettingsOverrides,
+    RPOPairSettings,
 )
-from trl_bporag.preferences.rpo import PAIRINGS
-from trl_bporag.report import plot_results, results_markdown
-from trl_bporag.trainers import GPO_MAX_LENGTH, gpo_defaults
+from trl_bporag.stage_files import read_json_object
+from trl_bporag.trainers import GPOConfig
 from trl_bporag.utils import quiet_known_warnings
 
 
@@ -72,10 +71,21 @@ def _stage_script(name: str):
     return module
 
 
-rpo, gpo = _stage_script("rpo"), _stage_script("gpo")  # bporag.py runs the stage scripts' main functions
+build_rpo_pairs, rpo, build_gpo_pairs, gpo, evaluate = (
+    _stage_script(n) for n in ("build_rpo_pairs", "rpo", "build_gpo_pairs", "gpo", "evaluate"))
 
 logger = logging.getLogger("bporag")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+STAGE_RECORD = ".bporag_stage.json"
+
+
+def _default(cls, name):
+    """The default of field ``name`` of dataclass ``cls`` (a stage's own default, so that one value serves both)."""
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+_GPO_LOSS = ",".join(_default(GPOConfig, "loss_type"))
 
 
 @dataclass
@@ -87,233 +97,274 @@ class BPORAGArguments:
     output_dir: str = field(default="runs/bporag")
     retriever: str = field(default=DEFAULT_RETRIEVER)
     generator: str = field(default=DEFAULT_GENERATOR)
-    k: int = field(default=5, metadata={"help": "passages the generator reads"})
-    max_passage_tokens: int = field(default=96, metadata={
-        "help": "each passage the generator reads is cut to this many tokens (GPO pairs, GPO and evaluation alike)"})
-    answer_prefix: str = field(default=QUOTED_ANSWER_PREFIX, metadata={
-        "help": "text the generator's reply starts with, in every stage and row (\"\": none); the default makes "
-                "SmolLM2 answer with a short quoted span (bench/prompt_choice.py)"})
     seed: int = field(default=0)
     overwrite: bool = field(default=False, metadata={"help": "redo stages whose outputs exist"})
     stages: str = field(default="rpo_pairs,rpo,gpo_pairs,gpo,eval", metadata={"help": "which stages to run"})
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast for training and generation"})
-    # RPO pairs
+    dtype: str = field(default="auto", metadata={
+        "help": "compute dtype of encoding, generation and both trainings: auto (bf16 where the hardware computes it "
+                "natively: a CPU with AVX512-BF16/AMX or a CUDA device with bf16; else float32) | bfloat16 | float32",
+        "choices": list(DTYPE_CHOICES)})
+    report_to: str = field(default="none", metadata={"help": "trackers of both trainings (wandb, tensorboard, ...)"})
+    push_to_hub: bool = field(default=False, metadata={
+        "help": "push the four artifacts (RPO pairs, retriever, GPO pairs, adapter) with their cards"})
+    hub_model_id: str | None = field(default=None, metadata={
+        "help": "Hub namespace/prefix of the pushed artifacts, e.g. user/squad-bporag: user/squad-bporag-retriever, "
+                "-rpo-pairs, -gpo-pairs, -generator"})
+    # RPO pairs (build_rpo_pairs.py; defaults: trl_bporag.settings.RPO_DEFAULTS)
     rpo_queries: int = field(default=300, metadata={"help": "training queries for RPO pairs"})
-    rpo_judge: str = field(default="answer_hit", metadata={
+    rpo_judge: str = field(default=RPO_DEFAULTS.judge, metadata={
         "help": "answer_hit (fast) | answer_likelihood (graded, generator forward passes) | generator_f1 (paper)"})
-    rpo_perturbations: str = field(default="minimal", metadata={"help": "paper | minimal | mixed"})
-    rpo_num_perturbations: int = field(default=8)
-    rpo_top_n: int = field(default=50, metadata={"help": "depth of the base retriever's list"})
-    rpo_pairing: str = field(default="listwise", metadata={
+    rpo_perturbations: str = field(default=RPO_DEFAULTS.perturbations, metadata={"help": "minimal | paper | mixed"})
+    rpo_num_perturbations: int = field(default=RPO_DEFAULTS.num_perturbations)
+    rpo_top_n: int = field(default=RPO_DEFAULTS.top_n, metadata={"help": "depth of the base retriever's list"})
+    rpo_pairing: str = field(default=RPO_DEFAULTS.pairing, metadata={
         "help": "listwise (one row per query, Plackett-Luce: the measured best) | vs_original | best_worst"})
-    # RPO training
-    rpo_loss_type: str = field(default="sigmoid", metadata={"help": "e.g. sigmoid | sigmoid,sft | sft"})
+    # RPO training (rpo.py; defaults: rpo.RECIPE_DEFAULTS and SetDPOConfig)
+    rpo_loss_type: str = field(default=",".join(_default(SetDPOConfig, "loss_type")), metadata={
+        "help": "e.g. sigmoid | sigmoid,sft | sft"})
     rpo_loss_weights: str | None = field(default=None, metadata={"help": "comma-separated, one per loss type"})
-    rpo_reference: str = field(default="free", metadata={
+    rpo_reference: str = field(default=rpo.RECIPE_DEFAULTS["reference"], metadata={
         "help": "free (reference-free: the measured best) | model (the paper's frozen reference)"})
-    rpo_beta: float = field(default=10.0)
-    rpo_learning_rate: float = field(default=2e-5)
-    rpo_epochs: float = field(default=1.0)
-    rpo_batch_size: int = field(default=16)
-    # GPO pairs
+    rpo_beta: float = field(default=_default(SetDPOConfig, "beta"))
+    rpo_learning_rate: float = field(default=_default(SetDPOConfig, "learning_rate"))
+    rpo_epochs: float = field(default=rpo.RECIPE_DEFAULTS["num_train_epochs"])
+    rpo_batch_size: int = field(default=rpo.RECIPE_DEFAULTS["per_device_train_batch_size"])
+    rpo_mini_batch_size: int = field(default=rpo.RECIPE_DEFAULTS["mini_batch_size"], metadata={
+        "help": "GradCache mini-batch of the RPO step (0: uncached, every text of a batch in one pass)"})
+    # GPO pairs (build_gpo_pairs.py; defaults: trl_bporag.settings.GPO_DEFAULTS)
     gpo_queries: int = field(default=64, metadata={"help": "training queries for GPO pairs"})
     gpo_query_offset: int = field(default=0, metadata={"help": "first training query used for GPO pairs"})
-    num_beams: int = field(default=1, metadata={"help": "beams of the beam-search candidate (1: greedy)"})
-    num_samples: int = field(default=3, metadata={"help": "sampled candidates per question (best vs worst of all)"})
-    temperature: float = field(default=1.0)
-    top_p: float = field(default=0.95)
-    gpo_pairing: str = field(default="best_worst")
-    # GPO training (defaults: trl_bporag.trainers.gpo_defaults)
-    gpo_beta: float = field(default=0.5)
-    gpo_loss_type: str = field(default="sigmoid", metadata={
-        "help": "DPOConfig.loss_type, comma-separated: e.g. sigmoid | sigmoid,sft (DPO + NLL of the chosen answer)"})
-    gpo_loss_weights: str | None = field(default=None, metadata={"help": "comma-separated, one per GPO loss type"})
-    gpo_learning_rate: float = field(default=5e-4)
-    gpo_epochs: float = field(default=1.0)
-    gpo_batch_size: int = field(default=1)
-    gpo_grad_accum: int = field(default=1)
-    gpo_eval_fraction: float = field(default=0.1, metadata={
-        "help": "share of the GPO pairs held out to measure reward accuracy after training (0: none)"})
-    lora_r: int = field(default=16)
-    lora_alpha: int = field(default=32)
-    lora_top_layers: int = field(default=6, metadata={
-        "help": "LoRA on the last N decoder layers only (0: all layers); cheaper steps, less memory"})
-    max_length: int = field(default=GPO_MAX_LENGTH, metadata={
+    num_beams: int = field(default=GPO_DEFAULTS.num_beams, metadata={"help": "beams of the beam candidate (1: greedy)"})
+    num_samples: int = field(default=GPO_DEFAULTS.num_samples, metadata={"help": "sampled candidates per question"})
+    temperature: float = field(default=GPO_DEFAULTS.temperature)
+    top_p: float = field(default=GPO_DEFAULTS.top_p)
+    gpo_pairing: str = field(default=GPO_DEFAULTS.pairing)
+    max_length: int = field(default=GPO_DEFAULTS.max_length, metadata={
         "help": "DPO max_length (the GPO prompts are fitted to it)"})
+    # GPO training (gpo.py; defaults: GPOConfig and gpo.MODEL_DEFAULTS)
+    gpo_beta: float = field(default=_default(GPOConfig, "beta"))
+    gpo_loss_type: str = field(default=_GPO_LOSS, metadata={
+        "help": "DPOConfig.loss_type, comma-separated: e.g. sigmoid,sft (DPO + NLL of the chosen answer) | sigmoid"})
+    gpo_loss_weights: str | None = field(default=None, metadata={"help": "comma-separated, one per GPO loss type"})
+    gpo_learning_rate: float = field(default=_default(GPOConfig, "learning_rate"))
+    gpo_epochs: float = field(default=1.0)
+    gpo_batch_size: int = field(default=_default(GPOConfig, "per_device_train_batch_size"))
+    gpo_grad_accum: int = field(default=1)
+    gpo_eval_fraction: float = field(default=_default(gpo.GPOScriptArguments, "eval_fraction"), metadata={
+        "help": "share of the GPO pairs held out to measure reward accuracy after training (0: none)"})
+    lora_r: int = field(default=gpo.MODEL_DEFAULTS["lora_r"])
+    lora_alpha: int = field(default=gpo.MODEL_DEFAULTS["lora_alpha"])
+    lora_top_layers: int = field(default=_default(gpo.GPOScriptArguments, "lora_top_layers"), metadata={
+        "help": "LoRA on the last N decoder layers only (0: all layers); cheaper steps, less memory"})
     gpo_ablation: str = field(default="shared", metadata={
         "help": "shared: the +GPO row uses the generator aligned under the tuned retriever; separate: train another "
                 "one under the base retriever"})
-    # evaluation
+    # evaluation (evaluate.py)
     eval_queries: int = field(default=50)
-    max_new_tokens: int = field(default=24)
     batch_size: int = field(default=8, metadata={"help": "generation batch size"})
     bootstrap_resamples: int = field(default=1000, metadata={"help": "paired bootstrap resamples for the 95%% CIs"})
+    plot: bool = field(default=True, metadata={"help": "write results.png (needs matplotlib)"})
 
     def __post_init__(self):
-        """Refuse bad numbers at parse time, before any model is loaded or corpus encoded."""
-        positive_ints = ("k", "max_passage_tokens", "rpo_queries", "rpo_num_perturbations", "rpo_top_n",
-                         "rpo_batch_size", "gpo_queries", "num_beams", "num_samples", "gpo_batch_size",
-                         "gpo_grad_accum", "lora_r", "lora_alpha", "max_length", "eval_queries", "max_new_tokens",
-                         "batch_size", "bootstrap_resamples")
-        for name in positive_ints:
+        """Refuse bad values at parse time, before any model is loaded or corpus encoded."""
+        from trl_bporag.settings import finite
+
+        for name in ("rpo_queries", "rpo_batch_size", "gpo_queries", "gpo_batch_size", "gpo_grad_accum", "lora_r",
+                     "lora_alpha", "eval_queries", "batch_size", "bootstrap_resamples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"--{name}: expected an integer >= 1, got {value!r}")
-        for name in ("rpo_beta", "gpo_beta", "rpo_learning_rate", "gpo_learning_rate", "rpo_epochs", "gpo_epochs",
-                     "temperature"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"--{name}: expected a finite number > 0, got {value!r}")
-        if not 0 <= self.gpo_eval_fraction < 1:
+        for name in ("rpo_beta", "gpo_beta", "rpo_learning_rate", "gpo_learning_rate", "rpo_epochs", "gpo_epochs"):
+            finite(getattr(self, name), f"--{name}", positive=True)
+        if not (isinstance(self.gpo_eval_fraction, (int, float)) and 0 <= self.gpo_eval_fraction < 1):
             raise ValueError(f"--gpo_eval_fraction: expected a value in [0, 1), got {self.gpo_eval_fraction!r}")
-        if self.lora_top_layers < 0:
-            raise ValueError(f"--lora_top_layers: expected >= 0 (0: all layers), got {self.lora_top_layers!r}")
-        if self.gpo_loss_weights and len(self.gpo_loss_weights.split(",")) != len(self.gpo_loss_type.split(",")):
-            raise ValueError(f"--gpo_loss_weights: expected one weight per --gpo_loss_type entry "
-                             f"({self.gpo_loss_type!r}), got {self.gpo_loss_weights!r}")
-        if self.gpo_query_offset < 0:
-            raise ValueError(f"--gpo_query_offset: expected >= 0, got {self.gpo_query_offset!r}")
-        if self.k > self.rpo_top_n:
-            raise ValueError(f"--k ({self.k}) must not exceed --rpo_top_n ({self.rpo_top_n})")
-        for name, allowed in (("rpo_pairing", PAIRINGS), ("rpo_reference", REFERENCES), ("rpo_judge", JUDGES)):
+        for name in ("lora_top_layers", "gpo_query_offset", "rpo_mini_batch_size"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name}: expected >= 0, got {getattr(self, name)!r}")
+        for name, types in (("rpo_loss_weights", "rpo_loss_type"), ("gpo_loss_weights", "gpo_loss_type")):
+            _weights(getattr(self, name), getattr(self, types), name)
+        for name, allowed in (("rpo_reference", REFERENCES), ("rpo_judge", JUDGES), ("rpo_pairing", PAIRINGS),
+                              ("dtype", DTYPE_CHOICES), ("gpo_ablation", ("shared", "separate"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name}: expected one of {allowed}, got {getattr(self, name)!r}")
-    plot: bool = field(default=True, metadata={"help": "write results.png (needs matplotlib)"})
+        self.rpo_recipe()  # the stage settings check themselves
+        self.gpo_recipe()
+        unknown = set(self.stages.split(",")) - {"rpo_pairs", "rpo", "gpo_pairs", "gpo", "eval"}
+        if unknown:
+            raise ValueError(f"--stages: unknown {sorted(unknown)}; expected rpo_pairs, rpo, gpo_pairs, gpo, eval")
+
+    def rpo_recipe(self) -> RPOPairSettings:
+        return RPOPairSettings(judge=self.rpo_judge, perturbations=self.rpo_perturbations,
+                               num_perturbations=self.rpo_num_perturbations, pairing=self.rpo_pairing,
+                               top_n=self.rpo_top_n)
+
+    def gpo_recipe(self) -> GPOPairSettings:
+        return GPOPairSettings(num_beams=self.num_beams, num_samples=self.num_samples, temperature=self.temperature,
+                               top_p=self.top_p, pairing=self.gpo_pairing, max_length=self.max_length)
 
 
-def _done(path: Path, marker: str, args: BPORAGArguments) -> bool:
-    return not args.overwrite and (path / marker).exists()
+def _weights(text: str | None, types: str, flag: str) -> list[float] | None:
+    """--rpo_loss_weights / --gpo_loss_weights: comma-separated finite floats, one per loss type (None: equal)."""
+    if not text:
+        return None
+    parts = text.split(",")
+    if len(parts) != len(types.split(",")):
+        raise ValueError(f"--{flag}: expected one weight per loss type ({types!r}), got {text!r}")
+    try:
+        values = [float(w) for w in parts]
+    except ValueError:
+        raise ValueError(f"--{flag}: expected comma-separated numbers, got {text!r}") from None
+    if not all(v == v and abs(v) != float("inf") and v >= 0 for v in values):
+        raise ValueError(f"--{flag}: expected finite weights >= 0 (a negative weight trains a term backwards), got "
+                         f"{text!r}")
+    return values
 
 
 LOG = StageLog("bporag")
 
 
 def _dtype(args) -> str:
-    """The generator's dtype for generation and (frozen base) GPO training: bf16 with --bf16."""
-    return "bfloat16" if args.bf16 else "float32"
+    return resolve_dtype(args.dtype, where="--dtype")
 
 
-def _weights(text: str | None) -> list[float] | None:
-    """--rpo_loss_weights / --gpo_loss_weights: comma-separated floats (None: the trainer's equal weights)."""
-    return [float(w) for w in text.split(",")] if text else None
+def _hub(args, suffix: str) -> dict:
+    """push_to_hub / hub_model_id of one artifact."""
+    if not args.push_to_hub:
+        return {}
+    if not args.hub_model_id:
+        raise ValueError("--push_to_hub: give --hub_model_id user/name (the artifacts go to user/name-<artifact>)")
+    return {"push_to_hub": True, "hub_model_id": f"{args.hub_model_id}-{suffix}"}
 
 
-def _prefix(args) -> str | None:
-    """--answer_prefix, where "" means none."""
-    return args.answer_prefix or None
+def _reuse(out: Path, marker: str, record: dict, args) -> bool:
+    """Whether the stage's artifact ``out`` is there and was made with ``record`` (the settings asked for now).
+    Made with other settings: a ValueError naming what differs, unless --overwrite (then the stage is redone)."""
+    if args.overwrite or not (out / marker).exists():
+        return False
+    path = out / STAGE_RECORD
+    if not path.exists():
+        raise ValueError(f"{out}: holds an artifact without a record of the settings it was made with "
+                         f"({STAGE_RECORD}); pass --overwrite to redo it, or another --output_dir")
+    recorded = read_json_object(path, "the settings a stage of examples/bporag.py was run with")
+    want = json.loads(json.dumps(record))  # as it reads back from JSON
+    differs = sorted(key for key in set(recorded) | set(want) if recorded.get(key) != want.get(key))
+    if differs:
+        detail = "; ".join(f"{key}: made with {recorded.get(key)!r}, asked for {want.get(key)!r}" for key in differs)
+        raise ValueError(f"{out}: was made with other settings than this run asks for ({detail}). Pass --overwrite to "
+                         "redo it, or use another --output_dir")
+    return True
 
 
-def _retriever(args, path: str) -> Retriever:
-    """Encoding under bf16 autocast with --bf16 (2.4x faster on a CPU, Recall@k within 0.001 of float32)."""
-    return Retriever(path, dtype=_dtype(args))
+def _record(out: Path, record: dict) -> None:
+    (out / STAGE_RECORD).write_text(json.dumps(record, indent=2))
 
 
-def rpo_pairs(args, data, out: Path) -> None:
-    """Build the RPO pairs into ``out`` (a ``save_to_disk`` folder + stats.json), unless they are there."""
-    if _done(out, "stats.json", args):
+def rpo_pairs(args, settings: RAGSettings, out: Path) -> None:
+    """build_rpo_pairs.py's main into ``out`` (resumable; a finished build with the same settings is reused)."""
+    record = {"stage": "rpo_pairs", "dataset": args.dataset, "split": args.train_split, "queries": args.rpo_queries,
+              "retriever": args.retriever, "seed": args.seed, **asdict(args.rpo_recipe()), **settings.to_dict()}
+    if _reuse(out, "stats.json", record, args):
         LOG(f"RPO pairs: reusing {out}")
         return
     with LOG.stage("RPO pairs"):
-        retriever = _retriever(args, args.retriever)
-        gen = tok = None
-        if args.rpo_judge in GENERATOR_JUDGES:
-            gen, tok = load_generator(args.generator, torch_dtype=_dtype(args))
-        builder = RetrievalPreferenceBuilder(retriever, DenseIndex.cached(retriever, data.corpus), data.corpus, gen, tok,
-                                             judge=args.rpo_judge, k=args.k, perturbations=args.rpo_perturbations,
-                                             num_perturbations=args.rpo_num_perturbations, top_n=args.rpo_top_n,
-                                             pairing=args.rpo_pairing, seed=args.seed,
-                                             max_passage_tokens=args.max_passage_tokens,
-                                             answer_prefix=_prefix(args))
-        pairs = builder.build(data.split, output_dir=out, resume=not args.overwrite, max_queries=args.rpo_queries)
-        LOG(f"RPO pairs: {len(pairs)} ({builder.describe()['stats']})")
+        described = build_rpo_pairs.main(build_rpo_pairs.BuildArguments(
+            dataset=args.dataset, output_dir=str(out), split=args.train_split, retriever=args.retriever,
+            generator=args.generator, max_queries=args.rpo_queries, seed=args.seed, batch_size=args.batch_size,
+            generator_dtype=args.dtype, no_resume=args.overwrite,
+            push_to_hub=_hub(args, "rpo-pairs").get("hub_model_id")), args.rpo_recipe(), settings)
+        _record(out, record)
+        LOG(f"RPO pairs: {described['stats']}")
 
 
 def rpo_train(args, pairs_dir: Path, out: Path) -> str:
-    """examples/rpo.py's main on the pairs folder (k comes from the pairs; a folder without pairs is load_pairs'
-    ValueError, with the builder's counts)."""
-    if _done(out, "modules.json", args):
+    """rpo.py's main on the pairs folder (k comes from the pairs)."""
+    config = dict(beta=args.rpo_beta, reference=args.rpo_reference, loss_type=args.rpo_loss_type.split(","),
+                  loss_weights=_weights(args.rpo_loss_weights, args.rpo_loss_type, "rpo_loss_weights"),
+                  learning_rate=args.rpo_learning_rate, num_train_epochs=args.rpo_epochs,
+                  per_device_train_batch_size=args.rpo_batch_size, mini_batch_size=args.rpo_mini_batch_size or None,
+                  seed=args.seed)
+    record = {"stage": "rpo", "pairs": str(pairs_dir), "retriever": args.retriever, **config, "dtype": _dtype(args)}
+    if _reuse(out, "modules.json", record, args):
         LOG(f"RPO: reusing {out}")
         return str(out)
     with LOG.stage("RPO training"), large_allocations_returned():
-        config = SetDPOConfig(
-            output_dir=str(out), beta=args.rpo_beta, reference=args.rpo_reference,
-            loss_type=args.rpo_loss_type.split(","), loss_weights=_weights(args.rpo_loss_weights),
-            learning_rate=args.rpo_learning_rate, num_train_epochs=args.rpo_epochs,
-            per_device_train_batch_size=args.rpo_batch_size, bf16=args.bf16, use_cpu=not torch.cuda.is_available(), seed=args.seed,
-            logging_steps=10, save_strategy="no", report_to=[], max_passage_length=256,
-        )
-        rpo.main(rpo.RPOScriptArguments(dataset_name=str(pairs_dir)), config,
+        training_args = SetDPOConfig(output_dir=str(out), bf16=_dtype(args) == "bfloat16",
+                                     use_cpu=not torch.cuda.is_available(), logging_steps=10, save_strategy="no",
+                                     report_to=args.report_to, **_hub(args, "retriever"), **config)
+        rpo.main(rpo.RPOScriptArguments(dataset_name=str(pairs_dir)), training_args,
                  ModelConfig(model_name_or_path=args.retriever))
+        _record(out, record)
         LOG(f"RPO: retriever saved to {out}")
     return str(out)
 
 
-def gpo_pairs(args, data, retriever_path: str, out: Path) -> None:
-    """Build the GPO pairs into ``out`` (a ``save_to_disk`` folder + stats.json), unless they are there."""
-    if _done(out, "stats.json", args):
+def gpo_pairs(args, settings: RAGSettings, retriever_path: str, out: Path) -> None:
+    """build_gpo_pairs.py's main under ``retriever_path`` into ``out``."""
+    record = {"stage": "gpo_pairs", "dataset": args.dataset, "split": args.train_split, "queries": args.gpo_queries,
+              "query_offset": args.gpo_query_offset, "retriever": retriever_path, "generator": args.generator,
+              "seed": args.seed, **asdict(args.gpo_recipe()), **settings.to_dict()}
+    if _reuse(out, "stats.json", record, args):
         LOG(f"GPO pairs: reusing {out}")
         return
     with LOG.stage(f"GPO pairs ({out.name})"):
-        retriever = _retriever(args, retriever_path)
-        gen, tok = load_generator(args.generator, torch_dtype=_dtype(args))
-        builder = GenerationPreferenceBuilder(
-            retriever, DenseIndex.cached(retriever, data.corpus), data.corpus, gen, tok, k=args.k, num_beams=args.num_beams,
-            num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p, pairing=args.gpo_pairing,
-            seed=args.seed, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-            max_passage_tokens=args.max_passage_tokens, max_length=args.max_length,
-            answer_prefix=_prefix(args),
-        )
-        split = data.split
-        if args.gpo_query_offset:  # e.g. queries the RPO pairs did not use
-            o = args.gpo_query_offset
-            split = QASplit(split.ids[o:], split.questions[o:], split.answers[o:], split.gold_ids[o:], split.name)
-        pairs = builder.build(split, output_dir=out, resume=not args.overwrite, max_queries=args.gpo_queries)
-        LOG(f"GPO pairs: {len(pairs)} ({builder.describe()['stats']})")
+        described = build_gpo_pairs.main(build_gpo_pairs.GPOBuildArguments(
+            dataset=args.dataset, output_dir=str(out), split=args.train_split, retriever=retriever_path,
+            generator=args.generator, max_queries=args.gpo_queries, query_offset=args.gpo_query_offset,
+            seed=args.seed, batch_size=args.batch_size, generator_dtype=args.dtype, no_resume=args.overwrite,
+            push_to_hub=_hub(args, "gpo-pairs").get("hub_model_id")), args.gpo_recipe(), settings)
+        _record(out, record)
+        LOG(f"GPO pairs: {described['stats']}")
 
 
 def gpo_train(args, pairs_dir: Path, out: Path) -> str:
-    """examples/gpo.py's main on the pairs folder (the retriever, k and prompt settings come from its stats.json),
-    with a share of the pairs held out and evaluated after the epoch; writes train_curve.json."""
-    if _done(out, "adapter_config.json", args):
+    """gpo.py's main on the pairs folder (the retriever and settings come from its stats.json), with a share of the
+    pairs held out and evaluated after the epoch; writes train_curve.json."""
+    config = dict(beta=args.gpo_beta, learning_rate=args.gpo_learning_rate, num_train_epochs=args.gpo_epochs,
+                  per_device_train_batch_size=args.gpo_batch_size, gradient_accumulation_steps=args.gpo_grad_accum,
+                  max_length=args.max_length, loss_type=args.gpo_loss_type.split(","),
+                  loss_weights=_weights(args.gpo_loss_weights, args.gpo_loss_type, "gpo_loss_weights"), seed=args.seed)
+    lora = dict(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_top_layers=args.lora_top_layers)
+    record = {"stage": "gpo", "pairs": str(pairs_dir), "generator": args.generator, **config, **lora,
+              "eval_fraction": args.gpo_eval_fraction, "dtype": _dtype(args)}
+    if _reuse(out, "adapter_config.json", record, args):
         LOG(f"GPO: reusing {out}")
         return str(out)
     with LOG.stage(f"GPO training ({out.name})"), large_allocations_returned():
-        defaults = gpo_defaults()  # use_cpu + bf16 autocast without CUDA
-        defaults.update(bf16=args.bf16, beta=args.gpo_beta, learning_rate=args.gpo_learning_rate,
-                        per_device_train_batch_size=args.gpo_batch_size, per_device_eval_batch_size=1,
-                        gradient_accumulation_steps=args.gpo_grad_accum, max_length=args.max_length,
-                        loss_type=args.gpo_loss_type.split(","), loss_weights=_weights(args.gpo_loss_weights),
-                        eval_strategy="epoch" if args.gpo_eval_fraction else "no")
-        config = DPOConfig(output_dir=str(out), num_train_epochs=args.gpo_epochs, seed=args.seed, **defaults)
+        training_args = GPOConfig(output_dir=str(out), bf16=_dtype(args) == "bfloat16", per_device_eval_batch_size=1,
+                                  eval_strategy="epoch" if args.gpo_eval_fraction else "no", report_to=args.report_to,
+                                  **_hub(args, "generator"), **config)
         script_args = gpo.GPOScriptArguments(dataset_name=str(pairs_dir), eval_fraction=args.gpo_eval_fraction,
-                                             lora_top_layers=args.lora_top_layers or None)
-        # bf16 weights with --bf16 (autocast computes in bf16 anyway; PEFT keeps the LoRA weights in float32): the
-        # frozen base takes half the memory
-        model_args = ModelConfig(model_name_or_path=args.generator, dtype=_dtype(args), use_peft=True,
-                                 lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_target_modules="all-linear",
-                                 lora_dropout=0.0)
-        trainer = gpo.main(script_args, config, model_args)
-        history = trainer.state.log_history
-        curve = [{"step": h["step"], "loss": round(h["loss"], 4),
-                  "reward_accuracy": round(h.get("rewards/accuracies", float("nan")), 3),
-                  "reward_margin": round(h.get("rewards/margins", float("nan")), 3)} for h in history if "loss" in h]
-        train_loss = next((h["train_loss"] for h in reversed(history) if "train_loss" in h), float("nan"))
-        held_out = next((h for h in reversed(history) if "eval_loss" in h), {})
-        n_train = len(trainer.train_dataset)
-        summary = {"train_pairs": n_train,
-                   "held_out_pairs": len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
-                   "steps": trainer.state.global_step, "train_loss": round(train_loss, 4), "curve": curve,
-                   "held_out": {k: round(v, 4) for k, v in held_out.items() if isinstance(v, float)}}
-        (out / "train_curve.json").write_text(json.dumps(summary, indent=2))
-        LOG(f"GPO: adapter saved to {out}; {n_train} pairs, {trainer.state.global_step} steps, mean training "
-            f"loss {train_loss:.3f}")
-        for point in curve:
-            LOG(f"  step {point['step']:>4}: loss {point['loss']:.3f}, reward accuracy "
-                f"{point['reward_accuracy']:.2f}, margin {point['reward_margin']:.2f}")
-        if held_out:
-            LOG(f"  held-out pairs ({summary['held_out_pairs']}): loss {held_out['eval_loss']:.3f}, reward "
-                f"accuracy {held_out.get('eval_rewards/accuracies', float('nan')):.2f}")
+                                             lora_top_layers=args.lora_top_layers)
+        # the frozen base in the compute dtype (autocast computes in it anyway; PEFT keeps the LoRA weights in fp32)
+        model_args = ModelConfig(model_name_or_path=args.generator,
+                                 **{**gpo.MODEL_DEFAULTS, "dtype": _dtype(args), "lora_r": args.lora_r,
+                                    "lora_alpha": args.lora_alpha})
+        trainer = gpo.main(script_args, training_args, model_args)
+        _write_curve(trainer, out)
+        _record(out, record)
     return str(out)
+
+
+def _write_curve(trainer, out: Path) -> None:
+    history = trainer.state.log_history
+    curve = [{"step": h["step"], "loss": round(h["loss"], 4),
+              "reward_accuracy": round(h.get("rewards/accuracies", float("nan")), 3),
+              "reward_margin": round(h.get("rewards/margins", float("nan")), 3)} for h in history if "loss" in h]
+    train_loss = next((h["train_loss"] for h in reversed(history) if "train_loss" in h), float("nan"))
+    held_out = next((h for h in reversed(history) if "eval_loss" in h), {})
+    n_train = len(trainer.train_dataset)
+    summary = {"train_pairs": n_train, "held_out_pairs": len(trainer.eval_dataset) if trainer.eval_dataset else 0,
+               "steps": trainer.state.global_step, "train_loss": round(train_loss, 4), "curve": curve,
+               "held_out": {k: round(v, 4) for k, v in held_out.items() if isinstance(v, float)}}
+    (out / "train_curve.json").write_text(json.dumps(summary, indent=2))
+    LOG(f"GPO: adapter saved to {out}; {n_train} pairs, {trainer.state.global_step} steps, mean training loss "
+        f"{train_loss:.3f}")
+    for point in curve:
+        LOG(f"  step {point['step']:>4}: loss {point['loss']:.3f}, reward accuracy {point['reward_accuracy']:.2f}, "
+            f"margin {point['reward_margin']:.2f}")
+    if held_out:
+        LOG(f"  held-out pairs ({summary['held_out_pairs']}): loss {held_out['eval_loss']:.3f}, reward accuracy "
+            f"{held_out.get('eval_rewards/accuracies', float('nan')):.2f}")
 
 
 # the paper's rows: (retriever, generator)
@@ -333,85 +384,62 @@ def row_specs(args) -> dict:
     return {**specs, SHARED_GPO_ROW: ("base", "gpo"), "BPO-RAG": ROW_SPECS["BPO-RAG"]}
 
 
-def evaluate_rows(args, retrievers: dict, generators: dict, out: Path | None = None) -> dict:
-    """The four rows on each evaluation data set (same questions for every row): retrieval metrics per retriever,
-    EM/F1 per (retriever, generator), and the paired bootstrap 95% CI of each row's difference from vanilla. With
-    ``out``, every row's answer to every question goes to ``out/predictions-<data set>.jsonl``."""
+def evaluate_rows(args, settings: RAGSettings, retrievers: dict, generators: dict, out: Path | None = None) -> dict:
+    """evaluate.py's main for each row on each evaluation data set (same questions and settings for every row), and
+    the paired bootstrap 95% CI of each row's difference from vanilla. With ``out``, every row's answer to every
+    question goes to ``out/predictions-<data set>.jsonl``."""
     specs = [s for s in (args.eval_datasets or f"{args.dataset}:test").split(",") if s]
-    by_path: dict = {}
-    for path in generators.values():
-        if path not in by_path:
-            by_path[path] = load_generator(path, torch_dtype=_dtype(args))
+    overrides = RAGSettingsOverrides(**settings.to_dict())
     results = []
     for spec in specs:
         path, _, split_name = spec.partition(":")
         data = load_rag_dataset(path, split_name or "test")
-        split = data.split.head(args.eval_queries)
-        pipes = {}
-        for name, rpath in retrievers.items():
-            r = _retriever(args, rpath)
-            pipes[name] = (r, DenseIndex.cached(r, data.corpus))
-        caches = {gpath: {} for gpath in by_path}  # prompt -> answer, per generator: rows share equal prompts
+        caches = {g: {} for g in generators.values()}  # prompt -> answer per generator: rows share equal prompts
         per_query, answers = {}, {}
         for row, (rname, gname) in row_specs(args).items():
-            r, index = pipes[rname]
-            gen, tok = by_path[generators[gname]]
-            t0 = time.perf_counter()
-            pipe = RAGPipeline(r, index, data.corpus, gen, tok, k=args.k, batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens, max_passage_tokens=args.max_passage_tokens,
-                               answer_prefix=_prefix(args))
-            res = pipe.evaluate(split, ks=(1, 5, 10), progress=f"{Path(path).name} {row}",
-                                answer_cache=caches[generators[gname]], return_predictions=True)
+            eval_args = evaluate.EvalArguments(
+                dataset=path, split=split_name or "test", retriever=retrievers[rname], generator=generators[gname],
+                max_queries=args.eval_queries, batch_size=args.batch_size, generator_dtype=args.dtype,
+                output_dir=str((out or Path(args.output_dir)) / "eval" / Path(path).name / row.replace(" ", "_")))
+            res = evaluate.main(eval_args, overrides, answer_cache=caches[generators[gname]], data=data)
             per_query[row] = res["per_query"]
             answers[row] = [p["prediction"] for p in res["predictions"]]
-            entry = {"dataset": Path(path).name, "split": split_name or "test", "row": row,
-                     "retriever": retrievers[rname], "generator": generators[gname], "queries": len(split),
-                     **{key: round(v, 4) for key, v in res["metrics"].items() if not key.endswith("_seconds")},
-                     "seconds": round(time.perf_counter() - t0, 1)}
-            if row != "vanilla":
-                entry["ci_vs_vanilla"] = {
-                    m: {key: (round(v, 4) if isinstance(v, float) else v) for key, v in paired_bootstrap_ci(
-                        per_query[row][m], per_query["vanilla"][m], n_resamples=args.bootstrap_resamples,
-                        seed=args.seed).items()}
-                    for m in res["per_query"]}
-            entry["ci_of_mean"] = {
-                m: [round(paired_bootstrap_ci(v, [0.0] * len(v), n_resamples=args.bootstrap_resamples,
-                                              seed=args.seed)[b], 4) for b in ("low", "high")]
-                for m, v in res["per_query"].items()}
-            results.append(entry)
+            base = {"dataset": Path(path).name, "split": split_name or "test", "row": row,
+                    "retriever": retrievers[rname], "generator": generators[gname], "queries": res["num_queries"],
+                    "seconds": res["total_seconds"]}
+            results.append(row_entry(base, res["metrics"], res["per_query"],
+                                     None if row == "vanilla" else per_query["vanilla"],
+                                     n_resamples=args.bootstrap_resamples, seed=args.seed))
         if out is not None:
+            split = data.split.head(args.eval_queries)
             with (out / f"predictions-{Path(path).name}.jsonl").open("w") as fh:
                 for i, (qid, question, gold) in enumerate(zip(split.ids, split.questions, split.answers)):
                     fh.write(json.dumps({"id": qid, "question": question, "answers": gold,
                                          **{row: answers[row][i] for row in answers}}) + "\n")
-    return {"rows": results, "args": asdict(args)}
+    return {"rows": results, "args": asdict(args), "settings": settings.to_dict()}
 
 
-def main(args: BPORAGArguments) -> dict:
+def main(args: BPORAGArguments, settings: RAGSettings | None = None) -> dict:
+    settings = settings or RAGSettings()
     start = time.perf_counter()
     LOG.stages.clear()
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     stages = set(args.stages.split(","))
-    unknown = stages - {"rpo_pairs", "rpo", "gpo_pairs", "gpo", "eval"}
-    if unknown:
-        raise ValueError(f"stages: unknown {sorted(unknown)}")
-    if args.gpo_ablation not in ("shared", "separate"):
-        raise ValueError(f"gpo_ablation: expected 'shared' or 'separate', got {args.gpo_ablation!r}")
-    data = load_rag_dataset(args.dataset, args.train_split)
+    LOG(f"machine: {describe_hardware()}; compute dtype {_dtype(args)} (--dtype {args.dtype})")
     retriever_rpo = str(out / "retriever-rpo")
     if "rpo_pairs" in stages or "rpo" in stages:
-        rpo_pairs(args, data, out / "rpo-pairs")
+        rpo_pairs(args, settings, out / "rpo-pairs")
         if "rpo" in stages:
             retriever_rpo = rpo_train(args, out / "rpo-pairs", out / "retriever-rpo")
     generator_gpo = str(out / "generator-gpo")
     generator_ablation = generator_gpo
     if "gpo_pairs" in stages or "gpo" in stages:
-        gpo_pairs(args, data, retriever_rpo, out / "gpo-pairs")
+        gpo_pairs(args, settings, retriever_rpo, out / "gpo-pairs")
         if "gpo" in stages:
             generator_gpo = gpo_train(args, out / "gpo-pairs", out / "generator-gpo")
         if args.gpo_ablation == "separate":
-            gpo_pairs(args, data, args.retriever, out / "gpo-pairs-base-retriever")
+            gpo_pairs(args, settings, args.retriever, out / "gpo-pairs-base-retriever")
             if "gpo" in stages:
                 generator_ablation = gpo_train(args, out / "gpo-pairs-base-retriever",
                                                out / "generator-gpo-base-retriever")
@@ -420,9 +448,10 @@ def main(args: BPORAGArguments) -> dict:
     results: dict = {}
     if "eval" in stages:
         with LOG.stage("evaluation"):
-            results = evaluate_rows(args, {"base": args.retriever, "rpo": retriever_rpo},
+            results = evaluate_rows(args, settings, {"base": args.retriever, "rpo": retriever_rpo},
                                     {"base": args.generator, "gpo": generator_gpo, "gpo_ablation": generator_ablation},
                                     out)
+        results["hardware"] = {**hardware_summary(), "dtype": _dtype(args)}
         results["stages"] = list(LOG.stages)
         results["total_seconds"] = round(time.perf_counter() - start, 1)
         results["peak_rss_gib"] = LOG.peak_gib()
@@ -440,5 +469,4 @@ if __name__ == "__main__":
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_known_warnings()
-    (bporag_args,) = TrlParser((BPORAGArguments,)).parse_args_and_config()
-    main(bporag_args)
+    main(*TrlParser((BPORAGArguments, RAGSettings)).parse_args_and_config())

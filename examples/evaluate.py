@@ -4,8 +4,10 @@
     python examples/evaluate.py --dataset ../shared/data/squad-dev --split test --retrieval_only
     python examples/evaluate.py --config eval.yaml
 
-Writes ``results.json``, ``results.md`` and ``predictions.jsonl`` to ``--output_dir``. The corpus index is cached (see ``--index_dir``): a
-second run with the same retriever and corpus encodes no passage.
+The RAG settings (k, passage budget, system prompt, answer prefix, max new tokens) are those a GPO adapter recorded
+(its ``bporag_config.json``, local or on the Hub), else the retriever's k and the defaults; any of them given as a flag
+wins. Writes ``results.json``, ``results.md`` and ``predictions.jsonl`` to ``--output_dir``. The corpus index is cached
+(see ``--index_dir``): a second run with the same retriever and corpus encodes no passage.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from pathlib import Path
 
 from trl import TrlParser
 
-from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, RAGPipeline, load_generator, load_rag_dataset
-from trl_bporag.artifacts import read_bporag_config
-from trl_bporag.retrieval import DenseIndex, Retriever
+from trl_bporag import DEFAULT_GENERATOR, RAGPipeline, load_rag_dataset
+from trl_bporag.hardware import DTYPE_CHOICES
 from trl_bporag.retrieval.index import default_index_dir
+from trl_bporag.settings import RAGSettingsOverrides
 from trl_bporag.utils import check_positive_ints, quiet_known_warnings
 
 
@@ -31,33 +33,33 @@ from trl_bporag.utils import check_positive_ints, quiet_known_warnings
 class EvalArguments:
     dataset: str = field(metadata={"help": "BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/) or a HF QA dataset"})
     split: str = field(default="test", metadata={"help": "split (qrels/<split>.tsv)"})
-    retriever: str = field(default=DEFAULT_RETRIEVER, metadata={"help": "retriever id or sentence-transformers folder"})
-    generator: str = field(default=DEFAULT_GENERATOR, metadata={"help": "generator id, folder or PEFT adapter folder"})
+    retriever: str | None = field(default=None, metadata={
+        "help": "retriever id or sentence-transformers folder (default: the one a GPO adapter was aligned under, else "
+                "all-MiniLM-L6-v2)"})
+    generator: str = field(default=DEFAULT_GENERATOR, metadata={
+        "help": "generator id, folder, PEFT adapter folder or adapter Hub id"})
     retrieval_only: bool = field(default=False, metadata={"help": "skip generation (Recall@k / answer-hit@k only)"})
-    k: int = field(default=5, metadata={"help": "passages the generator reads"})
     ks: str = field(default="1,5,10", metadata={"help": "cut-offs for Recall@k and answer-hit@k"})
-    score: str = field(default="cos", metadata={"help": "cos (normalised embeddings) or dot"})
+    score: str | None = field(default=None, metadata={
+        "help": "cos | dot (default: the retriever's own similarity function, as it was trained)"})
     index_type: str = field(default="flat", metadata={"help": "flat (exact), hnsw or ivf"})
     index_dir: str | None = field(default=None, metadata={"help": "index cache folder (default: under the cache dir)"})
     overwrite_index: bool = field(default=False, metadata={
         "help": "replace an index of another model/corpus/type in --index_dir (refused otherwise)"})
-    with_title: bool = field(default=True, metadata={"help": "passage text = title + ' ' + text"})
     max_queries: int | None = field(default=None, metadata={"help": "evaluate only the first N queries"})
     batch_size: int = field(default=8, metadata={"help": "generation batch size"})
-    max_new_tokens: int = field(default=24)
-    generator_dtype: str = field(default="bfloat16", metadata={"help": "bfloat16 (about 2x faster on CPU) or float32"})
-    max_passage_tokens: int | None = field(default=None, metadata={
-        "help": "each passage is cut to this many tokens (default: what a GPO adapter's bporag_config.json records, "
-                "else 192)"})
-    answer_prefix: str | None = field(default=None, metadata={
-        "help": "text the generator's reply starts with (default: the one a GPO adapter was trained with, from its "
-                "bporag_config.json, else none; \"\" for none)"})
+    generator_dtype: str = field(default="auto", metadata={
+        "help": "auto (bf16 where the hardware computes it natively, else float32) | bfloat16 | float32",
+        "choices": list(DTYPE_CHOICES)})
     output_dir: str = field(default="runs/eval")
     save_predictions: bool = field(default=True, metadata={"help": "write predictions.jsonl"})
 
     def __post_init__(self):
-        check_positive_ints(self, ('k', 'batch_size', 'max_new_tokens'))
-        check_positive_ints(self, ('max_queries', 'max_passage_tokens'), optional=True)
+        check_positive_ints(self, ("batch_size",))
+        check_positive_ints(self, ("max_queries",), optional=True)
+        ks = self.ks.split(",") if isinstance(self.ks, str) else list(self.ks)
+        if not all(str(x).strip().isdigit() and int(x) >= 1 for x in ks):
+            raise ValueError(f"--ks: expected comma-separated integers >= 1, got {self.ks!r}")
 
 
 def markdown_table(args: EvalArguments, result: dict) -> str:
@@ -67,53 +69,46 @@ def markdown_table(args: EvalArguments, result: dict) -> str:
     head = "| dataset | split | queries | retriever | generator | " + " | ".join(cols) + " |"
     sep = "|" + "---|" * (5 + len(cols))
     gen = "-" if args.retrieval_only else args.generator
-    row = (f"| {Path(args.dataset).name} | {args.split} | {result['num_queries']} | {args.retriever} | {gen} | "
+    row = (f"| {Path(args.dataset).name} | {args.split} | {result['num_queries']} | {result['retriever']} | {gen} | "
            + " | ".join(fmt(metrics[c]) for c in cols) + " |")
     return "\n".join([head, sep, row]) + "\n"
 
 
-def prompt_settings(args: EvalArguments) -> dict:
-    """The prompt's passage cut and answer prefix: the flags where given, else what a GPO adapter was trained with (its
-    bporag_config.json), else 192 tokens and no prefix."""
-    aligned = read_bporag_config(args.generator) if os.path.isdir(args.generator) and not args.retrieval_only else None
-    aligned = aligned or {}
-    tokens = args.max_passage_tokens if args.max_passage_tokens is not None else aligned.get("max_passage_tokens")
-    prefix = args.answer_prefix if args.answer_prefix is not None else aligned.get("answer_prefix")
-    return {"max_passage_tokens": int(tokens or 192), "answer_prefix": prefix or None}
-
-
-def main(args: EvalArguments) -> dict:
+def main(args: EvalArguments, settings: RAGSettingsOverrides | None = None, answer_cache: dict | None = None,
+         data=None) -> dict:
+    """Evaluate one retriever / generator pair. The RAG settings are what the adapter (or the retriever) recorded,
+    with the flags given in ``settings`` on top (``RAGPipeline.from_pretrained``). ``answer_cache`` (a dict shared
+    between calls with the same generator) and ``data`` (the loaded data set) let a caller evaluate several rows
+    without answering or loading twice."""
     start = time.perf_counter()
-    data = load_rag_dataset(args.dataset, args.split)
+    data = data or load_rag_dataset(args.dataset, args.split)
     split = data.split.head(args.max_queries)
     ks = tuple(int(x) for x in args.ks.split(","))
-    too_deep = [x for x in (args.k, *ks) if x > len(data.corpus)]
+    overrides = settings.overrides() if settings is not None else {}
+    too_deep = [x for x in (overrides.get("k", 1), *ks) if x > len(data.corpus)]
     if too_deep:  # before the corpus is encoded
         raise ValueError(f"--k / --ks: {too_deep} exceed the corpus size of {args.dataset} ({len(data.corpus)} "
                          f"passages)")
-    retriever = Retriever(args.retriever, score=args.score)
-    index_dir = args.index_dir or str(default_index_dir(retriever, data.corpus, args.index_type, args.with_title))
-    before = retriever.num_encoded
-    index = DenseIndex.cached(retriever, data.corpus, index_dir=args.index_dir, index_type=args.index_type,
-                              with_title=args.with_title, overwrite=args.overwrite_index or args.index_dir is None)
-    encoded = retriever.num_encoded - before
-    gen, tok = (None, None) if args.retrieval_only else load_generator(
-        args.generator, torch_dtype=args.generator_dtype
-    )
-    pipe = RAGPipeline(retriever, index, data.corpus, gen, tok, k=args.k, with_title=args.with_title,
-                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                       **prompt_settings(args))
-    result = pipe.evaluate(split, ks=ks, generate_answers=not args.retrieval_only,
-                           return_predictions=args.save_predictions)
-    predictions = result.pop("predictions", None)
+    pipe = RAGPipeline.from_pretrained(
+        retriever=args.retriever, generator=None if args.retrieval_only else args.generator, corpus=data.corpus,
+        index_dir=args.index_dir, index_type=args.index_type, score=args.score, generator_dtype=args.generator_dtype,
+        batch_size=args.batch_size, overwrite_index=args.overwrite_index or args.index_dir is None, **overrides)
+    encoded = pipe.retriever.num_encoded
+    index_dir = args.index_dir or str(default_index_dir(pipe.retriever, data.corpus, args.index_type,
+                                                        pipe.settings.with_title))
+    result = pipe.evaluate(split, ks=ks, generate_answers=not args.retrieval_only, answer_cache=answer_cache,
+                           return_predictions=True, progress=f"{Path(args.dataset).name}")
+    predictions = result["predictions"] if args.save_predictions else None
+    if not args.save_predictions:
+        result.pop("predictions")
     result.update(
-        dataset=args.dataset, split=args.split, retriever=args.retriever,
-        generator=None if args.retrieval_only else args.generator, index_dir=index_dir,
+        dataset=args.dataset, split=args.split, retriever=pipe.retriever.model_id,
+        generator=None if args.retrieval_only else args.generator, index_dir=index_dir, settings=pipe.settings.to_dict(),
         passages_encoded=encoded, total_seconds=round(time.perf_counter() - start, 2), args=asdict(args),
     )
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    (out / "results.json").write_text(json.dumps({k: v for k, v in result.items() if k != "predictions"}, indent=2))
     table = markdown_table(args, result)
     (out / "results.md").write_text(table)
     if predictions is not None:
@@ -128,5 +123,4 @@ def main(args: EvalArguments) -> dict:
 if __name__ == "__main__":
     quiet_known_warnings()
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"))
-    (eval_args,) = TrlParser((EvalArguments,)).parse_args_and_config()
-    main(eval_args)
+    main(*TrlParser((EvalArguments, RAGSettingsOverrides)).parse_args_and_config())

@@ -3,12 +3,15 @@
 TRL's ``trl/scripts/dpo.py`` with ``DPOTrainer`` -> ``SetDPOTrainer`` and ``DPOConfig`` -> ``SetDPOConfig``; same parser
 tuple (ScriptArguments, config, ModelConfig), ``--config yaml`` supported.
 
-    python examples/rpo.py --dataset_name runs/rpo-pairs --output_dir runs/retriever-rpo --reference free
-    accelerate launch examples/rpo.py --dataset_name runs/rpo-pairs --output_dir runs/retriever-rpo --bf16
+    python examples/rpo.py --dataset_name runs/rpo-pairs --output_dir runs/retriever-rpo
+    accelerate launch examples/rpo.py --dataset_name runs/rpo-pairs --output_dir runs/retriever-rpo
 
-The measured best recipe (docs/benchmarks.md, "RPO against the label-free anchors"): listwise pairs
-(``build_rpo_pairs.py --pairing listwise``), ``--reference free``, ``--loss_type sigmoid`` (its Plackett-Luce form on
-listwise rows), β 10 (the default), one epoch. TRL's default of 3 epochs overfits.
+The defaults are the measured best recipe (docs/benchmarks.md, "RPO against the label-free anchors") on the
+listwise rows ``build_rpo_pairs.py`` writes by default: ``--reference free``, ``--loss_type sigmoid`` (its
+Plackett-Luce form on listwise rows), β 10, one epoch of batch 16 (TRL's default of 3 epochs overfits), lr 2e-5,
+``--mini_batch_size 32`` (GradCache: memory flat in the batch size); bf16 only where the hardware computes it
+natively. TRL's model flags (``--model_revision``, ``--trust_remote_code``, ``--attn_implementation``, ``--dtype``)
+reach the retriever.
 
 ``--dataset_name`` is a Hub id or a ``save_to_disk`` folder; a single Dataset is split into train/test when
 ``--eval_strategy`` is not "no" (``--eval_fraction``). ``--model_name_or_path`` defaults to all-MiniLM-L6-v2.
@@ -28,6 +31,8 @@ from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from trl_bporag import DEFAULT_RETRIEVER, SetDPOConfig, SetDPOTrainer
 from trl_bporag.evaluation import retrieval_evaluator
+from trl_bporag.models import model_load_kwargs
+from trl_bporag.monitor import large_allocations_returned
 from trl_bporag.preferences import load_pairs
 from trl_bporag.utils import quiet_known_warnings
 
@@ -58,8 +63,19 @@ def retrieval_eval(model, script_args) -> dict[str, float]:
     return {name: value for name, value in metrics.items() if "@" in name}
 
 
+#: The measured best recipe (docs/benchmarks.md, "RPO against the label-free anchors"): reference-free (the
+#: Plackett-Luce form on listwise rows), one epoch of batch 16 (TRL's 3 epochs overfit); GradCache in mini-batches of
+#: 32 texts, so the step's memory does not grow with the batch (bench/rpo_memory.py).
+RECIPE_DEFAULTS = {"reference": "free", "num_train_epochs": 1, "per_device_train_batch_size": 16,
+                   "mini_batch_size": 32, "report_to": "none"}
+
+
 def main(script_args, training_args, model_args):
     need_eval = training_args.eval_strategy != "no"
+    # TRL's model flags (revision, trust_remote_code, attention implementation, dtype) reach the retriever as
+    # model_init_kwargs, as trl/scripts/dpo.py passes them to the policy
+    training_args.model_init_kwargs = {**model_load_kwargs(model_args, "retriever"),
+                                       **(training_args.model_init_kwargs or {})}
     dataset = load_pairs(script_args.dataset_name, script_args.dataset_config, script_args.dataset_train_split,
                          script_args.dataset_test_split, need_eval, script_args.eval_fraction)
     evaluator = None
@@ -78,7 +94,8 @@ def main(script_args, training_args, model_args):
     if script_args.retrieval_eval_dataset and trainer.is_world_process_zero():
         card_metrics = {"dataset": script_args.retrieval_eval_dataset, "split": script_args.retrieval_eval_split,
                         "before": retrieval_eval(trainer.model, script_args)}
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    with large_allocations_returned():  # freed large buffers go back to the OS (a flat resident size)
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if card_metrics is not None:
         card_metrics["after"] = retrieval_eval(trainer.accelerator.unwrap_model(trainer.model), script_args)
         trainer.set_retrieval_metrics(card_metrics)
@@ -94,6 +111,7 @@ def main(script_args, training_args, model_args):
 if __name__ == "__main__":
     quiet_known_warnings()
     parser = TrlParser((RPOScriptArguments, SetDPOConfig, ModelConfig))
+    parser.set_defaults_with_config(**RECIPE_DEFAULTS)
     script_args, training_args, model_args = parser.parse_args_and_config()
     trainer = main(script_args, training_args, model_args)
     # Under a multi-process launch: every rank is done before any rank tears down the process group (gloo can abort a

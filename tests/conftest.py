@@ -8,6 +8,9 @@ import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite computes in float32 whatever the CPU (the library's "auto" dtype would pick bf16 on a CPU with native
+# bf16 and float32 on an AVX2-only one): results do not depend on the machine; tests/test_hardware.py checks the choice
+os.environ.setdefault("TRL_BPORAG_CPU_BF16", "0")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))  # bench/baselines.py: the plain ways
 
 import pytest  # noqa: E402

@@ -20,6 +20,7 @@ from trl_bporag.data import Corpus, QASplit
 from trl_bporag.pipeline import RAGPipeline
 from trl_bporag.preferences import RetrievalPreferenceBuilder, check_dpo_lengths, load_pairs
 from trl_bporag.retrieval.index import INDEX_FILE, META_FILE
+from trl_bporag.settings import RAGSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +126,8 @@ def test_unwritable_index_folder_gives_a_correct_index_and_a_warning(tiny_st, to
 def _rpo_builder(st, corpus):
     r = Retriever(st)
     return RetrievalPreferenceBuilder(r, DenseIndex.from_corpus(r, corpus), corpus, judge="answer_hit", k=2,
-                                      top_n=4, num_perturbations=2, perturbations="minimal", seed=0)
+                                      top_n=4, num_perturbations=2, perturbations="minimal", seed=0,
+                                      pairing="vs_original")
 
 
 def test_resume_refuses_shards_built_from_another_corpus_or_split(tiny_st, toy_corpus, toy_split, tmp_path):
@@ -279,15 +281,23 @@ def _example(name):
 
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("rpo_beta", -1.0, "--rpo_beta: expected a finite number > 0"),
-    ("gpo_beta", 0.0, "--gpo_beta: expected a finite number > 0"),
+    ("rpo_beta", -1.0, "--rpo_beta: expected a number > 0"),
+    ("gpo_beta", 0.0, "--gpo_beta: expected a number > 0"),
+    ("gpo_beta", float("nan"), "--gpo_beta: expected a finite number"),
     ("rpo_queries", -1, "--rpo_queries: expected an integer >= 1"),
     ("eval_queries", 0, "--eval_queries: expected an integer >= 1"),
-    ("k", 0, "--k: expected an integer >= 1"),
     ("gpo_eval_fraction", 1.0, "--gpo_eval_fraction"),
+    ("rpo_num_perturbations", 0, "--num_perturbations: expected an integer >= 1"),
+    ("num_samples", 0, "--num_samples: expected an integer >= 1"),
+    ("top_p", 1.5, r"--top_p: expected a value in \(0, 1\]"),
+    ("gpo_loss_weights", "1,x", "--gpo_loss_weights: expected comma-separated numbers, got '1,x'"),
+    ("gpo_loss_weights", "1,-2", "--gpo_loss_weights: expected finite weights >= 0"),
+    ("gpo_loss_weights", "1", r"--gpo_loss_weights: expected one weight per loss type"),
+    ("stages", "rpo,train", r"--stages: unknown \['train'\]"),
     ("rpo_pairing", "pairs", r"--rpo_pairing: expected one of \('vs_original', 'best_worst', 'listwise'\)"),
     ("rpo_reference", "none", r"--rpo_reference: expected one of \('model', 'free'\)"),
     ("rpo_judge", "f1", r"--rpo_judge: expected one of \('generator_f1', 'answer_likelihood', 'answer_hit'\)"),
+    ("dtype", "fp8", r"--dtype: expected one of \('auto', 'bfloat16', 'float32'\)"),
 ])
 def test_bporag_flags_are_checked_at_parse_time(flag, value, message):
     bporag = _example("bporag")
@@ -297,9 +307,10 @@ def test_bporag_flags_are_checked_at_parse_time(flag, value, message):
 
 @pytest.mark.parametrize("script, cls, kwargs, message", [
     ("evaluate", "EvalArguments", {"dataset": "x", "max_queries": -1}, "--max_queries: expected an integer >= 1 or"),
-    ("evaluate", "EvalArguments", {"dataset": "x", "k": 0}, "--k: expected an integer >= 1"),
+    ("evaluate", "EvalArguments", {"dataset": "x", "ks": "1,0"}, "--ks: expected comma-separated integers >= 1"),
     ("build_rpo_pairs", "BuildArguments", {"dataset": "x", "output_dir": "y", "max_queries": 0}, "--max_queries"),
-    ("build_gpo_pairs", "GPOBuildArguments", {"dataset": "x", "output_dir": "y", "num_samples": 0}, "--num_samples"),
+    ("build_rpo_pairs", "BuildArguments", {"dataset": "x", "output_dir": "y", "query_offset": -1}, "--query_offset"),
+    ("build_gpo_pairs", "GPOBuildArguments", {"dataset": "x", "output_dir": "y", "batch_size": 0}, "--batch_size"),
 ])
 def test_script_flags_are_checked_at_parse_time(script, cls, kwargs, message):
     module = _example(script)
@@ -307,12 +318,26 @@ def test_script_flags_are_checked_at_parse_time(script, cls, kwargs, message):
         getattr(module, cls)(**kwargs)
 
 
+@pytest.mark.parametrize("settings, message", [
+    ({"k": 0}, "k: expected an integer >= 1"),
+    ({"max_passage_tokens": -5}, "max_passage_tokens: expected an integer >= 1 or null"),
+    ({"max_new_tokens": 0}, "max_new_tokens: expected an integer >= 1"),
+    ({"with_title": "no"}, "with_title: expected true or false, got str 'no'"),
+    ({"answer_prefix": 1}, "answer_prefix: expected a string"),
+])
+def test_rag_settings_are_checked(settings, message):
+    with pytest.raises(ValueError, match=message):
+        RAGSettings(**settings)
+
+
 def test_evaluate_refuses_k_beyond_the_corpus_before_encoding(beir, monkeypatch):
     evaluate = _example("evaluate")
-    monkeypatch.setattr(evaluate, "Retriever", lambda *a, **k: pytest.fail("the retriever was loaded"))
-    args = evaluate.EvalArguments(dataset=str(beir), k=7, retrieval_only=True)
+    from trl_bporag.settings import RAGSettingsOverrides
+
+    monkeypatch.setattr(evaluate.RAGPipeline, "from_pretrained", lambda *a, **k: pytest.fail("the retriever loaded"))
+    args = evaluate.EvalArguments(dataset=str(beir), retrieval_only=True)
     with pytest.raises(ValueError, match=r"--k / --ks: \[7, 10\] exceed the corpus size .* \(6 passages\)"):
-        evaluate.main(args)
+        evaluate.main(args, RAGSettingsOverrides(k=7))
 
 
 def test_negative_beta_is_refused_by_the_config():
@@ -322,21 +347,24 @@ def test_negative_beta_is_refused_by_the_config():
         SetDPOConfig(output_dir="unused", beta=-1.0, use_cpu=True, bf16=False)
 
 
-def test_evaluate_prompts_as_the_gpo_adapter_was_trained(tmp_path):
-    evaluate = _example("evaluate")
+def test_the_settings_an_adapter_recorded_are_read_back_and_flags_win(tmp_path):
+    """What RAGPipeline.from_pretrained (and so examples/evaluate.py) serves an adapter with: its recorded settings,
+    the flags given on top, the defaults for what it does not record."""
+    from trl_bporag.artifacts import read_bporag_config, stage_settings
+    from trl_bporag.settings import DEFAULTS, RAGSettingsOverrides
+
     adapter = tmp_path / "generator-gpo"
     adapter.mkdir()
-    (adapter / "bporag_config.json").write_text(json.dumps({"retriever": "r", "k": 5, "max_passage_tokens": 96,
-                                                             "answer_prefix": 'The answer is "'}))
-    settings = evaluate.prompt_settings
-    assert settings(evaluate.EvalArguments(dataset="x", generator=str(adapter))) == {
-        "max_passage_tokens": 96, "answer_prefix": 'The answer is "'}
-    assert settings(evaluate.EvalArguments(dataset="x", generator=str(adapter), max_passage_tokens=50,
-                                           answer_prefix="")) == {"max_passage_tokens": 50, "answer_prefix": None}
-    # a Hub id: the library defaults
-    assert settings(evaluate.EvalArguments(dataset="x")) == {"max_passage_tokens": 192, "answer_prefix": None}
-    with pytest.raises(ValueError, match="--max_passage_tokens"):
-        evaluate.EvalArguments(dataset="x", max_passage_tokens=0)
+    (adapter / "bporag_config.json").write_text(json.dumps({"retriever": "r", "k": 3, "max_passage_tokens": 50,
+                                                             "answer_prefix": None}))
+    recorded = stage_settings(read_bporag_config(adapter), str(adapter))
+    assert (recorded.k, recorded.max_passage_tokens, recorded.answer_prefix) == (3, 50, None)
+    assert recorded.system_prompt == DEFAULTS.system_prompt and recorded.max_new_tokens == DEFAULTS.max_new_tokens
+    flags = RAGSettingsOverrides(k=5, answer_prefix='The answer is "')
+    served = recorded.replace(**flags.overrides())
+    assert (served.k, served.max_passage_tokens, served.answer_prefix) == (5, 50, 'The answer is "')
+    assert RAGSettingsOverrides(answer_prefix="").overrides() == {"answer_prefix": ""}
+    assert recorded.replace(answer_prefix="").answer_prefix is None  # "" means none
 
 
 @pytest.mark.parametrize("script", ["bporag", "rpo", "gpo", "build_rpo_pairs", "build_gpo_pairs", "evaluate", "index"])

@@ -1,5 +1,6 @@
 """GPO: GenerationPreferenceBuilder, seeded sampling, TRL DPOTrainer on its rows, the adapter card and the pipeline."""
 
+import dataclasses
 import json
 import logging
 import math
@@ -52,6 +53,8 @@ def builder(parts, cls=GenerationPreferenceBuilder, **kw):
     r, index, corpus, gen, tok = parts
     kw.setdefault("judge", word_judge)
     kw.setdefault("num_beams", 2)
+    kw.setdefault("num_samples", 1)
+    kw.setdefault("answer_prefix", None)  # conversational rows (these tests are about them; the prefix has its own)
     return cls(r, index, corpus, gen, tok, k=3, max_new_tokens=6,
                                        batch_size=4, query_batch_size=4, **kw)
 
@@ -219,7 +222,7 @@ def test_plain_text_rows_without_a_chat_template(tiny_st, tmp_path):
     r = Retriever(tiny_st)
     gen, tok = load_generator(build_tiny_generator(tmp_path / "gen", chat_template=False))
     b = GenerationPreferenceBuilder(r, DenseIndex.from_corpus(r, corpus), corpus, gen, tok, k=2, num_beams=2,
-                                    max_new_tokens=5, judge=word_judge)
+                                    num_samples=1, max_new_tokens=5, judge=word_judge, answer_prefix=None)
     pairs = b.build(make_split())
     assert len(pairs) and isinstance(pairs[0]["prompt"], str) and pairs[0]["prompt"].endswith("Answer:")
     assert pairs[0]["chosen"].startswith(" ")
@@ -328,8 +331,10 @@ def test_bporag_end_to_end_with_tiny_models(tmp_path, tiny_retriever_dir, tiny_g
     monkeypatch.syspath_prepend(str(REPO / "examples"))
     import bporag
 
+    from trl_bporag.settings import RAGSettings
+
     # the tiny random generator never hits a gold answer (all F1 ties): judge its words instead
-    monkeypatch.setattr(bporag, "GenerationPreferenceBuilder",
+    monkeypatch.setattr(bporag.build_gpo_pairs, "GenerationPreferenceBuilder",
                         functools.partial(GenerationPreferenceBuilder, judge=word_judge))
 
     corpus = make_corpus(60)
@@ -339,12 +344,13 @@ def test_bporag_end_to_end_with_tiny_models(tmp_path, tiny_retriever_dir, tiny_g
     out = tmp_path / "run"
     args = bporag.BPORAGArguments(
         dataset=str(tmp_path / "qa"), eval_datasets=f"{tmp_path / 'qa_test'}:test", output_dir=str(out),
-        retriever=tiny_retriever_dir, generator=tiny_generator_dir, k=3, rpo_queries=10, rpo_top_n=20,
-        rpo_num_perturbations=4, rpo_batch_size=4, rpo_learning_rate=1e-3, gpo_queries=10, num_samples=2,
-        gpo_learning_rate=1e-2, gpo_batch_size=2, gpo_grad_accum=1, lora_r=4, lora_alpha=8, max_length=256,
-        max_new_tokens=6, eval_queries=5, bf16=False, plot=False,
+        retriever=tiny_retriever_dir, generator=tiny_generator_dir, rpo_queries=10, rpo_top_n=20,
+        rpo_num_perturbations=4, rpo_batch_size=4, rpo_mini_batch_size=8, rpo_learning_rate=1e-3, gpo_queries=10,
+        num_samples=2, gpo_learning_rate=1e-2, gpo_batch_size=2, gpo_grad_accum=1, lora_r=4, lora_alpha=8,
+        max_length=256, eval_queries=5, dtype="float32", plot=False,
     )
-    results = bporag.main(args)
+    settings = RAGSettings(k=3, max_new_tokens=6)
+    results = bporag.main(args, settings)
     assert [r["row"] for r in results["rows"]] == list(bporag.ROWS)
     rows = {r["row"]: r for r in results["rows"]}
     assert rows["+RPO"]["retriever"] == rows["BPO-RAG"]["retriever"] == str(out / "retriever-rpo")
@@ -376,12 +382,20 @@ def test_bporag_end_to_end_with_tiny_models(tmp_path, tiny_retriever_dir, tiny_g
     curve = json.loads((out / "generator-gpo" / "train_curve.json").read_text())
     assert curve["steps"] >= 1 and math.isfinite(curve["train_loss"]) and curve["train_pairs"] >= 1
     stamp = (out / "generator-gpo" / "adapter_model.safetensors").stat().st_mtime_ns
-    bporag.main(args)  # the rerun reuses every artifact
+    bporag.main(args, settings)  # the rerun reuses every artifact
+    assert (out / "generator-gpo" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+    # a rerun with other flags reuses nothing silently: the first stage made with other settings is named
+    with pytest.raises(ValueError, match=r"rpo-pairs: was made with other settings .*k: made with 3, asked for 2"):
+        bporag.main(args, RAGSettings(k=2, max_new_tokens=6))
+    changed = dataclasses.replace(args, gpo_beta=0.1)
+    with pytest.raises(ValueError, match=r"generator-gpo: was made with other settings .*beta: made with 0\.5, "
+                                         r"asked for 0\.1.*--overwrite"):
+        bporag.main(changed, settings)
     assert (out / "generator-gpo" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
 
     # the ablation: the +GPO row's generator aligned under the base retriever, a second adapter
     args.gpo_ablation = "separate"
-    rows = {r["row"]: r for r in bporag.main(args)["rows"]}
+    rows = {r["row"]: r for r in bporag.main(args, settings)["rows"]}
     ablation = out / "generator-gpo-base-retriever"
     assert rows["+GPO"]["generator"] == str(ablation)
     assert rows["BPO-RAG"]["generator"] == str(out / "generator-gpo")
@@ -417,25 +431,26 @@ def test_bporag_table_and_chart_show_cis_and_leave_out_all_zero_metrics(tmp_path
     assert drawn == {"toy": ["recall@1", "f1"]} and (tmp_path / "results.png").stat().st_size > 0
 
 
-def test_stock_dpo_trainer_push_sends_adapter_card_and_bporag_config(tmp_path, tiny_generator_dir, fake_hub):
-    """GPO adapter push: stock DPOTrainer.push_to_hub with add_bporag_card sends the adapter, the card naming the
-    retriever and k, and bporag_config.json; what was sent loads back as base + adapter."""
+def test_gpo_trainer_push_sends_adapter_card_and_bporag_config(tmp_path, tiny_generator_dir, fake_hub):
+    """GPO adapter push: GPOTrainer (a DPOTrainer whose cards record the BPO-RAG settings) .push_to_hub sends the
+    adapter, the card naming the retriever and k, and bporag_config.json; what was sent loads back as base +
+    adapter."""
     from peft import LoraConfig
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     from trl_bporag.hub import snapshot
-    from trl_bporag.trainers import add_bporag_card
+    from trl_bporag.trainers import GPOConfig, GPOTrainer
 
     model, tok = load_generator(tiny_generator_dir)
     rows = [{"prompt": [{"role": "user", "content": "what is the capital of france"}],
              "chosen": [{"role": "assistant", "content": "paris"}],
              "rejected": [{"role": "assistant", "content": "rome is the capital"}]}] * 4
-    args = DPOConfig(output_dir=str(tmp_path / "gpo"), per_device_train_batch_size=2, max_steps=1, bf16=False,
-                     use_cpu=True, report_to="none", save_strategy="no", learning_rate=1e-2, push_to_hub=True,
-                     hub_model_id="user/gpo-adapter")
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
-    add_bporag_card(trainer, {"retriever": "user/retriever-rpo", "k": 5})
+    args = GPOConfig(output_dir=str(tmp_path / "gpo"), per_device_train_batch_size=2, max_steps=1,
+                     learning_rate=1e-2, push_to_hub=True, hub_model_id="user/gpo-adapter")
+    trainer = GPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]),
+                         bporag_config={"retriever": "user/retriever-rpo", "k": 5})
+    assert isinstance(trainer, DPOTrainer)
     trainer.train()
     trainer.push_to_hub(dataset_name="user/gpo-pairs")
     files = set(fake_hub.files("user/gpo-adapter"))
@@ -443,11 +458,13 @@ def test_stock_dpo_trainer_push_sends_adapter_card_and_bporag_config(tmp_path, t
     sent = snapshot("user/gpo-adapter")
     card = (sent / "README.md").read_text()
     assert "## BPO-RAG" in card and "`user/retriever-rpo`" in card and "| k | `5` |" in card
-    assert json.loads((sent / "bporag_config.json").read_text()) == {"retriever": "user/retriever-rpo", "k": 5}
+    assert json.loads((sent / "bporag_config.json").read_text()) == {"format_version": 1,
+                                                                     "retriever": "user/retriever-rpo", "k": 5}
     loaded, _ = load_generator(str(sent))
     assert type(loaded).__name__.startswith("Peft")
     with pytest.raises(ValueError, match="retriever"):
-        add_bporag_card(trainer, {"k": 5})
+        GPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                   bporag_config={"k": 5})
 
 
 SCRIPT = '''
@@ -478,7 +495,7 @@ def test_one_and_two_processes_give_the_same_gpo_pairs(tmp_path, tiny_retriever_
     write_beir(tmp_path / "data", make_corpus(), make_split(), "train")
     (tmp_path / "build.py").write_text(SCRIPT)
     args = [str(tmp_path / "build.py"), str(tmp_path / "data"), tiny_retriever_dir, tiny_generator_dir]
-    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": os.environ["PATH"]}
+    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRL_BPORAG_CPU_BF16": "0", "PATH": os.environ["PATH"]}
     one = subprocess.run([sys.executable, *args, str(tmp_path / "one")], capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr[-2000:]
     two = run_two(*args, str(tmp_path / "two"), outputs=[tmp_path / "two"], env=env)

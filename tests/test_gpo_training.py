@@ -1,4 +1,4 @@
-"""GPO training defaults (gpo_defaults + gpo_lora_config with stock TRL DPOTrainer) and the evaluation statistics
+"""GPO training defaults (GPOConfig + gpo_lora_config with TRL's DPOTrainer) and the evaluation statistics
 (per-query metrics, paired bootstrap CIs) and stage log that examples/bporag.py reports."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from datasets import Dataset
 from trl_bporag import load_generator
 from trl_bporag.metrics import answer_metrics, paired_bootstrap_ci, per_query_metrics, retrieval_metrics
 from trl_bporag.monitor import PeakRSS, StageLog
-from trl_bporag.trainers import GPO_MAX_LENGTH, gpo_defaults, gpo_lora_config
+from trl_bporag.trainers import GPO_MAX_LENGTH, GPOConfig, gpo_lora_config
 
 
 # --- paired bootstrap ----------------------------------------------------------------------------------------------
@@ -92,14 +92,18 @@ def test_stage_log_announces_and_measures_a_stage(capsys):
 
 
 # --- GPO training --------------------------------------------------------------------------------------------------
-def test_gpo_defaults_are_valid_dpo_settings_and_lora_targets_the_top_layers(tiny_generator_dir):
+def test_gpo_config_is_a_dpo_config_with_the_gpo_recipe_and_lora_targets_the_top_layers(tiny_generator_dir):
     from trl import DPOConfig
 
-    d = gpo_defaults(cuda=False)
-    assert d["precompute_ref_log_probs"] and d["per_device_train_batch_size"] == 1 and d["beta"] > 0.1
-    assert d["max_length"] == GPO_MAX_LENGTH and d["use_cpu"] and d["bf16"]
-    config = DPOConfig(output_dir="unused", **d)
-    assert not config.gradient_checkpointing and config.learning_rate == d["learning_rate"]
+    config = GPOConfig(output_dir="unused")
+    assert isinstance(config, DPOConfig)
+    assert config.precompute_ref_log_probs and config.per_device_train_batch_size == 1 and config.beta == 0.5
+    assert config.learning_rate == 5e-4 and config.loss_type == ["sigmoid", "sft"] and config.logging_steps == 5
+    assert config.max_length == GPO_MAX_LENGTH and config.use_cpu and config.bf16 is False  # no native bf16 (conftest)
+    assert not config.gradient_checkpointing and config.report_to in ([], "none", ["none"])
+    assert GPOConfig(output_dir="unused", beta=0.1, loss_type="sigmoid").loss_type == ["sigmoid"]  # flags win
+    with pytest.raises(ValueError, match="beta: expected a number > 0"):
+        GPOConfig(output_dir="unused", beta=-1.0)
     model, _ = load_generator(tiny_generator_dir)
     lora = gpo_lora_config(top_layers=1, model=model)
     assert lora.layers_to_transform == [1] and set(lora.target_modules) >= {"q_proj", "down_proj"}
@@ -112,10 +116,10 @@ def test_gpo_defaults_are_valid_dpo_settings_and_lora_targets_the_top_layers(tin
         gpo_lora_config(top_layers=0, model=model)
 
 
-def test_gpo_defaults_train_a_tiny_generator_below_log2_and_move_only_top_layer_lora(tiny_generator_dir, tmp_path):
-    """Stock DPOTrainer with gpo_defaults (precomputed reference, batch 1, beta 0.5) and LoRA on the last layer:
-    the DPO loss falls clearly below log 2, the adapter of the last layer moves and nothing else does."""
-    from trl import DPOConfig, DPOTrainer
+def test_gpo_config_trains_a_tiny_generator_below_log2_and_move_only_top_layer_lora(tiny_generator_dir, tmp_path):
+    """Stock DPOTrainer with GPOConfig (precomputed reference, batch 1, beta 0.5; the DPO term alone here) and LoRA on
+    the last layer: the DPO loss falls clearly below log 2, the adapter of the last layer moves and nothing else."""
+    from trl import DPOTrainer
 
     model, tok = load_generator(tiny_generator_dir)
     rows = []
@@ -123,9 +127,8 @@ def test_gpo_defaults_train_a_tiny_generator_below_log2_and_move_only_top_layer_
         prompt = [{"role": "user", "content": f"what is the capital of {country} ?"}]
         rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": city}],
                      "rejected": [{"role": "assistant", "content": f"the capital of {country} is a city"}]})
-    d = gpo_defaults(cuda=False)
-    d.update(bf16=False, learning_rate=2e-2, logging_steps=1, max_length=64)
-    config = DPOConfig(output_dir=str(tmp_path), num_train_epochs=6, seed=0, **d)
+    config = GPOConfig(output_dir=str(tmp_path), num_train_epochs=6, seed=0, learning_rate=2e-2, logging_steps=1,
+                       max_length=64, loss_type=["sigmoid"])
     trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=gpo_lora_config(r=4, alpha=8, top_layers=1, model=model))
     assert trainer.ref_model is None and "ref_chosen_logps" in trainer.train_dataset.column_names

@@ -121,7 +121,7 @@ def test_pairs_push_and_load_dataset_round_trip(tmp_path, tiny_st, toy_corpus, t
     retriever = Retriever(tiny_st)
     index = DenseIndex.from_corpus(retriever, toy_corpus)
     builder = RetrievalPreferenceBuilder(retriever, index, toy_corpus, judge="answer_hit", k=2, top_n=5,
-                                         num_perturbations=4)
+                                         num_perturbations=4, pairing="vs_original")
     pairs = builder.build(toy_split)
     assert len(pairs) > 0
     push_pairs_to_hub(pairs, "user/rpo-pairs", description=builder.describe())
@@ -134,10 +134,21 @@ def test_pairs_push_and_load_dataset_round_trip(tmp_path, tiny_st, toy_corpus, t
                                 "data_files": [{"split": "train", "path": "data/train-*.parquet"}]}]
     assert meta["bporag_builder"]["k"] == 2 and meta["bporag_stats"]["pairs"] == len(pairs)
     assert "rpo-pairs" in meta["tags"]
-    back = load_dataset(str(repo), split="train")
+    back = load_dataset(str(repo), split="train", cache_dir=str(tmp_path / "ds-cache"))
     assert back.to_list() == pairs.to_list()
     with pytest.raises(ValueError, match="missing column 'rejected'"):
         push_pairs_to_hub(pairs.remove_columns("rejected"), "user/bad")
+    # listwise rows (the default recipe) push and read back too
+    listwise = RetrievalPreferenceBuilder(retriever, index, toy_corpus, judge="answer_hit", k=2, top_n=5,
+                                          num_perturbations=4)
+    rows = listwise.build(toy_split)
+    assert "lists" in rows.column_names and len(rows)
+    push_pairs_to_hub(rows, "user/rpo-listwise", description=listwise.describe())
+    assert load_dataset(str(fake_hub.repo_dir("user/rpo-listwise", "dataset")), split="train",
+                        cache_dir=str(tmp_path / "ds-cache")).to_list() == \
+        rows.to_list()
+    with pytest.raises(ValueError, match="missing column 'list_scores'"):
+        push_pairs_to_hub(rows.remove_columns("list_scores"), "user/bad")
 
 
 def test_build_rpo_pairs_script_push(tmp_path, tiny_retriever_dir, toy_corpus, toy_split, fake_hub, capsys):
@@ -152,15 +163,18 @@ def test_build_rpo_pairs_script_push(tmp_path, tiny_retriever_dir, toy_corpus, t
     finally:
         del sys.modules["build_rpo_pairs"]
     args = script.BuildArguments(dataset=str(tmp_path / "data"), output_dir=str(tmp_path / "pairs"),
-                                 retriever=tiny_retriever_dir, judge="answer_hit", k=2, top_n=5,
-                                 index_dir=str(tmp_path / "index"), push_to_hub="user/script-pairs")
-    script.main(args)
+                                 retriever=tiny_retriever_dir, index_dir=str(tmp_path / "index"),
+                                 push_to_hub="user/script-pairs")
+    from trl_bporag.settings import RAGSettings, RPOPairSettings
+
+    script.main(args, RPOPairSettings(judge="answer_hit", top_n=5), RAGSettings(k=2))
     repo = fake_hub.repo_dir("user/script-pairs", "dataset")
     assert fake_hub.files("user/script-pairs", "dataset") == ["README.md", "data/train-00000-of-00001.parquet",
                                                               "stats.json"]
     from datasets import load_from_disk
 
-    assert load_dataset(str(repo), split="train").to_list() == load_from_disk(str(tmp_path / "pairs")).to_list()
+    pushed = load_dataset(str(repo), split="train", cache_dir=str(tmp_path / "ds-cache"))
+    assert pushed.to_list() == load_from_disk(str(tmp_path / "pairs")).to_list()
     # the next stage reads the builder's settings from the Hub as from the local folder
     from trl_bporag.artifacts import read_bporag_config, read_stage_config
 

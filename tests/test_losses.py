@@ -148,15 +148,21 @@ def test_listwise_rows_are_checked(tmp_path, tiny_st):
                                                  report_to=[], use_cpu=True), train_dataset=good)
 
 
-def test_answer_log_likelihood_matches_a_direct_computation(tiny_generator_dir):
+@pytest.mark.parametrize("prefix", [None, 'The answer is "'])
+def test_answer_log_likelihood_matches_a_direct_computation(tiny_generator_dir, prefix, monkeypatch):
+    """One forward pass over prompt + answer per (window, distinct gold), against the judge's shared KV cache: windows
+    of one question that share their first passages (read once), a window repeated, and two questions."""
     model, tok = load_generator(tiny_generator_dir)
     model.float()
-    questions = ["what is the capital of france", "which river"]
-    windows = [["paris is the capital of france", "rome is in italy"], ["the seine is a river"]]
-    answers = [["Paris", "paris", "the city of paris"], ["seine"]]
-    got = answer_log_likelihood(model, tok, questions, windows, answers, max_passage_tokens=32, batch_size=2)
+    questions = ["what is the capital of france"] * 4 + ["which river"]
+    windows = [["paris is the capital of france", "rome is in italy"], ["paris is the capital of france", "a river"],
+               ["rome is in italy", "paris is the capital of france"], ["paris is the capital of france", "a river"],
+               ["the seine is a river"]]
+    answers = [["Paris", "paris", "the city of paris"]] * 4 + [["seine"]]
+    got = answer_log_likelihood(model, tok, questions, windows, answers, max_passage_tokens=32, answer_prefix=prefix)
+    assert got[1] == got[3] and len(set(got)) == 4
     for q, w, golds, value in zip(questions, windows, answers, got):
-        prompt = tok(build_prompt(tok, q, w, 32), add_special_tokens=False)["input_ids"]
+        prompt = tok(build_prompt(tok, q, w, 32, answer_prefix=prefix), add_special_tokens=False)["input_ids"]
         best = -float("inf")
         distinct = ["Paris", "the city of paris"] if len(golds) == 3 else golds  # "paris" normalises like "Paris"
         for a in distinct:
@@ -166,9 +172,12 @@ def test_answer_log_likelihood_matches_a_direct_computation(tiny_generator_dir):
             lp = torch.log_softmax(logits[len(prompt) - 1:-1], -1).gather(1, torch.tensor(ids)[:, None]).mean()
             best = max(best, float(lp))
         assert value == pytest.approx(best, abs=1e-4)
-    # batch size and order do not change the values
-    again = answer_log_likelihood(model, tok, questions[::-1], windows[::-1], answers[::-1], 32, batch_size=1)
+    # the order of the windows does not change the values, nor does a model whose cache cannot be cut (read whole)
+    again = answer_log_likelihood(model, tok, questions[::-1], windows[::-1], answers[::-1], 32, answer_prefix=prefix)
     assert again[::-1] == pytest.approx(got, abs=1e-4)
+    monkeypatch.setattr("trl_bporag.generation._plain_kv_cache", lambda m: False)
+    whole = answer_log_likelihood(model, tok, questions, windows, answers, 32, answer_prefix=prefix)
+    assert whole == pytest.approx(got, abs=1e-4)
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo", "robust"])

@@ -24,7 +24,8 @@ def pipe(tiny_st, tiny_generator_dir, toy_corpus):
 def test_prompt_uses_chat_template_and_truncates_passages_only(tiny_generator_dir):
     _, tok = load_generator(tiny_generator_dir)
     long = " ".join(["paris"] * 50)
-    prompt = build_prompt(tok, "what is the capital of france", [long, "rome"], max_passage_tokens=5)
+    prompt = build_prompt(tok, "what is the capital of france", [long, "rome"], max_passage_tokens=5,
+                          answer_prefix=None)
     assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
     assert "Passage 1: paris paris paris paris paris\n" in prompt and "Passage 2: rome" in prompt
     assert "Question: what is the capital of france" in prompt
@@ -49,14 +50,15 @@ def test_batched_generation_matches_one_by_one(tiny_generator_dir):
 def test_pipeline_answer_prefix_ends_every_prompt_and_cuts_answers_at_its_stop(pipe, toy_split):
     from trl_bporag.generation import QUOTED_ANSWER_PREFIX, clean_answer
 
-    pipe.answer_prefix = QUOTED_ANSWER_PREFIX
+    pipe.settings = pipe.settings.replace(answer_prefix=QUOTED_ANSWER_PREFIX)
     ids, _ = pipe.retrieve(toy_split.questions)
     prompts = pipe.prompts(toy_split.questions, ids)
     assert all(p.endswith("<|im_start|>assistant\n" + QUOTED_ANSWER_PREFIX) for p in prompts)
     raw = generate(pipe.generator, pipe.tokenizer, prompts, max_new_tokens=pipe.max_new_tokens, clean=False)
     assert pipe.answer(toy_split.questions, ids) == [clean_answer(r, '"') for r in raw]
     text = build_prompt(pipe.tokenizer, "q", ["a"], answer_prefix=QUOTED_ANSWER_PREFIX)
-    assert text == build_prompt(pipe.tokenizer, "q", ["a"]) + QUOTED_ANSWER_PREFIX
+    assert text == build_prompt(pipe.tokenizer, "q", ["a"], answer_prefix=None) + QUOTED_ANSWER_PREFIX
+    assert build_prompt(pipe.tokenizer, "q", ["a"]) == text  # the quoted prefix is the default (RAGSettings)
 
 
 def test_pipeline_retrieves_and_answers(pipe, toy_split):

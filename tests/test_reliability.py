@@ -284,7 +284,8 @@ def build(retriever_dir, output_dir=None):
     retriever = Retriever(retriever_dir)
     index = DenseIndex.from_corpus(retriever, corpus)
     builder = RetrievalPreferenceBuilder(retriever, index, corpus, judge=slow_judge, k=3, top_n=12,
-                                         perturbations="mixed", num_perturbations=5, query_batch_size=1, seed=7)
+                                         perturbations="mixed", num_perturbations=5, query_batch_size=1, seed=7,
+                                         pairing="vs_original")
     return builder, builder.build(split, output_dir=output_dir)
 
 

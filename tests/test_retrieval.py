@@ -218,7 +218,7 @@ def test_bf16_encoding_is_close_to_fp32_and_cached_apart(tiny_st, toy_corpus, tm
     assert np.min(np.sum(a * b, axis=1)) > 0.99  # ...and close (unit vectors: cosine)
     assert default_index_dir(bf16, toy_corpus) != default_index_dir(fp32, toy_corpus)
     assert DenseIndex.cached(bf16, toy_corpus).metadata["encode_dtype"] == "bfloat16"
-    with pytest.raises(ValueError, match="dtype: expected None, 'float32' or 'bfloat16'"):
+    with pytest.raises(ValueError, match="dtype: expected 'auto', 'float32', 'bfloat16' or None"):
         Retriever(tiny_st, dtype="float16")
 
 

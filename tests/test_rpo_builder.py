@@ -70,7 +70,8 @@ def test_perturbations(setup):
 
 def test_pairs_have_different_windows_and_scores(setup):
     r, index, corpus, split = setup
-    b = RetrievalPreferenceBuilder(r, index, corpus, judge="answer_hit", k=3, top_n=20, num_perturbations=6)
+    b = RetrievalPreferenceBuilder(r, index, corpus, judge="answer_hit", k=3, top_n=20, num_perturbations=6,
+                                   pairing="vs_original")
     ds = b.build(split)
     stats = b.describe()["stats"]
     assert stats["queries"] == 5 and stats["lists"] == 35
@@ -91,13 +92,13 @@ def test_degenerate_and_ties_are_counted_not_emitted(setup):
     # shuffle of a list whose window is kept: make windows equal by k = top_n - 1 and shuffling only... use a judge
     # that always ties: nothing is emitted, every non-degenerate comparison is a tie.
     b = RetrievalPreferenceBuilder(r, index, corpus, judge=lambda q, a, w: [0.5] * len(w), k=3, top_n=20,
-                                   perturbations=["drop_one", "shuffle"], num_perturbations=4)
+                                   perturbations=["drop_one", "shuffle"], num_perturbations=4, pairing="vs_original")
     ds = b.build(split)
     stats = b.describe()["stats"]
     assert len(ds) == 0 and stats["pairs"] == 0 and stats["ties"] + stats["degenerate"] == 20 and stats["ties"] >= 10
     # a judge that distinguishes every window: degenerate comparisons (same first-k set) are still dropped
     b2 = RetrievalPreferenceBuilder(r, index, corpus, judge=lambda q, a, w: [float(hash(tuple(x))) for x in w], k=19,
-                                    top_n=20, perturbations=["shuffle"], num_perturbations=3)
+                                    top_n=20, perturbations=["shuffle"], num_perturbations=3, pairing="vs_original")
     b2.build(split)
     # the window (19 of 20) changes set only when the shuffle moves the 20th passage into it
     s2 = b2.describe()["stats"]
@@ -120,12 +121,15 @@ def test_generator_judge_caches_identical_windows(setup, tiny_generator_dir):
     r, index, corpus, split = setup
     gen, tok = load_generator(tiny_generator_dir)
     kw = dict(judge="generator_f1", k=2, top_n=10, perturbations=["drop_one", "swap_one"], num_perturbations=6,
-              max_new_tokens=3)
+              max_new_tokens=3, pairing="vs_original", answer_prefix=None)
     # make the judge discriminate: the gold answer of each query is what the generator says for one window
     windows = [[0, 1], [2, 3], [0, 1], [4, 5]]
     questions = [split.questions[0]] * 4
-    said = generate(gen, tok, [build_prompt(tok, questions[0], [corpus.passage(i) for i in w], 192)
-                               for w in windows[:2]], max_new_tokens=3)
+    settings = RetrievalPreferenceBuilder(r, index, corpus, gen, tok, **kw).settings  # the prompt the judge uses
+    said = generate(gen, tok, [build_prompt(tok, questions[0], [corpus.passage(i) for i in w],
+                                            settings.max_passage_tokens, settings.system_prompt,
+                                            settings.answer_prefix) for w in windows[:2]],
+                    max_new_tokens=3, stop=settings.stop)
     assert said[0] != said[1]
     answers = [[said[0]]] * 4
     cached = RetrievalPreferenceBuilder(r, index, corpus, gen, tok, **kw)
@@ -192,7 +196,7 @@ def test_one_and_two_processes_give_the_same_pairs(setup, tmp_path, tiny_retriev
     base = ["examples/build_rpo_pairs.py", "--dataset", str(tmp_path / "data"), "--retriever", tiny_retriever_dir,
             "--judge", "answer_hit", "--k", "3", "--top_n", "20", "--perturbations", "mixed",
             "--num_perturbations", "5", "--index_dir", str(tmp_path / "index")]
-    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": __import__("os").environ["PATH"]}
+    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRL_BPORAG_CPU_BF16": "0", "PATH": __import__("os").environ["PATH"]}
     subprocess.run([sys.executable, *base, "--output_dir", str(tmp_path / "one")], cwd=REPO, check=True,
                    capture_output=True, env=env)
     two = run_two(*base, "--output_dir", str(tmp_path / "two"), outputs=[tmp_path / "two"], cwd=REPO, env=env)
@@ -204,7 +208,8 @@ def test_one_and_two_processes_give_the_same_pairs(setup, tmp_path, tiny_retriev
 
 def test_listwise_rows_hold_every_distinct_window_and_its_score(setup):
     r, index, corpus, split = setup
-    pairwise = RetrievalPreferenceBuilder(r, index, corpus, judge="answer_hit", k=3, top_n=10, num_perturbations=6)
+    pairwise = RetrievalPreferenceBuilder(r, index, corpus, judge="answer_hit", k=3, top_n=10, num_perturbations=6,
+                                          pairing="vs_original")
     listwise = RetrievalPreferenceBuilder(r, index, corpus, judge="answer_hit", k=3, top_n=10, num_perturbations=6,
                                           pairing="listwise")
     pairs, rows = pairwise.build(split), listwise.build(split)
@@ -231,7 +236,7 @@ def test_answer_likelihood_judge_scores_windows_with_the_generator(setup, tiny_g
     r, index, corpus, split = setup
     model, tok = load_generator(tiny_generator_dir)
     b = RetrievalPreferenceBuilder(r, index, corpus, model, tok, judge="answer_likelihood", k=2, top_n=6,
-                                   num_perturbations=2, max_passage_tokens=16)
+                                   num_perturbations=2, max_passage_tokens=16, pairing="vs_original")
     rows = b.build(split.head(2))
     assert len(rows) > 0 and b.describe()["stats"]["ties"] == 0  # a graded judge: no ties
     for row in rows:

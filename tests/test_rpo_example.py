@@ -73,7 +73,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, tiny_
               "--max_steps", "3", "--learning_rate", "1e-3", "--reference", "free", "--report_to", "none",
               "--logging_steps", "1", "--save_strategy", "steps", "--save_steps", "3", "--seed", "0",
               "--dataloader_drop_last", "true", "--train_sampling_strategy", "sequential"]
-    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PATH": __import__("os").environ["PATH"]}
+    env = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TRL_BPORAG_CPU_BF16": "0", "PATH": __import__("os").environ["PATH"]}
     one = subprocess.run([sys.executable, *common, "--per_device_train_batch_size", "8", "--output_dir",
                           str(tmp_path / "one")], cwd=REPO, capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr[-2000:]

@@ -1,78 +1,108 @@
-"""The files a stage writes for the next one to read, in one place.
+"""The files a stage writes for the next one to read, in one place: one writer and one (validated) reader each.
 
-* ``bporag_config.json`` beside a GPO adapter: the retriever, k and prompt settings the generator was aligned under.
-  :meth:`~trl_bporag.RAGPipeline.from_pretrained` reads it to rebuild the pipeline. A local retriever folder is
-  recorded **relative to the adapter folder** (``"retriever": "../retriever-rpo"``), so the two folders can move
-  together (``retriever_absolute`` is the fallback when only the adapter moved); ``retriever_hub_id`` names where the
-  retriever was pushed, for an adapter read from elsewhere.
+* ``bporag_config.json`` beside a GPO adapter: the retriever and the :class:`~trl_bporag.settings.RAGSettings` the
+  generator was aligned under. :meth:`~trl_bporag.RAGPipeline.from_pretrained` reads it to rebuild the pipeline. The
+  retriever is recorded by what resolves anywhere: its Hub id (``retriever_hub_id``) where it was pushed, and a local
+  folder **relative to the adapter folder** (``"retriever": "../retriever-rpo"``), so the two folders can move
+  together (``retriever_absolute`` is the fallback when only the adapter moved). Never by the working directory.
 * ``bporag_config.json`` in a retriever folder written by :class:`~trl_bporag.SetDPOTrainer`: its ``k`` and ``score``,
   the defaults of :meth:`~trl_bporag.RAGPipeline.from_pretrained`.
 * ``stats.json`` beside a pairs folder (written by the builders, pushed with the pairs): ``{"config": {...},
-  "stats": {...}}``; :func:`read_stage_config` reads it from a folder or a Hub data set alike.
+  "stats": {...}}``; :func:`read_stage_config` reads it from a folder or a Hub repo alike.
+
+Every reader checks its file like user data (:mod:`trl_bporag.stage_files`): an empty, unparsable or hand-edited file
+with a wrong type is a ``ValueError`` naming the file, the key, what was found and what was expected.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from .settings import RAGSettings
+from .stage_files import BPORAG_CONFIG, PAIRS_CONFIG, PAIRS_STATS, check_schema, read_stage_file
+
 logger = logging.getLogger(__name__)
 
 BPORAG_CONFIG_NAME = "bporag_config.json"
 PAIRS_STATS_NAME = "stats.json"
-#: The prompt settings a GPO adapter records in bporag_config.json and RAGPipeline.from_pretrained reuses.
-PROMPT_SETTINGS = ("system_prompt", "answer_prefix", "max_passage_tokens", "with_title")
+FORMAT_VERSION = 1
+#: The prompt settings a stage records and the next stage reuses (the fields of RAGSettings).
+PROMPT_SETTINGS = RAGSettings.names()
 
 
 def write_bporag_config(output_dir: str | os.PathLike, config: dict[str, Any]) -> Path:
     """Write ``bporag_config.json`` into ``output_dir``; a local ``retriever`` folder is stored relative to it."""
+    import json
+
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = dict(config)
+    config = {"format_version": FORMAT_VERSION, **config}
     retriever = config.get("retriever")
     if isinstance(retriever, (str, os.PathLike)) and os.path.isdir(retriever):
         config["retriever"] = os.path.relpath(os.path.abspath(retriever), os.path.abspath(out))
         config["retriever_relative_to"] = "adapter folder"
         config["retriever_absolute"] = os.path.abspath(retriever)
+    check_schema(out / BPORAG_CONFIG_NAME, config, BPORAG_CONFIG, "the BPO-RAG settings of a stage",
+                 warn_unknown=False)
     path = out / BPORAG_CONFIG_NAME
     path.write_text(json.dumps(config, indent=2))
     return path
 
 
-def read_bporag_config(path: str | os.PathLike) -> dict | None:
-    """The BPO-RAG settings of a GPO adapter folder (``bporag_config.json``) or a pairs folder (``stats.json``'s
-    ``config``); None when the folder has neither.
-
-    A retriever recorded relative to the adapter folder is returned as a path resolved from ``path``. When that folder
-    does not exist, the recorded absolute path, then ``retriever_hub_id``, are tried; otherwise a ``ValueError`` names
-    the folder that was expected (it is not a Hub id)."""
-    path = Path(path)
-    for name in (BPORAG_CONFIG_NAME, PAIRS_STATS_NAME):
-        f = path / name
-        if not f.is_file():
-            continue
-        data = json.loads(f.read_text())
-        config = dict(data.get("config", data))
-        if config.pop("retriever_relative_to", None) and config.get("retriever"):
-            local = (path / config["retriever"]).resolve()
-            absolute = config.pop("retriever_absolute", None)
-            if local.is_dir():
-                config["retriever"] = str(local)
-            elif absolute and os.path.isdir(absolute):  # the adapter moved without the retriever
-                config["retriever"] = absolute
-            elif config.get("retriever_hub_id"):
-                config["retriever"] = config["retriever_hub_id"]
-            else:
-                raise ValueError(
-                    f"{f}: the retriever was recorded as {config['retriever']!r} relative to the adapter folder, i.e. "
-                    f"{local}, which does not exist. Move the retriever folder along with the adapter, or pass "
-                    "retriever= explicitly."
-                )
+def _resolve_retriever(path: Path, file: Path, config: dict) -> dict:
+    """A retriever recorded relative to the folder, resolved from ``path``; else the absolute path, else the Hub id."""
+    if not config.pop("retriever_relative_to", None) or not config.get("retriever"):
         return config
+    local = (path / config["retriever"]).resolve()
+    absolute = config.pop("retriever_absolute", None)
+    if local.is_dir():
+        config["retriever"] = str(local)
+    elif absolute and os.path.isdir(absolute):  # the adapter moved without the retriever
+        config["retriever"] = absolute
+    elif config.get("retriever_hub_id"):
+        config["retriever"] = config["retriever_hub_id"]
+    else:
+        raise ValueError(f"{file}: the retriever was recorded as {config['retriever']!r} relative to the adapter "
+                         f"folder, i.e. {local}, which does not exist, and no retriever_hub_id names where it was "
+                         "pushed. Move the retriever folder along with the adapter, or pass retriever= explicitly.")
+    return config
+
+
+def read_bporag_config(path: str | os.PathLike) -> dict | None:
+    """The BPO-RAG settings of a GPO adapter or retriever folder (``bporag_config.json``) or of a pairs folder
+    (``stats.json``'s ``config``), checked; None when the folder has neither.
+
+    A retriever recorded relative to the adapter folder is returned as a path resolved from ``path``; when that
+    folder does not exist, the recorded absolute path, then ``retriever_hub_id``, are tried; otherwise a
+    ``ValueError`` names the folder that was expected (it is not a Hub id)."""
+    path = Path(path)
+    file = path / BPORAG_CONFIG_NAME
+    if file.exists():
+        config = dict(read_stage_file(file, BPORAG_CONFIG, "the BPO-RAG settings of a stage"))
+        return _resolve_retriever(path, file, config)
+    file = path / PAIRS_STATS_NAME
+    if file.exists():
+        data = read_stage_file(file, PAIRS_STATS, "a pair builder's configuration and counts")
+        config = dict(check_schema(file, data["config"], PAIRS_CONFIG, "the pair builder's configuration",
+                                   warn_unknown=False))
+        return _resolve_retriever(path, file, config)
     return None
+
+
+def read_pairs_stats(path: str | os.PathLike) -> dict | None:
+    """``stats.json`` of a pairs folder (``{"config", "stats"}``), checked; None when there is none."""
+    file = Path(path) / PAIRS_STATS_NAME
+    return dict(read_stage_file(file, PAIRS_STATS, "a pair builder's configuration and counts")) if file.exists() \
+        else None
+
+
+def stage_settings(config: dict | None, where: str, defaults: RAGSettings | None = None) -> RAGSettings:
+    """The :class:`~trl_bporag.settings.RAGSettings` a stage recorded (``config`` from :func:`read_bporag_config`);
+    the settings it does not record keep ``defaults``. ``where`` names the file in errors."""
+    return RAGSettings.from_dict(config or {}, where=f"{where}: ", defaults=defaults)
 
 
 def read_stage_config(name_or_path: str | os.PathLike, repo_type: str = "dataset") -> dict | None:
@@ -83,7 +113,8 @@ def read_stage_config(name_or_path: str | os.PathLike, repo_type: str = "dataset
     from .hub import snapshot
 
     try:
-        folder = snapshot(name_or_path, repo_type=repo_type, allow_patterns=[BPORAG_CONFIG_NAME, PAIRS_STATS_NAME])
+        folder = snapshot(str(name_or_path), repo_type=repo_type,
+                          allow_patterns=[BPORAG_CONFIG_NAME, PAIRS_STATS_NAME])
     except ValueError as err:
         logger.warning("No BPO-RAG settings read from %s: %s", name_or_path, err)
         return None

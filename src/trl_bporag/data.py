@@ -141,6 +141,17 @@ class QASplit:
             return self
         return QASplit(self.ids[:n], self.questions[:n], self.answers[:n], self.gold_ids[:n], self.name)
 
+    def slice(self, start: int = 0, stop: int | None = None) -> QASplit:
+        """The queries ``start:stop`` (e.g. questions the RPO pairs did not use, for the GPO pairs)."""
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ValueError(f"query_offset: expected an integer >= 0, got {start!r}")
+        if start >= len(self):
+            raise ValueError(f"query_offset: {start} is past the split's {len(self)} queries")
+        if start == 0 and stop is None:
+            return self
+        return QASplit(self.ids[start:stop], self.questions[start:stop], self.answers[start:stop],
+                       self.gold_ids[start:stop], self.name)
+
     def fingerprint(self) -> str:
         """sha256 over ids, questions, answers and gold passage ids, order included."""
         h = hashlib.sha256()

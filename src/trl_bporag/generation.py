@@ -14,15 +14,8 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from .settings import DEFAULT_SYSTEM_PROMPT, DEFAULTS, QUOTED_ANSWER_PREFIX  # noqa: F401 (re-exported)
 from .utils import stable_seed
-
-DEFAULT_SYSTEM_PROMPT = (
-    "You answer questions using the given passages. Reply with the answer only: a few words, no full sentence."
-)
-
-#: An answer prefix that makes small instruction models answer with a short span: the reply starts with it, the
-#: generator writes the answer and closes the quote (chosen on squad-dev *dev*, ``bench/prompt_choice.py``).
-QUOTED_ANSWER_PREFIX = 'The answer is "'
 
 _CLOSING = {'"': '"', "\u201c": "\u201d", "(": ")", "[": "]"}
 
@@ -49,7 +42,7 @@ def format_context(passages: Sequence[str]) -> str:
     return "\n\n".join(f"Passage {i}: {p}" for i, p in enumerate(passages, 1))
 
 
-def build_messages(question: str, passages: Sequence[str], system_prompt: str | None = DEFAULT_SYSTEM_PROMPT):
+def build_messages(question: str, passages: Sequence[str], system_prompt: str | None = DEFAULTS.system_prompt):
     """Conversational prompt (TRL's format): optional system message + a user message with passages and question."""
     user = f"{format_context(passages)}\n\nQuestion: {question}" if passages else f"Question: {question}"
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
@@ -64,11 +57,13 @@ def build_prompt(
     tokenizer,
     question: str,
     passages: Sequence[str],
-    max_passage_tokens: int | None = 192,
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-    answer_prefix: str | None = None,
+    max_passage_tokens: int | None = DEFAULTS.max_passage_tokens,
+    system_prompt: str | None = DEFAULTS.system_prompt,
+    answer_prefix: str | None = DEFAULTS.answer_prefix,
 ) -> str:
-    """The prompt string the generator reads: its chat template when it has one, else a plain text prompt.
+    """The prompt string the generator reads: its chat template when it has one, else a plain text prompt. The
+    defaults are :data:`trl_bporag.settings.DEFAULTS`' (:meth:`RAGSettings.prompt
+    <trl_bporag.settings.RAGSettings.prompt>` passes a settings object's).
 
     Passages (never the question) are truncated to ``max_passage_tokens`` tokens each. ``answer_prefix``: text the
     reply starts with (e.g. :data:`QUOTED_ANSWER_PREFIX`), appended after the generation prompt; the generator
@@ -155,7 +150,7 @@ def generate(
     tokenizer,
     prompts: Sequence[str],
     batch_size: int = 8,
-    max_new_tokens: int = 32,
+    max_new_tokens: int = DEFAULTS.max_new_tokens,
     num_return_sequences: int = 1,
     seed: int | None = None,
     clean: bool = True,
@@ -323,7 +318,7 @@ def generate_candidates(
     num_beams: int = 1,
     num_samples: int = 1,
     batch_size: int = 8,
-    max_new_tokens: int = 32,
+    max_new_tokens: int = DEFAULTS.max_new_tokens,
     temperature: float | None = 1.0,
     top_p: float | None = None,
     top_k: int | None = None,

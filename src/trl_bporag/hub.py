@@ -185,10 +185,12 @@ def save_pairs_for_hub(dataset, folder: str | os.PathLike, repo_id: str, descrip
     """Write the files of a pairs repo into ``folder`` and return their relative paths:
     ``data/<split>-00000-of-00001.parquet`` (the layout of ``Dataset.push_to_hub``), ``README.md`` and, with
     ``description`` (``builder.describe()``), ``stats.json``."""
-    for column in ("prompt", "chosen", "rejected"):
+    listwise = "lists" in dataset.column_names
+    for column in ("prompt", "lists", "list_scores") if listwise else ("prompt", "chosen", "rejected"):
         if column not in dataset.column_names:
             raise ValueError(f"dataset: missing column {column!r} (columns: {dataset.column_names}); "
-                             "pairs need 'prompt', 'chosen' and 'rejected'")
+                             "pairs need 'prompt', 'chosen' and 'rejected' (listwise rows: 'prompt', 'lists' and "
+                             "'list_scores')")
     folder = Path(folder)
     (folder / "data").mkdir(parents=True, exist_ok=True)
     parquet = f"data/{split}-00000-of-00001.parquet"

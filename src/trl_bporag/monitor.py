@@ -44,8 +44,9 @@ def rss_bytes() -> int:
     return value if value is not None else _lifetime_peak()
 
 
-def _trim() -> None:
-    """Give freed heap memory back to the OS (glibc), so that the next block starts from a tight resident size."""
+def return_freed_memory() -> None:
+    """Give freed heap memory back to the OS (glibc's ``malloc_trim``; a no-op elsewhere): pages freed in the middle
+    of the heap stay resident otherwise, and a long training run's resident size creeps up with them."""
     try:
         import ctypes
 
@@ -96,7 +97,7 @@ class PeakRSS:
     ``seconds``, ``resettable`` (False: ``peak`` is the process-lifetime peak)."""
 
     def __enter__(self):
-        _trim()
+        return_freed_memory()
         self.resettable = True
         try:
             with open("/proc/self/clear_refs", "w") as fh:
@@ -126,7 +127,7 @@ class _Sampler:
         import threading
 
         gc.collect()
-        _trim()
+        return_freed_memory()
         self.start = rss_bytes()
         self.hwm_start = _peak_so_far()
         self.peak = self.start

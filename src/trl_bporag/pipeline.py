@@ -9,14 +9,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from .data import Corpus, QASplit
-from .generation import DEFAULT_SYSTEM_PROMPT, answer_stop, build_prompt, generate
+from .generation import generate
 from .metrics import answer_metrics, per_query_metrics, retrieval_metrics
 from .retrieval import DenseIndex, Retriever
+from .settings import RAGSettings, UsesRAGSettings, resolve_settings
 
 logger = logging.getLogger(__name__)
 
 
-class RAGPipeline:
+class RAGPipeline(UsesRAGSettings):
     """Retrieve-then-generate.
 
     Args:
@@ -25,46 +26,29 @@ class RAGPipeline:
         corpus: the :class:`~trl_bporag.data.Corpus` whose passage texts the generator reads.
         generator: a causal LM (optional: without it the pipeline only retrieves).
         tokenizer: the generator's tokenizer (required with ``generator``).
-        k: passages given to the generator.
-        with_title: the generator reads ``title + " " + text`` (as the retriever does by default).
-        max_new_tokens: answer length limit.
+        settings: what the generator reads and how it answers (:class:`~trl_bporag.settings.RAGSettings`: k, the
+            passage token budget, system prompt, answer prefix, titles, max new tokens); default
+            :data:`~trl_bporag.settings.DEFAULTS`.
         batch_size: generation batch size.
-        max_passage_tokens: each passage is cut to this many tokens in the prompt.
-        system_prompt: the system message (:func:`~trl_bporag.generation.build_prompt`).
-        answer_prefix: text the generator's reply starts with; the answer is what it writes after it, up to
-            :func:`~trl_bporag.generation.answer_stop`.
+        **overrides: any of the settings by name (``k=3``, ``answer_prefix=None``, ...), applied on ``settings``.
+
+    The settings are also readable as attributes (``pipe.k``, ``pipe.answer_prefix``, ...); to change one,
+    ``pipe.settings = pipe.settings.replace(k=3)``.
     """
 
-    def __init__(
-        self,
-        retriever,
-        index: DenseIndex,
-        corpus: Corpus,
-        generator=None,
-        tokenizer=None,
-        k: int = 5,
-        with_title: bool = True,
-        max_new_tokens: int = 32,
-        batch_size: int = 8,
-        max_passage_tokens: int | None = 192,
-        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-        answer_prefix: str | None = None,
-    ):
+    def __init__(self, retriever, index: DenseIndex, corpus: Corpus, generator=None, tokenizer=None,
+                 settings: RAGSettings | None = None, batch_size: int = 8, **overrides):
         if not isinstance(retriever, Retriever):
             retriever = Retriever(retriever)
-        index.check_compatible(retriever, corpus, with_title)  # same passages; where recorded, same model and texts
+        settings = resolve_settings(settings, **overrides)
+        index.check_compatible(retriever, corpus, settings.with_title)  # same passages; where recorded, same model
         if (generator is None) != (tokenizer is None):
             raise ValueError("generator and tokenizer go together: pass both or neither")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k: expected a positive integer, got {k!r}")
-        if k > len(corpus):
-            raise ValueError(f"k: {k} passages per question, but the corpus holds only {len(corpus)}")
+        if settings.k > len(corpus):
+            raise ValueError(f"k: {settings.k} passages per question, but the corpus holds only {len(corpus)}")
         self.retriever, self.index, self.corpus = retriever, index, corpus
         self.generator, self.tokenizer = generator, tokenizer
-        self.k, self.with_title = k, with_title
-        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
-        self.max_passage_tokens, self.system_prompt = max_passage_tokens, system_prompt
-        self.answer_prefix = answer_prefix
+        self.settings, self.batch_size = settings, batch_size
 
     @classmethod
     def from_pretrained(
@@ -75,51 +59,62 @@ class RAGPipeline:
         index_dir: str | None = None,
         cache_index: bool = True,
         index_type: str = "flat",
-        k: int | None = None,
         score: str | None = None,
-        generator_dtype="bfloat16",
-        **kwargs,
+        generator_dtype="auto",
+        settings: RAGSettings | None = None,
+        batch_size: int = 8,
+        overwrite_index: bool | None = None,
+        **overrides,
     ) -> RAGPipeline:
         """Build from ids/folders: a retriever (e.g. an RPO-tuned sentence-transformers folder) and a generator (a
-        model id or folder, or a PEFT adapter folder, loaded on top of its base). The corpus is indexed and the
-        index saved in ``index_dir`` (default with ``cache_index``: :func:`~trl_bporag.retrieval.index.default_index_dir`);
-        a saved index is reused when model and corpus are unchanged.
+        model id or folder, or a PEFT adapter folder or Hub repo, loaded on top of its base). The corpus is indexed
+        and the index saved in ``index_dir`` (default with ``cache_index``:
+        :func:`~trl_bporag.retrieval.index.default_index_dir`); a saved index is reused when model and corpus are
+        unchanged.
 
-        A GPO adapter folder holds ``bporag_config.json`` (the retriever and k it was aligned under): with
-        ``retriever=None`` / ``k=None`` those are used, so ``from_pretrained(generator="runs/gpo", corpus=...)``
-        rebuilds the BPO-RAG pipeline (Eq. 8-9). Otherwise k comes from the retriever folder's ``bporag_config.json``
-        (written by :class:`~trl_bporag.SetDPOTrainer`), else 5; the retriever defaults to all-MiniLM-L6-v2. ``score``
-        defaults to the retriever's own similarity function (what the trainer saved; cosine for most models).
+        A GPO adapter (a folder or a Hub id) holds ``bporag_config.json`` (the retriever and the settings it was
+        aligned under): with ``retriever=None`` that retriever is used (by its Hub id when the adapter came from the
+        Hub), and its settings (k, prompt, answer prefix, passage budget) are the defaults, so
+        ``from_pretrained(generator="runs/gpo", corpus=...)`` rebuilds the BPO-RAG pipeline (Eq. 8-9). An explicit
+        ``retriever=`` wins, with a warning when it is not the aligned one. Otherwise k comes from the retriever
+        folder's ``bporag_config.json`` (written by :class:`~trl_bporag.SetDPOTrainer`). ``settings`` and the
+        setting keywords (``k=3``, ...) override what was recorded. ``score`` defaults to the retriever's own
+        similarity function (what the trainer saved; cosine for most models).
 
-        ``generator_dtype`` defaults to bfloat16, as in the example scripts (about 2x faster than float32 on a CPU;
-        answers can differ from float32 in rare near-ties); pass ``"float32"`` or None for the model's own dtype."""
+        ``generator_dtype`` defaults to ``"auto"``: bf16 where the device computes it natively (about 2x faster than
+        float32 on a CPU with AVX512-BF16 / AMX; answers can differ from float32 in rare near-ties), else float32
+        (:func:`trl_bporag.hardware.compute_dtype`); pass ``"bfloat16"`` / ``"float32"`` to choose, or None for the
+        model's own dtype. The retriever encodes the same way (``Retriever(dtype="auto")``). ``overwrite_index``
+        replaces an index of another model in ``index_dir`` (see :meth:`~trl_bporag.retrieval.DenseIndex.cached`)."""
         import os
 
-        from .artifacts import BPORAG_CONFIG_NAME, PROMPT_SETTINGS, read_bporag_config
-        from .models import DEFAULT_RETRIEVER, load_generator
+        from .artifacts import read_bporag_config, read_stage_config, stage_settings
+        from .models import DEFAULT_RETRIEVER, is_packaged_id, load_generator
 
         if corpus is None:
             raise ValueError("corpus: a Corpus to retrieve from is required")
-        aligned = {}
-        if generator and os.path.isfile(os.path.join(str(generator), BPORAG_CONFIG_NAME)):
-            aligned = read_bporag_config(generator) or {}
+        aligned = None
+        if generator and (os.path.isdir(str(generator)) or not is_packaged_id(str(generator))):
+            aligned = read_stage_config(str(generator), repo_type="model")  # a folder or a Hub repo's config only
         if retriever is None:
-            retriever = aligned.get("retriever") or DEFAULT_RETRIEVER
-        elif aligned.get("retriever") and str(retriever) != aligned["retriever"]:
+            retriever = (aligned or {}).get("retriever") or DEFAULT_RETRIEVER
+        elif aligned and aligned.get("retriever") and str(retriever) not in (aligned["retriever"],
+                                                                             aligned.get("retriever_hub_id")):
             logger.warning("The generator %s was aligned under retriever %s; pairing it with %s", generator,
                            aligned["retriever"], retriever)
-        if k is None:
-            trained = read_bporag_config(retriever) if isinstance(retriever, str) and os.path.isdir(retriever) else None
-            k = int(aligned.get("k") or (trained or {}).get("k") or 5)
-        for key in PROMPT_SETTINGS:
-            if key in aligned and key not in kwargs:
-                kwargs[key] = aligned[key]
+        base = settings
+        if aligned is None and base is None and isinstance(retriever, str) and os.path.isdir(retriever):
+            trained = read_bporag_config(retriever)  # a trained retriever records the k it was trained for
+            base = stage_settings({"k": trained["k"]} if trained and "k" in trained else None, retriever)
+        elif aligned is not None and base is None:
+            base = stage_settings(aligned, f"{generator} (bporag_config.json)")
         ret = Retriever(retriever, score=score)
-        with_title = kwargs.get("with_title", True)
+        resolved = resolve_settings(base, **overrides)
         build = DenseIndex.cached if cache_index else DenseIndex.from_corpus
-        index = build(ret, corpus, index_dir=index_dir, index_type=index_type, with_title=with_title)
+        extra = {} if overwrite_index is None else {"overwrite": overwrite_index}
+        index = build(ret, corpus, index_dir=index_dir, index_type=index_type, with_title=resolved.with_title, **extra)
         gen, tok = load_generator(generator, torch_dtype=generator_dtype) if generator else (None, None)
-        return cls(ret, index, corpus, gen, tok, k=k, **kwargs)
+        return cls(ret, index, corpus, gen, tok, settings=resolved, batch_size=batch_size)
 
     def retrieve(self, questions: Sequence[str], k: int | None = None) -> tuple[list[list[str]], np.ndarray]:
         """Top-k passage ids per question (k defaults to the pipeline's k) and their scores."""
@@ -133,11 +128,8 @@ class RAGPipeline:
     def prompts(self, questions: Sequence[str], passage_ids: Sequence[Sequence[str]]) -> list[str]:
         if self.tokenizer is None:
             raise ValueError("this pipeline has no generator: pass generator= and tokenizer=")
-        return [
-            build_prompt(self.tokenizer, q, self.passages(ids[: self.k]), self.max_passage_tokens, self.system_prompt,
-                         self.answer_prefix)
-            for q, ids in zip(questions, passage_ids)
-        ]
+        return [self.settings.prompt(self.tokenizer, q, self.passages(ids[: self.k]))
+                for q, ids in zip(questions, passage_ids)]
 
     def answer(self, questions: Sequence[str], passage_ids: Sequence[Sequence[str]], progress: str | None = None,
                cache: dict[str, str] | None = None) -> list[str]:
@@ -151,8 +143,7 @@ class RAGPipeline:
         todo = list(dict.fromkeys(p for p in prompts if p not in cache))
         if todo:
             new = generate(self.generator, self.tokenizer, todo, batch_size=self.batch_size,
-                           max_new_tokens=self.max_new_tokens, progress=progress,
-                           stop=answer_stop(self.answer_prefix))
+                           max_new_tokens=self.max_new_tokens, progress=progress, stop=self.settings.stop)
             cache.update(zip(todo, new))
         return [cache[p] for p in prompts]
 

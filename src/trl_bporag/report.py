@@ -15,6 +15,25 @@ logger = logging.getLogger(__name__)
 TABLE_METRICS = ("recall@1", "recall@5", "recall@10", "answer_hit@5", "exact_match", "f1")
 
 
+def row_entry(base: dict, metrics: dict, per_query: dict, vanilla: dict | None, n_resamples: int = 1000,
+              seed: int = 0) -> dict:
+    """One row of ``results["rows"]``: ``base`` (dataset, row, retriever, ...), the metric means (``*_seconds``
+    left out), for a row that is not vanilla the paired bootstrap CI of each per-query metric's difference from
+    ``vanilla`` (its ``per_query``), and each mean's own bootstrap CI."""
+    from .metrics import paired_bootstrap_ci
+
+    def rounded(ci: dict) -> dict:
+        return {key: round(v, 4) if isinstance(v, float) else v for key, v in ci.items()}
+
+    entry = {**base, **{key: round(v, 4) for key, v in metrics.items() if not key.endswith("_seconds")}}
+    if vanilla is not None:
+        entry["ci_vs_vanilla"] = {m: rounded(paired_bootstrap_ci(per_query[m], vanilla[m], n_resamples=n_resamples,
+                                                                 seed=seed)) for m in per_query}
+    entry["ci_of_mean"] = {m: [round(paired_bootstrap_ci(v, [0.0] * len(v), n_resamples=n_resamples, seed=seed)[b], 4)
+                               for b in ("low", "high")] for m, v in per_query.items()}
+    return entry
+
+
 def _cell(r: dict, metric: str) -> str:
     if metric not in r:
         return "-"

@@ -29,9 +29,7 @@ from collections.abc import Callable, Sequence
 
 from ..data import Corpus
 from ..generation import (
-    DEFAULT_SYSTEM_PROMPT,
     _mix_seed,
-    answer_stop,
     build_messages,
     build_prompt,
     generate_candidates,
@@ -39,6 +37,7 @@ from ..generation import (
     truncate_passage,
 )
 from ..metrics import qa_f1
+from ..settings import GPO_DEFAULTS, RAGSettings, UsesRAGSettings, resolve_settings
 from .base import ShardedPreferenceBuilder
 
 logger = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ GPO_ROW_COLUMNS = ("prompt", "chosen", "rejected", "chosen_f1", "rejected_f1", "
                    "query_id", "passage_ids")
 
 
-class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
+class GenerationPreferenceBuilder(UsesRAGSettings, ShardedPreferenceBuilder):
     """Build GPO preference pairs (see the module docstring).
 
     Args:
@@ -58,7 +57,6 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
         corpus: the :class:`~trl_bporag.data.Corpus` the prompts' passages come from.
         generator: the generator to align (the base model for GPO).
         tokenizer: its tokenizer.
-        k: passages in the prompt.
         num_beams: beams of the beam-search answer (1: greedy).
         num_samples: sampled answers per query (temperature ``temperature``, nucleus ``top_p``, ``top_k``).
         pairing: ``"best_worst"`` (one pair per query: the best against the worst of all answers; with one sample this
@@ -67,16 +65,22 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
         judge: ``(prediction, gold_answers) -> float``; default SQuAD token F1 (max over the gold answers).
         max_length: the ``DPOConfig.max_length`` the pairs will be trained with; passages are cut so that prompt +
             ``max_new_tokens`` + 1 fits (None: only ``max_passage_tokens`` applies).
-        answer_prefix: text every answer starts with (e.g.
-            :data:`~trl_bporag.generation.QUOTED_ANSWER_PREFIX`), as in
-            :func:`~trl_bporag.generation.build_prompt`: it ends the prompt, the candidates are what the generator
-            writes after it up to :func:`~trl_bporag.generation.answer_stop`, and the rows' answers end with that stop
-            (the generator learns to close its answer). TRL's conversational rows cannot end in a started reply, so
-            these rows are plain text (the chat template already applied).
         conversational: rows in TRL's conversational format (default: when the tokenizer has a chat template and there
-            is no ``answer_prefix``).
+            is no answer prefix).
         seed: sampling seed; each query's samples come from their own stream (seed, query id), so the pairs do not
             depend on batch sizes, the number of processes or resuming.
+        batch_size: generation batch size.
+        query_batch_size: queries per step of the build loop.
+        settings: the :class:`~trl_bporag.settings.RAGSettings` of the prompts and answers (k, passage budget,
+            system prompt, answer prefix, titles, max new tokens); default :data:`~trl_bporag.settings.DEFAULTS`.
+            With an answer prefix (the default's ``The answer is "``) it ends the prompt, the candidates are what the
+            generator writes after it up to :func:`~trl_bporag.generation.answer_stop`, and the rows' answers end
+            with that stop (the generator learns to close its answer). TRL's conversational rows cannot end in a
+            started reply, so these rows are plain text (the chat template already applied).
+        **overrides: any of the settings by name (``k=3``, ``answer_prefix=None``, ...).
+
+    The defaults of ``num_beams``, ``num_samples``, ``temperature``, ``top_p``, ``pairing`` and ``max_length`` are the
+    measured recipe (:data:`trl_bporag.settings.GPO_DEFAULTS`).
 
     :meth:`build` runs it over a split (resumable, ``accelerate launch``-aware) and returns a
     :class:`datasets.Dataset`.
@@ -95,25 +99,24 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
         corpus: Corpus,
         generator,
         tokenizer,
-        k: int = 5,
-        num_beams: int = 4,
-        num_samples: int = 1,
-        temperature: float = 1.0,
-        top_p: float | None = 0.95,
+        num_beams: int = GPO_DEFAULTS.num_beams,
+        num_samples: int = GPO_DEFAULTS.num_samples,
+        temperature: float = GPO_DEFAULTS.temperature,
+        top_p: float | None = GPO_DEFAULTS.top_p,
         top_k: int | None = None,
-        pairing: str = "best_worst",
+        pairing: str = GPO_DEFAULTS.pairing,
         judge: Callable[[str, list[str]], float] | None = None,
         seed: int = 0,
-        with_title: bool = True,
         batch_size: int = 8,
-        max_new_tokens: int = 24,
-        max_passage_tokens: int | None = 192,
-        max_length: int | None = 1024,
-        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-        answer_prefix: str | None = None,
+        max_length: int | None = GPO_DEFAULTS.max_length,
         conversational: bool | None = None,
         query_batch_size: int = 32,
+        settings: RAGSettings | None = None,
+        **overrides,
     ):
+        settings = resolve_settings(settings, **overrides)
+        k, with_title, max_new_tokens, answer_prefix = (settings.k, settings.with_title, settings.max_new_tokens,
+                                                        settings.answer_prefix)
         if generator is None or tokenizer is None:
             raise ValueError("generator and tokenizer: both are required to build GPO pairs")
         if k < 1 or k > len(corpus):
@@ -140,21 +143,18 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
                              "conversational=False (plain-text rows, the chat template applied) or no answer_prefix")
         self.retriever, self.index, self.corpus = retriever, index, corpus
         self.generator, self.tokenizer = generator, tokenizer
-        self.k, self.num_beams, self.num_samples = k, num_beams, num_samples
+        self.settings, self.num_beams, self.num_samples = settings, num_beams, num_samples
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
         self.pairing, self.judge = pairing, judge or qa_f1
-        self.seed, self.with_title = seed, with_title
-        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
-        self.max_passage_tokens, self.max_length = max_passage_tokens, max_length
-        self.system_prompt, self.conversational = system_prompt, conversational
-        self.answer_prefix = answer_prefix
+        self.seed, self.batch_size, self.max_length = seed, batch_size, max_length
+        self.conversational = conversational
         self.query_batch_size = query_batch_size
         self.stats: Counter = Counter()
 
     @property
     def stop(self) -> str | None:
         """Where a candidate written after ``answer_prefix`` ends (:func:`~trl_bporag.generation.answer_stop`)."""
-        return answer_stop(self.answer_prefix)
+        return self.settings.stop
 
     # -- prompts ------------------------------------------------------------------------------------------------
     def _render(self, question: str, passages: Sequence[str]):
@@ -272,13 +272,10 @@ class GenerationPreferenceBuilder(ShardedPreferenceBuilder):
         stats = {key: int(self.stats.get(key, 0)) for key in GPO_STAT_KEYS}
         return {
             "config": {
-                "retriever": getattr(self.retriever, "model_id", None), "k": self.k, "num_beams": self.num_beams,
-                "num_samples": self.num_samples, "temperature": self.temperature, "top_p": self.top_p,
-                "top_k": self.top_k, "pairing": self.pairing, "judge": judge, "seed": self.seed,
-                "with_title": self.with_title, "max_new_tokens": self.max_new_tokens,
-                "max_passage_tokens": self.max_passage_tokens, "max_length": self.max_length,
-                "system_prompt": self.system_prompt, "answer_prefix": self.answer_prefix,
-                "conversational": self.conversational,
+                "retriever": getattr(self.retriever, "model_id", None), **self.settings.to_dict(),
+                "num_beams": self.num_beams, "num_samples": self.num_samples, "temperature": self.temperature,
+                "top_p": self.top_p, "top_k": self.top_k, "pairing": self.pairing, "judge": judge, "seed": self.seed,
+                "max_length": self.max_length, "conversational": self.conversational,
                 "generator": getattr(self.generator, "name_or_path", None),
             },
             "stats": stats,

@@ -5,8 +5,8 @@ A judge is ``judge(questions, answers, windows) -> list[float]`` over a batch; h
 * ``"generator_f1"`` (the paper): the base generator answers from the window, scored by token F1 against the golds.
   Needs a generator; built by :class:`~trl_bporag.preferences.RetrievalPreferenceBuilder`.
 * ``"answer_likelihood"``: the base generator's teacher-forced mean log-probability of the best gold answer given
-  the window (:func:`~trl_bporag.generation.answer_log_likelihood`): graded (no ties), one forward pass per window
-  and gold answer, no decoding. Needs a generator; built by the builder.
+  the window (:func:`~trl_bporag.likelihood.answer_log_likelihood`): graded (no ties), no decoding, each prompt read
+  once into a KV cache shared with the windows it begins like. Needs a generator; built by the builder.
 * ``"answer_hit"``: fraction of the window's passages that contain a gold answer (no generator; cheap).
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ..metrics import has_answer
+from ..settings import GENERATOR_JUDGES, JUDGES  # noqa: F401 (re-exported)
 
 Judge = Callable[[Sequence[str], Sequence[Sequence[str]], Sequence[Sequence[str]]], list[float]]
 
@@ -24,8 +25,6 @@ def answer_hit_judge(questions, answers, windows) -> list[float]:
     return [sum(has_answer(p, ans) for p in win) / len(win) for ans, win in zip(answers, windows)]
 
 
-JUDGES = ("generator_f1", "answer_likelihood", "answer_hit")
-GENERATOR_JUDGES = ("generator_f1", "answer_likelihood")  # need the builder's generator and tokenizer
 
 
 def get_judge(judge: str | Judge) -> str | Judge:

@@ -30,9 +30,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..data import Corpus, QASplit
-from ..generation import DEFAULT_SYSTEM_PROMPT, answer_stop, build_prompt, generate_candidates
+from ..generation import generate_candidates
 from ..likelihood import answer_log_likelihood
 from ..metrics import qa_f1
+from ..settings import PAIRINGS, RPO_DEFAULTS, RAGSettings, UsesRAGSettings, resolve_settings
 from ..utils import stable_seed
 from .base import ShardedPreferenceBuilder
 from .judges import GENERATOR_JUDGES, get_judge
@@ -45,7 +46,6 @@ RECIPES = {
     "minimal": ("swap_one", "drop_one"),
     "mixed": ("swap_one", "drop_one", "drop", "shuffle", "noise"),
 }
-PAIRINGS = ("vs_original", "best_worst", "listwise")
 STAT_KEYS = ("queries", "lists", "windows_judged", "generations", "pairs", "ties", "degenerate", "duplicates",
              "short_lists")
 LISTWISE_ROW_COLUMNS = ("prompt", "lists", "list_ids", "list_scores", "perturbations", "query_id")
@@ -57,7 +57,7 @@ def _query_seed(seed: int, query_id: str) -> np.random.Generator:
     return np.random.default_rng(stable_seed(seed, query_id))
 
 
-class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
+class RetrievalPreferenceBuilder(UsesRAGSettings, ShardedPreferenceBuilder):
     """Build RPO preference pairs (see the module docstring).
 
     Args:
@@ -66,25 +66,31 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
         corpus: the :class:`~trl_bporag.data.Corpus`.
         generator: the base generator (needed by the ``generator_f1`` judge).
         tokenizer: its tokenizer.
-        judge: ``"generator_f1"`` (paper), ``"answer_likelihood"`` (the generator's mean log-probability of the best
-            gold answer given the window: graded, one forward pass, no decoding), ``"answer_hit"`` or a callable
-            ``(questions, answers, windows) -> scores``.
-        k: window size (the generator reads the first k passages).
+        judge: ``"answer_hit"`` (default: the answer containment of the window's passages, no generator),
+            ``"generator_f1"`` (the paper), ``"answer_likelihood"`` (the generator's mean log-probability of the best
+            gold answer given the window: graded, no decoding) or a callable ``(questions, answers, windows) ->
+            scores``. The defaults of ``judge``, ``perturbations``, ``num_perturbations``, ``pairing`` and ``top_n``
+            are the measured best recipe (:data:`trl_bporag.settings.RPO_DEFAULTS`).
         top_n: depth of the original list.
         perturbations: a recipe name (``"paper"``, ``"minimal"``, ``"mixed"``) or a list of perturbation names; the
             perturbed lists cycle through them.
         num_perturbations: perturbed lists per query.
-        pairing: ``"vs_original"`` (each perturbed list against the original: several pairs per query) or
-            ``"best_worst"`` (one pair per query: best against worst window, the paper's choice) or ``"listwise"``
+        pairing: ``"listwise"`` (default), ``"vs_original"`` (each perturbed list against the original: several
+            pairs per query) or ``"best_worst"`` (one pair per query: best against worst window, the paper's choice);
+            ``"listwise"``
             (one row per query with all its distinct windows and their judge scores, ``{"prompt", "lists",
             "list_ids", "list_scores", "perturbations", "query_id"}``, for the Plackett–Luce loss; a query whose
             windows all tie gives no row and counts its lists as ties).
-        max_pairs_per_query: keep at most this many pairs per query (None: all).
+        max_pairs_per_query: keep at most this many pairs per query (None: all; pairwise rows only).
         order_matters: windows with the same passages in another order are distinct (use with a position-aware set
             score); by default they are degenerate (no gradient under the sum score) and are not emitted.
-        answer_prefix: text the generator judges' replies start with, as in
-            :func:`~trl_bporag.generation.build_prompt` (use the prompt the generator will answer with; likewise
-            ``max_passage_tokens`` and ``system_prompt``).
+        seed: the perturbations' seed (per query: the pairs do not depend on batches or processes).
+        batch_size: generation batch size of the generator judges.
+        query_batch_size: queries per step of the build loop.
+        settings: the :class:`~trl_bporag.settings.RAGSettings`: k (the window the generator reads), and, for the
+            generator judges, the prompt the generator will answer with (passage budget, system prompt, answer
+            prefix, max new tokens); default :data:`~trl_bporag.settings.DEFAULTS`.
+        **overrides: any of the settings by name (``k=3``, ``answer_prefix=None``, ...).
 
     :meth:`build` (from :class:`~trl_bporag.preferences.base.ShardedPreferenceBuilder`) runs it over a split:
     resumable, ``accelerate launch``-aware, returns a :class:`datasets.Dataset`.
@@ -103,26 +109,26 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
         corpus: Corpus,
         generator=None,
         tokenizer=None,
-        judge: str | Callable = "generator_f1",
-        k: int = 5,
-        top_n: int = 50,
-        perturbations: str | Sequence[str] = "minimal",
-        num_perturbations: int = 4,
-        pairing: str = "vs_original",
+        judge: str | Callable = RPO_DEFAULTS.judge,
+        top_n: int = RPO_DEFAULTS.top_n,
+        perturbations: str | Sequence[str] = RPO_DEFAULTS.perturbations,
+        num_perturbations: int = RPO_DEFAULTS.num_perturbations,
+        pairing: str = RPO_DEFAULTS.pairing,
         max_pairs_per_query: int | None = None,
         drop_rate: float = 0.3,
         noise_rate: float = 0.3,
         hard_negative_depth: int = 200,
         order_matters: bool = False,
         seed: int = 0,
-        with_title: bool = True,
         batch_size: int = 8,
-        max_new_tokens: int = 24,
-        max_passage_tokens: int | None = 192,
-        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-        answer_prefix: str | None = None,
         query_batch_size: int = 32,
+        settings: RAGSettings | None = None,
+        **overrides,
     ):
+        settings = resolve_settings(settings, **overrides)
+        k = settings.k
+        if isinstance(perturbations, str) and "," in perturbations:
+            perturbations = [p.strip() for p in perturbations.split(",") if p.strip()]
         if isinstance(perturbations, str):
             if perturbations not in RECIPES:
                 raise ValueError(f"perturbations: expected a recipe {sorted(RECIPES)} or a list of {PERTURBATIONS}, "
@@ -151,16 +157,17 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
         index.check_compatible(retriever, corpus)
         self.retriever, self.index, self.corpus = retriever, index, corpus
         self.generator, self.tokenizer = generator, tokenizer
-        self.k, self.top_n = k, top_n
+        self.settings, self.top_n = settings, top_n
         self.perturbations = tuple(perturbations)
         self.num_perturbations, self.pairing = num_perturbations, pairing
+        if pairing == "listwise" and max_pairs_per_query is not None:
+            raise ValueError("max_pairs_per_query: a listwise row holds all the windows of its query (one row per "
+                             "query); the limit applies to pairwise rows only (pairing 'vs_original' / 'best_worst')")
         self.max_pairs_per_query = max_pairs_per_query
         self.drop_rate, self.noise_rate = drop_rate, noise_rate
         self.hard_negative_depth = max(hard_negative_depth, top_n + 1)
-        self.order_matters, self.seed, self.with_title = order_matters, seed, with_title
-        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
-        self.max_passage_tokens, self.system_prompt = max_passage_tokens, system_prompt
-        self.answer_prefix = answer_prefix
+        self.order_matters, self.seed = order_matters, seed
+        self.batch_size = batch_size
         self.query_batch_size = query_batch_size
         self.stats: Counter = Counter()
 
@@ -224,15 +231,13 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
         ans = [answers[i] for i in first]
         self.stats["windows_judged"] += len(first)
         if self.judge == "generator_f1":
-            prompts = [build_prompt(self.tokenizer, q, t, self.max_passage_tokens, self.system_prompt,
-                                    self.answer_prefix) for q, t in zip(qs, texts)]
-            outputs = self.generate_answers(prompts, answer_stop(self.answer_prefix))
+            prompts = [self.settings.prompt(self.tokenizer, q, t) for q, t in zip(qs, texts)]
+            outputs = self.generate_answers(prompts, self.settings.stop)
             self.stats["generations"] += len(prompts)
             scores = [qa_f1(o, a) for o, a in zip(outputs, ans)]
         elif self.judge == "answer_likelihood":
             scores = answer_log_likelihood(self.generator, self.tokenizer, qs, texts, ans, self.max_passage_tokens,
-                                           self.system_prompt, batch_size=self.batch_size,
-                                           answer_prefix=self.answer_prefix)
+                                           self.system_prompt, answer_prefix=self.answer_prefix)
             self.stats["generations"] += len(texts)
         else:
             scores = [float(s) for s in self.judge(qs, ans, texts)]
@@ -362,7 +367,7 @@ class RetrievalPreferenceBuilder(ShardedPreferenceBuilder):
                 "num_perturbations": self.num_perturbations, "pairing": self.pairing,
                 "max_pairs_per_query": self.max_pairs_per_query, "drop_rate": self.drop_rate,
                 "noise_rate": self.noise_rate, "hard_negative_depth": self.hard_negative_depth,
-                "order_matters": self.order_matters, "seed": self.seed, "with_title": self.with_title,
+                "order_matters": self.order_matters, "seed": self.seed, **self.settings.to_dict(),
                 "retriever": getattr(self.retriever, "model_id", None),
             },
             "stats": {key: int(self.stats.get(key, 0)) for key in STAT_KEYS},

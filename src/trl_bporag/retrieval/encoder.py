@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..hardware import resolve_dtype
+
 logger = logging.getLogger(__name__)
 
 SCORES = ("cos", "dot")
@@ -74,9 +76,12 @@ class Retriever:
         passage_prompt: the same for passages (e.g. E5's ``"passage: "``; default: ``encode_document``'s).
         device: device of a model loaded from an id / path (default: sentence-transformers' choice).
         show_progress_bar: show encoding progress bars (default: sentence-transformers' choice).
-        dtype: ``"bfloat16"`` encodes under bf16 autocast (about 2.4x faster for all-MiniLM-L6-v2 on a CPU, with
-            squad-dev test Recall@1/5 within 0.001 of float32; docs/benchmarks.md); None or ``"float32"``: float32.
-            Indexes record it, so float32 and bf16 indexes of one model are kept apart.
+        dtype: ``"auto"`` (default): bf16 autocast where the model's device computes bf16 natively (a CPU with
+            AVX512-BF16 / AMX, a CUDA device with bf16), else float32 (:func:`trl_bporag.hardware.compute_dtype`).
+            ``"bfloat16"`` encodes under bf16 autocast (about 2.4x faster for all-MiniLM-L6-v2 on a CPU with native
+            bf16, with squad-dev test Recall@1/5 within 0.001 of float32; docs/benchmarks.md; 5-7x *slower* on an
+            AVX2-only CPU, which warns); ``"float32"`` or None: float32. Indexes record it, so float32 and bf16
+            indexes of one model are kept apart.
     """
 
     def __init__(
@@ -89,16 +94,18 @@ class Retriever:
         passage_prompt: str | None = None,
         device: str | None = None,
         show_progress_bar: bool | None = None,
-        dtype: str | None = None,
+        dtype: str | None = "auto",
     ):
-        if dtype not in (None, "float32", "bfloat16"):
-            raise ValueError(f"dtype: expected None, 'float32' or 'bfloat16', got {dtype!r}")
-        self.dtype = None if dtype == "float32" else dtype
+        if dtype not in (None, "auto", "float32", "bfloat16"):
+            raise ValueError(f"dtype: expected 'auto', 'float32', 'bfloat16' or None, got {dtype!r}")
         if isinstance(model, str):
             from trl_bporag.models import load_retriever
 
             model = load_retriever(model, device=device)
         self.model = model
+        if dtype is not None:
+            dtype = resolve_dtype(dtype, getattr(model, "device", None) or "cpu", where="Retriever(dtype=)")
+        self.dtype = None if dtype in (None, "float32") else dtype
         if score is None:
             score = "dot" if getattr(model, "similarity_fn_name", None) == "dot" else "cos"
         self.score = _check_score(score)

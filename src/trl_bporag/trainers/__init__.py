@@ -1,6 +1,6 @@
 """Trainers: set-level DPO for dense retrievers (the RPO step of BPO-RAG), and helpers around stock DPO for GPO."""
 
-from .gpo import GPO_MAX_LENGTH, add_bporag_card, gpo_defaults, gpo_lora_config, write_bporag_card
+from .gpo import GPO_MAX_LENGTH, GPOConfig, GPOTrainer, gpo_lora_config, write_bporag_card
 from .set_dpo_config import SUPPORTED_LOSS_TYPES, SetDPOConfig
 from .set_dpo_data import infer_k, validate_rpo_dataset
 from .set_dpo_trainer import DataCollatorForSetPreference, SetDPOTrainer
@@ -14,9 +14,9 @@ __all__ = [
     "SetScorer",
     "infer_k",
     "validate_rpo_dataset",
-    "add_bporag_card",
+    "GPOConfig",
+    "GPOTrainer",
     "GPO_MAX_LENGTH",
-    "gpo_defaults",
     "gpo_lora_config",
     "write_bporag_card",
 ]

@@ -1,60 +1,109 @@
-"""GPO (stage 2 of BPO-RAG) trains the generator with stock :class:`trl.DPOTrainer`; this module only adds what a
-BPO-RAG generator needs around it:
+"""GPO (stage 2 of BPO-RAG) trains the generator with TRL's ``DPOTrainer``; this module only adds what a BPO-RAG
+generator needs around it:
 
-* :func:`gpo_defaults`: ``DPOConfig`` values that work for LoRA DPO on a small generator (and on a CPU-only machine);
-* :func:`add_bporag_card`: every model card the trainer writes (``save_model`` + ``create_model_card``, checkpoints,
-  ``push_to_hub``) gets a section naming the retriever and k the generator was aligned under, and
-  ``bporag_config.json`` is written beside the adapter, so that
-  :meth:`~trl_bporag.RAGPipeline.from_pretrained` can pair the adapter with its retriever.
+* :class:`GPOConfig`: a ``DPOConfig`` whose defaults are the GPO recipe for LoRA DPO on a small generator (and work
+  on a CPU-only machine, with bf16 only where the hardware computes it natively);
+* :class:`GPOTrainer`: ``DPOTrainer`` whose every model card (``save_model`` + ``create_model_card``, checkpoints,
+  ``push_to_hub``) gets a section naming the retriever and settings the generator was aligned under, with
+  ``bporag_config.json`` beside the adapter, so that :meth:`~trl_bporag.RAGPipeline.from_pretrained` pairs the
+  adapter with its retriever (the trainer is otherwise stock: no method but ``create_model_card`` is touched);
+* :func:`gpo_lora_config`: LoRA on the last decoder layers only.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trl import DPOConfig, DPOTrainer
+
 from ..artifacts import write_bporag_config
+from ..settings import GPO_DEFAULTS
+
+logger = logging.getLogger(__name__)
 
 CARD_MARKER = "## BPO-RAG (retrieval-augmented generation)"
 
+#: DPOConfig.max_length of GPO: prompts with five passages cut to 96 tokens plus the answer.
+GPO_MAX_LENGTH = GPO_DEFAULTS.max_length
 
-GPO_MAX_LENGTH = 640
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
-def gpo_defaults(cuda: bool | None = None) -> dict[str, Any]:
-    """``DPOConfig`` defaults for GPO with LoRA on a small generator, measured on SmolLM2-135M (docs/benchmarks.md):
+@dataclass
+class GPOConfig(DPOConfig):
+    r"""
+    Configuration for GPO: [`trl.DPOConfig`] with the defaults measured for LoRA DPO on a small generator
+    (SmolLM2-135M, docs/benchmarks.md). Every [`trl.DPOConfig`] field is accepted, and [`GPOTrainer`] (or stock
+    [`trl.DPOTrainer`]) trains with it.
 
-    * ``learning_rate=5e-4`` and ``beta=0.5``: TRL's 1e-6 barely moves a LoRA adapter, and at 1e-4 / β=0.1 a few dozen
-      steps leave the DPO loss at log 2;
-    * ``precompute_ref_log_probs=True``: the reference (the adapter-disabled policy) is run once per pair before
-      training instead of in every step;
-    * ``per_device_train_batch_size=1``: resident memory grows with the tokens of a micro-batch (chosen + rejected
-      sequences); one pair of ~600-token prompts stays well under 4 GiB on a CPU;
-    * ``max_length=640``: prompts with five passages cut to 96 tokens each plus the answer
-      (:class:`~trl_bporag.preferences.GenerationPreferenceBuilder` fits prompts to it);
-    * no activation checkpointing (a small model; it would cost ~30% more time);
-    * without CUDA, ``use_cpu`` with bf16 autocast (TRL's ``bf16=True`` default otherwise refuses to start on CPU).
+    Defaults that differ from [`trl.DPOConfig`]:
+        learning_rate (`float`, defaults to `5e-4`):
+            TRL's 1e-6 barely moves a LoRA adapter; at 1e-4 / β 0.1 a few dozen steps leave the DPO loss at log 2.
+        beta (`float`, defaults to `0.5`):
+            β of the DPO loss.
+        loss_type (`list[str]`, defaults to `["sigmoid", "sft"]`):
+            DPO plus the NLL of the chosen answer (TRL's MPO-style combination, equal weights): the issue-12 recipe
+            that raised squad-dev F1 by +25 % (one run; docs/benchmarks.md).
+        precompute_ref_log_probs (`bool`, defaults to `True`):
+            The reference (the adapter-disabled policy) runs once per pair before training instead of in every step.
+        per_device_train_batch_size (`int`, defaults to `1`):
+            Resident memory grows with the tokens of a micro-batch; one pair of ~600-token prompts stays well under
+            4 GiB on a CPU.
+        max_length (`int`, defaults to `640`):
+            Prompts with five passages cut to 96 tokens plus the answer
+            ([`~trl_bporag.preferences.GenerationPreferenceBuilder`] fits its prompts to it).
+        logging_steps (`float`, defaults to `5`), save_strategy (defaults to `"no"`), report_to (defaults to `"none"`).
+        gradient_checkpointing (`bool` or `None`, defaults to `None`: off):
+            A small model; checkpointing would cost ~30% more time.
+        bf16 (`bool` or `None`, defaults to `None`):
+            Resolved to `True` only where the training device computes bf16 natively (a CUDA device with bf16, or a
+            CPU with AVX512-BF16 / AMX, where bf16 autocast is about 2x faster; [`trl_bporag.hardware.bf16_native`]),
+            else `False` (on an AVX2-only CPU bf16 is emulated and 5-7x slower). An explicit `bf16=True` on a CPU
+            without native bf16 is honoured with a warning. Without CUDA, `use_cpu` is set (TRL's `bf16=True` default
+            otherwise refuses to start on a CPU machine).
     """
-    if cuda is None:
-        import torch
 
-        cuda = torch.cuda.is_available()
-    defaults: dict[str, Any] = {"learning_rate": 5e-4, "beta": 0.5, "precompute_ref_log_probs": True,
-                                "per_device_train_batch_size": 1, "gradient_accumulation_steps": 1,
-                                "max_length": GPO_MAX_LENGTH, "logging_steps": 5, "save_strategy": "no",
-                                "report_to": "none", **_no_checkpointing()}
-    if not cuda:
-        defaults.update(use_cpu=True, bf16=True)
-    return defaults
+    learning_rate: float = field(default=5e-4, metadata={"help": "The initial learning rate (GPO default 5e-4)."})
+    beta: float = field(default=0.5, metadata={"help": "β of the DPO loss (GPO default 0.5)."})
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid", "sft"], metadata={
+        "help": "TRL loss types (GPO default: sigmoid,sft = DPO + NLL of the chosen answer)."})
+    precompute_ref_log_probs: bool = field(default=True, metadata={
+        "help": "Precompute the reference log-probabilities once before training (GPO default true)."})
+    per_device_train_batch_size: int = field(default=1, metadata={"help": "Pairs per device and step (GPO: 1)."})
+    max_length: int | None = field(default=GPO_DEFAULTS.max_length, metadata={
+        "help": "Maximum tokens of prompt + answer (GPO default 640: five passages cut to 96 tokens)."})
+    logging_steps: float = field(default=5, metadata={"help": "Log every X update steps (GPO default 5)."})
+    save_strategy: str = field(default="no", metadata={"help": "Checkpoint strategy (GPO default: no)."})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "Trackers (GPO default: none)."})
+    gradient_checkpointing: bool | None = field(default=None, metadata={
+        "help": "Whether to enable gradient checkpointing (GPO default: off)."})
+    bf16: bool | None = field(default=None, metadata={
+        "help": "bf16 mixed precision; default: only where the device computes bf16 natively.", "nargs": "?",
+        "const": True})
 
+    def __post_init__(self):
+        from ..hardware import bf16_native, resolve_dtype
 
-def _no_checkpointing() -> dict[str, Any]:
-    """Activation checkpointing off, under the name this transformers version does not warn about."""
-    from trl import DPOConfig
-
-    if "activation_checkpointing" in getattr(DPOConfig, "__dataclass_fields__", {}):
-        return {"activation_checkpointing": False, "gradient_checkpointing": None}
-    return {"gradient_checkpointing": False}
+        cuda = _has_cuda() and not self.use_cpu
+        if self.bf16 is None:
+            self.bf16 = False if self.fp16 else bf16_native("cuda" if cuda else "cpu")
+        elif self.bf16 and not cuda:
+            resolve_dtype("bfloat16", "cpu", where="GPOConfig(bf16=True)")  # warns once without native bf16
+        if not _has_cuda():
+            self.use_cpu = True
+        if self.gradient_checkpointing is None and not hasattr(self, "activation_checkpointing"):
+            self.gradient_checkpointing = False  # transformers without the activation_checkpointing rename
+        if not (isinstance(self.beta, (int, float)) and self.beta > 0):
+            raise ValueError(f"beta: expected a number > 0 (a negative beta trains the preference backwards), got "
+                             f"{self.beta!r}")
+        super().__post_init__()
 
 
 def gpo_lora_config(r: int = 16, alpha: int = 32, top_layers: int | None = None, model=None, **kwargs):
@@ -108,20 +157,25 @@ def write_bporag_card(output_dir: str | Path, config: dict[str, Any]) -> None:
     readme.write_text(text + bporag_card_section(config))
 
 
-def add_bporag_card(trainer, config: dict[str, Any]):
-    """Make a stock ``DPOTrainer`` record the BPO-RAG settings (``config``: at least ``retriever`` and ``k``) in every
-    model card it writes, and in ``bporag_config.json`` beside it. Returns the trainer."""
-    missing = [key for key in ("retriever", "k") if config.get(key) is None]
-    if missing:
-        raise ValueError(f"config: missing {missing}; the card must name the retriever and k the generator was "
-                         f"aligned under")
-    original = trainer.create_model_card
+class GPOTrainer(DPOTrainer):
+    """TRL's ``DPOTrainer`` that records the BPO-RAG settings in every model card it writes.
 
-    def create_model_card(*args, **kwargs):
-        original(*args, **kwargs)
-        if trainer.is_world_process_zero():
-            write_bporag_card(trainer.args.output_dir, config)
+    Args:
+        bporag_config: at least ``retriever`` and ``k``; usually the pairs' builder configuration (the retriever, the
+            :class:`~trl_bporag.settings.RAGSettings`, the candidates) plus the training settings. Written as
+            ``bporag_config.json`` beside the card, which :meth:`~trl_bporag.RAGPipeline.from_pretrained` reads.
+        *args, **kwargs: as for ``DPOTrainer``.
+    """
 
-    trainer.create_model_card = create_model_card
-    trainer.bporag_config = dict(config)
-    return trainer
+    def __init__(self, *args, bporag_config: dict[str, Any], **kwargs):
+        missing = [key for key in ("retriever", "k") if bporag_config.get(key) is None]
+        if missing:
+            raise ValueError(f"bporag_config: missing {missing}; the card must name the retriever and k the generator "
+                             "was aligned under")
+        self.bporag_config = dict(bporag_config)
+        super().__init__(*args, **kwargs)
+
+    def create_model_card(self, *args, **kwargs):
+        super().create_model_card(*args, **kwargs)
+        if self.is_world_process_zero():
+            write_bporag_card(self.args.output_dir, self.bporag_config)

@@ -29,16 +29,27 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _default_bf16(fp16: bool, use_cpu: bool) -> bool:
-    """bf16 only where a CUDA device supports it (DPOConfig defaults to True, which fails on a CPU machine)."""
-    if fp16 or use_cpu:
-        return False
-    try:
-        import torch
+def _training_device(use_cpu: bool) -> str:
+    """Where transformers' Trainer will train: "cpu" with use_cpu, else CUDA, MPS or the CPU, whichever is there."""
+    import torch
 
-        return bool(_has_cuda() and torch.cuda.is_bf16_supported())
-    except Exception:  # pragma: no cover - defensive
+    if use_cpu:
+        return "cpu"
+    if _has_cuda():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else "cpu"
+
+
+def _default_bf16(fp16: bool, use_cpu: bool) -> bool:
+    """bf16 only where the training device computes it natively (:func:`trl_bporag.hardware.bf16_native`): a CUDA
+    device with bf16, or a CPU with AVX512-BF16 / AMX (DPOConfig defaults to True, which fails on a CPU machine and
+    is 5-7x slower than float32 on an AVX2-only CPU)."""
+    from ..hardware import bf16_native
+
+    if fp16:
         return False
+    return bf16_native(_training_device(use_cpu))
 
 
 @dataclass
@@ -66,10 +77,20 @@ class SetDPOConfig(DPOConfig):
             Position-aware score s = Σ_{i≤k} w_i f(q, P_i) (only the first `k` weights are used). `None` means
             w_i = 1: the order inside the first k does not matter, and two lists with the same first-k set have
             the same score.
-        max_query_length (`int`, *optional*, defaults to `64`):
-            Truncation length of queries, in tokens (capped by the encoder's `max_seq_length`).
-        max_passage_length (`int`, *optional*, defaults to `256`):
-            Truncation length of passages, in tokens (capped by the encoder's `max_seq_length`).
+        max_query_length (`int` or `None`, *optional*, defaults to `None`):
+            Truncation length of queries, in tokens (capped by the encoder's `max_seq_length`). `None`: the encoder's
+            `max_seq_length`, the length `Retriever` / `encode_query` serve with, so that training and serving
+            tokenise alike.
+        max_passage_length (`int` or `None`, *optional*, defaults to `None`):
+            The same for passages (`encode_document`).
+        mini_batch_size (`int` or `None`, *optional*, defaults to `None`):
+            GradCache (Gao et al. 2021, as sentence-transformers' `CachedMultipleNegativesRankingLoss`) for the set
+            losses: the batch's queries and passages are embedded `mini_batch_size` texts at a time without a graph,
+            the loss is computed on the embeddings and back-propagated to them, then each mini-batch is re-encoded
+            with a graph and its embedding gradients pushed through
+            ([`~trl_bporag.trainers.cached_set_scores.CachedSetScores`]). Memory no longer grows with the batch; a
+            step costs one extra forward pass. Reference scores are then also encoded in mini-batches. `None` (or
+            0): every text of a batch in one forward pass (the activations of all of them kept for the backward).
         precompute_ref_scores (`bool`, *optional*, defaults to `False`):
             Precompute the reference set scores once over the train/eval datasets before training (columns
             `ref_chosen_score`, `ref_rejected_score`), so that no reference forward runs during training and no
@@ -106,8 +127,10 @@ class SetDPOConfig(DPOConfig):
     `RetrievalPreferenceBuilder(pairing="listwise")`) train with the Plackett–Luce form of `"sigmoid"`
     ([`~trl_bporag.losses.ListwiseSetDPOLoss`]), alone or with `"sft"`.
 
-    Defaults that differ from [`trl.DPOConfig`]: `beta=10.0`, `learning_rate=2e-5`, `bf16=None` (resolved to `True` only on a CUDA
-    device with bf16 support), `gradient_checkpointing` off, `remove_unused_columns=False`, `max_length=None`, and
+    Defaults that differ from [`trl.DPOConfig`]: `beta=10.0`, `learning_rate=2e-5`, `bf16=None` (resolved to `True`
+    only where the training device computes bf16 natively: a CUDA device with bf16, or a CPU with AVX512-BF16 / AMX,
+    [`trl_bporag.hardware.bf16_native`]; on such a CPU-only machine `use_cpu` is set too, for bf16 autocast there; an
+    explicit `bf16=True` on a CPU without native bf16 is honoured with a warning), `gradient_checkpointing` off, `remove_unused_columns=False`, `max_length=None`, and
     `use_cpu=True` when launched with several processes (`accelerate launch`, `torchrun`) on a machine without CUDA:
     otherwise transformers sets up no process group and each process trains alone on all the data.
 
@@ -123,8 +146,8 @@ class SetDPOConfig(DPOConfig):
     bf16: bool | None = field(
         default=None,
         metadata={
-            "help": "Whether to use bf16 mixed precision. If not set, it is enabled only on a CUDA device that "
-            "supports bf16 (so the config constructs on a CPU machine). A bare `--bf16` means true.",
+            "help": "Whether to use bf16 mixed precision. If not set, it is enabled only where the device computes "
+            "bf16 natively (CUDA with bf16; a CPU with AVX512-BF16/AMX). A bare `--bf16` means true.",
             "nargs": "?",
             "const": True,
         },
@@ -176,13 +199,13 @@ class SetDPOConfig(DPOConfig):
         default=None,
         metadata={"help": "Optional position weights w_1..w_k of the set score s = Σ_i w_i f(q, P_i)."},
     )
-    max_query_length: int = field(
-        default=64,
-        metadata={"help": "Maximum query length in tokens."},
+    max_query_length: int | None = field(
+        default=None,
+        metadata={"help": "Maximum query length in tokens (default: the encoder's max_seq_length, as it serves)."},
     )
-    max_passage_length: int = field(
-        default=256,
-        metadata={"help": "Maximum passage length in tokens."},
+    max_passage_length: int | None = field(
+        default=None,
+        metadata={"help": "Maximum passage length in tokens (default: the encoder's max_seq_length, as it serves)."},
     )
     contrastive_scale: float = field(
         default=20.0,
@@ -193,6 +216,12 @@ class SetDPOConfig(DPOConfig):
         default=True,
         metadata={"help": "Do not encode passages shared by the chosen and rejected windows (they cancel in the "
                   "margin under the sum score)."},
+    )
+    mini_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "GradCache: embed this many texts per forward pass, compute the loss on the embeddings, then "
+                  "re-encode each mini-batch with its embedding gradients (memory flat in the batch size, one extra "
+                  "forward pass). None: one forward pass per batch."},
     )
     precompute_ref_scores: bool = field(
         default=False,
@@ -212,6 +241,13 @@ class SetDPOConfig(DPOConfig):
             self.gradient_checkpointing = False  # transformers without the activation_checkpointing rename
         if self.bf16 is None:
             self.bf16 = _default_bf16(bool(self.fp16), bool(getattr(self, "use_cpu", False)))
+        elif self.bf16 and _training_device(bool(self.use_cpu)) == "cpu":
+            from ..hardware import resolve_dtype
+
+            resolve_dtype("bfloat16", "cpu", where="SetDPOConfig(bf16=True)")  # warns once without native bf16
+        if self.bf16 and not self.use_cpu and _training_device(False) == "cpu":
+            # bf16 autocast on a CPU-only machine: transformers refuses bf16 there unless use_cpu is set
+            self.use_cpu = True
 
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
@@ -248,8 +284,17 @@ class SetDPOConfig(DPOConfig):
                 )
             if not all(math.isfinite(w) for w in self.position_weights):
                 raise ValueError(f"position_weights must be finite numbers, got {self.position_weights}.")
-        if self.max_query_length < 1 or self.max_passage_length < 1:
-            raise ValueError("max_query_length and max_passage_length must be >= 1.")
+        if self.mini_batch_size is not None and (isinstance(self.mini_batch_size, bool)
+                                                 or not isinstance(self.mini_batch_size, int)
+                                                 or self.mini_batch_size < 0):
+            raise ValueError(f"mini_batch_size must be an integer >= 1, or 0 / None (uncached), got "
+                             f"{self.mini_batch_size!r}.")
+        self.mini_batch_size = self.mini_batch_size or None  # 0: a flag's way to say uncached
+        for name in ("max_query_length", "max_passage_length"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1 or None (the encoder's max_seq_length), got "
+                                 f"{value!r}.")
 
         # TRL's name is an alias: either flag turns precomputation on, and both are kept in sync.
         self.precompute_ref_scores = bool(self.precompute_ref_scores or self.precompute_ref_log_probs)

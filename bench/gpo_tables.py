@@ -1,0 +1,91 @@
+"""The tables of ``bench/gpo_table.py`` from its per-question files (``bench/results/gpo/*.json``), recomputed.
+
+For every data set: each row's mean F1 and EM (a trained row: each seed, and the seeds pooled: each question's value
+averaged over the seeds), each seed's difference from ``vanilla`` with its paired bootstrap 95% CI, the pooled
+difference with its CI and the relative change; then the comparisons the issue asks for (``gpo`` against
+``sft-gold``, ``bporag`` against ``simple``, ...) on the pooled values, and how much of the oracle's gain the tuned
+retriever captures. 1,000 resamples, seed 0, as every table of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from trl_bporag.metrics import paired_bootstrap_ci
+
+ROW_ORDER = ("vanilla", "oracle", "rpo", "mnrl", "sft-gold", "gpo-only", "gpo", "bporag", "simple")
+COMPARISONS = (("gpo", "sft-gold"), ("gpo", "gpo-only"), ("gpo-only", "sft-gold"), ("bporag", "simple"),
+               ("bporag", "gpo"), ("bporag", "sft-gold"), ("simple", "sft-gold"), ("rpo", "vanilla"),
+               ("oracle", "vanilla"))
+
+
+def load(results: Path) -> dict:
+    """{dataset: {row: {seed: file}}}, checking that every file of a data set has the same questions in order."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    ids: dict = {}
+    for path in sorted(Path(results).glob("*.json")):
+        entry = json.loads(path.read_text())
+        dataset = entry["dataset"]
+        if ids.setdefault(dataset, entry["ids"]) != entry["ids"]:
+            raise ValueError(f"{path}: its questions differ from the other files of {dataset}")
+        out[dataset][entry["row"]][entry["seed"]] = entry
+    return out
+
+
+def pooled(seeds: dict, metric: str) -> np.ndarray:
+    """Each question's value averaged over the seeds."""
+    return np.mean([np.asarray(entry[metric], dtype=float) for entry in seeds.values()], axis=0)
+
+
+def _ci(a, b) -> str:
+    ci = paired_bootstrap_ci(a, b, n_resamples=1000, seed=0)
+    text = f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
+    return f"**{text}**" if ci["significant"] else text
+
+
+def _rel(a, b) -> str:
+    base = float(np.mean(b))
+    return f"{(float(np.mean(a)) / base - 1) * 100:+.0f} %" if base else "-"
+
+
+def dataset_table(dataset: str, rows: dict) -> str:
+    vanilla = {m: pooled(rows["vanilla"], m) for m in ("f1", "em")} if "vanilla" in rows else None
+    lines = [f"### {dataset} ({len(next(iter(next(iter(rows.values())).values()))['ids'])} questions)", "",
+             "| row | seeds | F1 | EM | F1 vs vanilla [95% CI] | relative F1 | EM vs vanilla [95% CI] |",
+             "|---|---|---|---|---|---|---|"]
+    for row in [r for r in ROW_ORDER if r in rows] + sorted(set(rows) - set(ROW_ORDER)):
+        seeds = rows[row]
+        entries = [(s, e) for s, e in sorted(seeds.items(), key=lambda x: (x[0] is not None, x[0]))]
+        cells = []
+        for seed, entry in entries if len(entries) > 1 else []:
+            f1, em = np.asarray(entry["f1"]), np.asarray(entry["em"])
+            cells.append((f"{row} (seed {seed})", "1", f1, em))
+        label = f"{row} (pooled)" if len(entries) > 1 else row
+        cells.append((f"**{label}**" if len(entries) > 1 else label, str(len(entries)), pooled(seeds, "f1"),
+                      pooled(seeds, "em")))
+        for name, n, f1, em in cells:
+            diff = ("", "", "") if vanilla is None or row == "vanilla" else (
+                _ci(f1, vanilla["f1"]), _rel(f1, vanilla["f1"]), _ci(em, vanilla["em"]))
+            lines.append(f"| {name} | {n} | {f1.mean():.3f} | {em.mean():.3f} | {diff[0]} | {diff[1]} | {diff[2]} |")
+    lines += ["", "| comparison (pooled over seeds) | F1 difference [95% CI] | EM difference [95% CI] |",
+              "|---|---|---|"]
+    for a, b in COMPARISONS:
+        if a in rows and b in rows:
+            lines.append(f"| {a} − {b} | {_ci(pooled(rows[a], 'f1'), pooled(rows[b], 'f1'))} | "
+                         f"{_ci(pooled(rows[a], 'em'), pooled(rows[b], 'em'))} |")
+    if {"oracle", "vanilla", "rpo"} <= set(rows):
+        gain = pooled(rows["oracle"], "f1").mean() - pooled(rows["vanilla"], "f1").mean()
+        got = pooled(rows["rpo"], "f1").mean() - pooled(rows["vanilla"], "f1").mean()
+        lines += ["", f"Oracle ceiling: retrieval alone can raise this generator's F1 by {gain:+.3f}; the tuned "
+                      f"retriever (rpo) captures {got:+.3f}, i.e. {got / gain * 100 if gain else float('nan'):.0f} % "
+                      "of it."]
+    return "\n".join(lines)
+
+
+def tables(results: Path) -> str:
+    data = load(results)
+    return "\n\n".join(dataset_table(dataset, rows) for dataset, rows in sorted(data.items())) + "\n"
