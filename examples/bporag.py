@@ -64,7 +64,8 @@ from trl_bporag.utils import quiet_known_warnings
 def _stage_script(name: str):
     """``examples/<name>.py`` as a module, without putting ``examples/`` on ``sys.path`` for good (its evaluate.py
     would shadow the ``evaluate`` package in the importing process)."""
-    spec = importlib.util.spec_from_file_location(f"bporag_stage_{name}", Path(__file__).resolve().with_name(f"{name}.py"))
+    path = Path(__file__).resolve().with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"bporag_stage_{name}", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)

@@ -31,7 +31,8 @@ from trl_bporag.utils import check_positive_ints, quiet_known_warnings
 
 @dataclass
 class EvalArguments:
-    dataset: str = field(metadata={"help": "BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/) or a HF QA dataset"})
+    dataset: str = field(metadata={
+        "help": "BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/) or a HF QA dataset"})
     split: str = field(default="test", metadata={"help": "split (qrels/<split>.tsv)"})
     retriever: str | None = field(default=None, metadata={
         "help": "retriever id or sentence-transformers folder (default: the one a GPO adapter was aligned under, else "
@@ -103,7 +104,8 @@ def main(args: EvalArguments, settings: RAGSettingsOverrides | None = None, answ
         result.pop("predictions")
     result.update(
         dataset=args.dataset, split=args.split, retriever=pipe.retriever.model_id,
-        generator=None if args.retrieval_only else args.generator, index_dir=index_dir, settings=pipe.settings.to_dict(),
+        generator=None if args.retrieval_only else args.generator, index_dir=index_dir,
+        settings=pipe.settings.to_dict(),
         passages_encoded=encoded, total_seconds=round(time.perf_counter() - start, 2), args=asdict(args),
     )
     out = Path(args.output_dir)

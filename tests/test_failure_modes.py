@@ -42,10 +42,16 @@ def _damage(folder: Path, how: str) -> None:
         (folder / META_FILE).write_text("[1, 2]")
     elif how == "metadata missing":
         (folder / META_FILE).unlink()
+    elif how in ("ids an int", "ids null", "params a list"):
+        meta = json.loads((folder / META_FILE).read_text())
+        key, value = {"ids an int": ("ids", 3), "ids null": ("ids", None), "params a list": ("params", [1])}[how]
+        meta[key] = value
+        (folder / META_FILE).write_text(json.dumps(meta))
 
 
 @pytest.mark.parametrize("how", ["truncated index", "flipped byte", "empty metadata", "garbled metadata",
-                                 "metadata not an object", "metadata missing"])
+                                 "metadata not an object", "metadata missing", "ids an int", "ids null",
+                                 "params a list"])
 def test_damaged_cached_index_is_rebuilt_with_one_warning(tiny_st, toy_corpus, tmp_path, monkeypatch, caplog, how):
     monkeypatch.setenv("TRL_BPORAG_CACHE", str(tmp_path / "cache"))
     r = Retriever(tiny_st)
@@ -384,3 +390,150 @@ def test_every_example_prints_its_help(script):
     for cls in [*own, SetDPOConfig]:
         text = TrlParser((cls,)).format_help()
         assert f"--{dataclasses.fields(cls)[0].name}" in text
+
+
+# --- numeric poisoning and edges (issue 25) --------------------------------------------------------------------------
+def test_index_metadata_in_a_named_folder_is_checked_against_its_file(tiny_st, toy_corpus, tmp_path):
+    r = Retriever(tiny_st)
+    folder = tmp_path / "my-index"
+    DenseIndex.from_corpus(r, toy_corpus, index_dir=folder)
+    meta = json.loads((folder / META_FILE).read_text())
+    for key, value, message in [("index_type", "hnsw", "holds a flat index, but metadata.json says index_type 'hnsw'"),
+                                ("ids", 3, r"'ids' is 3 \(int\); expected a list of passage id strings"),
+                                ("params", [1], r"'params' is \[1\] \(list\); expected an object")]:
+        (folder / META_FILE).write_text(json.dumps({**meta, key: value}))
+        with pytest.raises(ValueError, match=message):
+            DenseIndex.load(folder, verify=False)
+
+
+def test_ivf_over_too_few_passages_is_our_error_not_faiss():
+    import numpy as np
+
+    with pytest.raises(ValueError, match=r"index_type='ivf'.*at least 1 passages, got 0.*index_type='flat'"):
+        DenseIndex(np.zeros((0, 4), dtype="float32"), [], index_type="ivf")
+    with pytest.raises(ValueError, match=r"training 8 IVF lists needs at least 8 passages, got 5"):
+        DenseIndex(np.eye(5, 4, dtype="float32"), list("abcde"), index_type="ivf", nlist=8)
+
+
+def test_a_nan_query_vector_is_refused_naming_the_row(tiny_st, toy_corpus):
+    import numpy as np
+
+    index = DenseIndex.from_corpus(Retriever(tiny_st), toy_corpus)
+    q = np.ones((2, index.dim), dtype="float32")
+    q[1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"query_embeddings: row\(s\) \[1\] hold NaN or inf"):
+        index.search_ids(q, 3)
+
+
+@pytest.mark.parametrize("ks, message", [([0, 5], r"ks=\[0, 5\]: every cut-off must lie in \[1, 6\]"),
+                                         ([1, 100], r"ks=\[1, 100\].*corpus holds 6 passages"),
+                                         ([], "non-empty list of integers"), ([1.5], "non-empty list of integers")])
+def test_retrieval_evaluator_cut_offs_are_checked(toy_corpus, toy_split, ks, message):
+    from trl_bporag.data import RAGDataset
+    from trl_bporag.evaluation import retrieval_evaluator
+
+    with pytest.raises(ValueError, match=message):
+        retrieval_evaluator(RAGDataset(toy_corpus, toy_split), ks=ks)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"reference_margin_scale": float("inf")}, "reference_margin_scale must be a finite number > 0"),
+    ({"contrastive_scale": float("nan")}, "contrastive_scale must be a finite number > 0"),
+    ({"contrastive_scale": -20.0}, "contrastive_scale must be a finite number > 0.*backwards"),
+    ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, float("nan")]}, "loss_weights must be finite"),
+    ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, -1.0]}, "loss_weights must be finite numbers >= 0"),
+    ({"loss_type": ["robust"], "label_smoothing": float("nan")}, "label_smoothing must be a finite number"),
+    ({"beta": float("inf")}, "beta must be a finite number > 0"),
+])
+def test_non_finite_or_sign_flipping_rpo_settings_are_refused(kwargs, message):
+    from trl_bporag import SetDPOConfig
+
+    with pytest.raises(ValueError, match=message):
+        SetDPOConfig(output_dir="unused", use_cpu=True, bf16=False, report_to="none", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"loss_weights": [1.0, float("nan")]}, "loss_weights: expected finite"),
+                                             ({"label_smoothing": float("nan")}, "label_smoothing: expected a finite"),
+                                             ({"beta": float("nan")}, "beta: expected a finite number > 0")])
+def test_non_finite_gpo_settings_are_refused(kwargs, message):
+    from trl_bporag import GPOConfig
+
+    with pytest.raises(ValueError, match=message):
+        GPOConfig(output_dir="unused", report_to="none", **{"loss_type": ["sigmoid", "sft"], **kwargs})
+
+
+def _listwise_rows(ref=None, lists=None, scores=None):
+    rows = {"prompt": ["what is the capital of france", "what is the capital of italy"],
+            "lists": lists or [[["paris is the capital", "the seine"], ["rome", "london"], ["berlin", "madrid"]]] * 2,
+            "list_scores": scores or [[1.0, 0.0, 0.5]] * 2}
+    if ref is not None:
+        rows["ref_list_scores"] = ref
+    return Dataset.from_dict(rows)
+
+
+def _set_dpo(model, tmp_path, data, **kwargs):
+    from trl_bporag import SetDPOConfig, SetDPOTrainer
+
+    args = SetDPOConfig(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, bf16=False, k=2,
+                        per_device_train_batch_size=2, max_steps=1, save_strategy="no", disable_tqdm=True,
+                        dataloader_pin_memory=False, **kwargs)
+    return SetDPOTrainer(model, args=args, train_dataset=data)
+
+
+@pytest.mark.parametrize("ref, message", [
+    ([[0.1, float("nan"), 0.2], [0.1, 0.2, 0.3]], r"Row 0 of the train dataset: ref_list_scores .* not all finite"),
+    ([[0.1, 0.2, 0.3], [0.1, 0.2]], r"Row 1 of the train dataset: 2 ref_list_scores for 3 lists"),
+])
+def test_bad_precomputed_reference_scores_are_refused_before_training(tiny_retriever_dir, tmp_path, ref, message):
+    with pytest.raises(ValueError, match=message):
+        _set_dpo(tiny_retriever_dir, tmp_path, _listwise_rows(ref=ref), reference="model", precompute_ref_scores=True)
+
+
+def test_contradicting_windows_and_equal_pairs_are_trained_on_with_one_warning(tiny_retriever_dir, tmp_path, caplog):
+    permuted = [[["a", "b"], ["b", "a"], ["c", "d"]], [["e", "f"], ["g", "h"], ["i", "j"]]]
+    with caplog.at_level(logging.WARNING, logger="trl_bporag"):
+        _set_dpo(tiny_retriever_dir, tmp_path, _listwise_rows(lists=permuted), reference="free")
+    found = [r.getMessage() for r in caplog.records if "duplicate or permuted window" in r.getMessage()]
+    assert len(found) == 1 and found[0].startswith("1 row(s) of the train dataset") and "first: row 0" in found[0]
+    caplog.clear()
+    pairs = Dataset.from_dict({"prompt": ["q", "q"], "chosen": [["a", "b"], ["a", "b"]],
+                               "rejected": [["b", "a"], ["c", "d"]]})
+    with caplog.at_level(logging.WARNING, logger="trl_bporag"):
+        _set_dpo(tiny_retriever_dir, tmp_path, pairs, reference="free")
+    found = [r.getMessage() for r in caplog.records if "teaches nothing" in r.getMessage()]
+    assert len(found) == 1 and "first: row 0" in found[0]
+
+
+def _weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_a_nan_loss_stops_training_naming_the_step_and_rows_and_no_weight_changes(tiny_retriever_dir, tmp_path):
+    from trl_bporag import NonFiniteTrainingError
+
+    trainer = _set_dpo(tiny_retriever_dir, tmp_path, _listwise_rows(), reference="free")
+    before = _weights(trainer.model)
+    objective = trainer._objective
+    trainer._objective = lambda *a, **kw: objective(*a, **kw) * float("nan")
+    with pytest.raises(NonFiniteTrainingError, match=r"step 1: the training loss is nan for the batch of 2 queries, "
+                                                     r"the first 'what is the capital of"):
+        trainer.train()
+    assert all(torch_equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+def test_a_nan_gradient_stops_training_before_the_optimizer_step(tiny_retriever_dir, tmp_path):
+    from trl_bporag import NonFiniteTrainingError
+
+    trainer = _set_dpo(tiny_retriever_dir, tmp_path, _listwise_rows(), reference="free")
+    before = _weights(trainer.model)
+    name, param = next((n, p) for n, p in trainer.model.named_parameters() if "embeddings" in n)
+    param.register_hook(lambda grad: grad * float("nan"))
+    with pytest.raises(NonFiniteTrainingError, match=rf"step 1: the gradient of '.*{name.split('.')[-2]}.*' holds NaN"):
+        trainer.train()
+    assert all(torch_equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b.detach()))

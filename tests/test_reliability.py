@@ -197,7 +197,7 @@ def test_index_file_truncated_or_corrupt(tmp_path, tiny_st, toy_corpus):
         DenseIndex.load(folder)
     del meta["dim"]
     (folder / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="metadata.json: missing field 'dim'"):
+    with pytest.raises(ValueError, match="metadata.json: the key 'dim' is missing; expected an integer"):
         DenseIndex.load(folder)
     (folder / "metadata.json").write_text(json.dumps(meta)[:40])
     with pytest.raises(ValueError, match="corrupt metadata"):

@@ -718,15 +718,26 @@ def test_model_init_kwargs_reach_the_retriever_loaded_from_a_path(tmp_path, tiny
     assert {p.dtype for p in plain.model.parameters()} == {torch.float32}
 
 
-def test_infer_k_is_the_shortest_list_of_the_data():
+def test_infer_k_is_the_list_length_of_the_data_and_ragged_lengths_are_refused():
     from trl_bporag.trainers import infer_k
 
-    pairwise = Dataset.from_dict({"prompt": ["q", "q"], "chosen": [["a", "b", "c"], ["a", "b", "c", "d"]],
-                                  "rejected": [["a", "b", "e", "f"], ["x", "y", "z", "w"]]})
+    pairwise = Dataset.from_dict({"prompt": ["q", "q"], "chosen": [["a", "b", "c"], ["a", "b", "d"]],
+                                  "rejected": [["a", "b", "e"], ["x", "y", "z"]]})
     assert infer_k(pairwise) == 3
-    listwise = Dataset.from_dict({"prompt": ["q"], "lists": [[["a", "b"], ["c", "d", "e"]]], "list_scores": [[1, 0]]})
-    assert infer_k(listwise) == 2
     assert infer_k(pairwise.to_iterable_dataset()) == 3  # an IterableDataset: its first row
+    listwise = Dataset.from_dict({"prompt": ["q"], "lists": [[["a", "b"], ["c", "d"]]], "list_scores": [[1, 0]]})
+    assert infer_k(listwise) == 2
+    ragged = Dataset.from_dict({"prompt": ["q", "q"], "chosen": [["a", "b", "c"], ["a", "b"]],
+                                "rejected": [["a", "b", "e"], ["x", "y"]]})
+    with pytest.raises(ValueError, match=r"Row 1 of the RPO dataset holds a list of 2 passage\(s\), others hold up "
+                                         r"to 3.*Set k explicitly"):
+        infer_k(ragged)
+    ragged_lists = Dataset.from_dict({"prompt": ["q"], "lists": [[["a", "b"], ["c", "d", "e"]]],
+                                      "list_scores": [[1, 0]]})
+    with pytest.raises(ValueError, match="Row 0 of the RPO dataset holds a list of 2"):
+        infer_k(ragged_lists)
+    with pytest.raises(ValueError, match="The RPO dataset has no rows"):
+        infer_k(pairwise.select([]))
 
 
 def test_a_gathered_state_dict_is_what_the_saved_folder_holds(tmp_path, policy, pairs, monkeypatch):

@@ -20,7 +20,7 @@ from .models import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, load_generator, load_r
 from .pipeline import RAGPipeline
 from .preferences import GenerationPreferenceBuilder, RetrievalPreferenceBuilder
 from .retrieval import DenseIndex, Retriever, set_scores
-from .trainers import SetDPOConfig, SetDPOTrainer
+from .trainers import GPOConfig, GPOTrainer, NonFiniteTrainingError, SetDPOConfig, SetDPOTrainer
 
 __all__ = [
     "retrieval_evaluator",
@@ -55,4 +55,7 @@ __all__ = [
     "set_scores",
     "SetDPOConfig",
     "SetDPOTrainer",
+    "GPOConfig",
+    "GPOTrainer",
+    "NonFiniteTrainingError",
 ]

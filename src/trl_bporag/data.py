@@ -235,7 +235,8 @@ def _load_beir_corpus(path: Path) -> Corpus:
     for lineno, row in _read_jsonl(path, ("_id", "text")):
         pid = row["_id"]
         if pid in seen:
-            raise ValueError(f"{path}:{lineno}: duplicate passage id {pid!r} in field '_id' (first on line {seen[pid]})")
+            raise ValueError(f"{path}:{lineno}: duplicate passage id {pid!r} in field '_id' (first on line "
+                             f"{seen[pid]})")
         if not isinstance(row["text"], str):
             raise ValueError(f"{path}:{lineno}: field 'text' must be a string")
         seen[pid] = lineno
@@ -297,7 +298,8 @@ def load_beir(path: str | os.PathLike, split: str = "test") -> RAGDataset:
     for lineno, row in _read_jsonl(qpath, ("_id", "text", "answers")):
         qid = row["_id"]
         if qid in lines:
-            raise ValueError(f"{qpath}:{lineno}: duplicate query id {qid!r} in field '_id' (first on line {lines[qid]})")
+            raise ValueError(f"{qpath}:{lineno}: duplicate query id {qid!r} in field '_id' (first on line "
+                             f"{lines[qid]})")
         if not isinstance(row["text"], str) or not row["text"].strip():
             raise ValueError(f"{qpath}:{lineno}: field 'text' must be a non-empty string")
         lines[qid] = lineno
@@ -333,7 +335,8 @@ def _as_dataset(obj, split: str | None):
         return obj
     if isinstance(obj, (str, os.PathLike)):
         if os.path.isdir(obj) and (
-            os.path.isfile(os.path.join(obj, "dataset_info.json")) or os.path.isfile(os.path.join(obj, "dataset_dict.json"))
+            os.path.isfile(os.path.join(obj, "dataset_info.json"))
+            or os.path.isfile(os.path.join(obj, "dataset_dict.json"))
         ):
             return _as_dataset(datasets.load_from_disk(str(obj)), split)
         return datasets.load_dataset(str(obj), split=split)
@@ -429,7 +432,10 @@ def load_qa_dataset(
     titles = ds[title_column] if title_column and title_column in ds.column_names else [""] * len(contexts)
     questions = _column(ds, question_column, "dataset")
     raw_answers = _column(ds, answers_column, "dataset")
-    qids = [str(x) for x in ds[id_column]] if id_column and id_column in ds.column_names else [str(i) for i in range(len(ds))]
+    if id_column and id_column in ds.column_names:
+        qids = [str(x) for x in ds[id_column]]
+    else:
+        qids = [str(i) for i in range(len(ds))]
     cids, ctexts, ctitles, seen = [], [], [], set()
     gold = []
     for title, ctx in zip(titles, contexts):
@@ -450,10 +456,12 @@ def load_rag_dataset(name_or_path: str | os.PathLike, split: str = "test", **col
     """Load a folder in the BEIR layout (has ``corpus.jsonl``), else a SQuAD-style HF data set (folder or Hub id)."""
     if os.path.isfile(os.path.join(name_or_path, "corpus.jsonl")):
         if columns:
-            raise ValueError(f"column options {sorted(columns)} apply to HF datasets, not to the BEIR folder {name_or_path}")
+            raise ValueError(f"column options {sorted(columns)} apply to HF datasets, not to the BEIR folder "
+                             f"{name_or_path}")
         return load_beir(name_or_path, split)
     if os.path.isdir(name_or_path) and not os.listdir(name_or_path):
-        raise ValueError(f"{name_or_path}: empty folder; expected corpus.jsonl + queries.jsonl + qrels/ or a datasets folder")
+        raise ValueError(f"{name_or_path}: empty folder; expected corpus.jsonl + queries.jsonl + qrels/ or a datasets "
+                         "folder")
     beir_parts = [n for n in ("queries.jsonl", "qrels") if os.path.exists(os.path.join(name_or_path, n))]
     if os.path.isdir(name_or_path) and beir_parts:
         raise ValueError(f"{name_or_path}: has {' and '.join(beir_parts)} but no corpus.jsonl (the BEIR layout needs "

@@ -9,6 +9,7 @@ two), its ``accuracy@k`` is our Recall@k (:func:`~trl_bporag.metrics.retrieval_m
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 
@@ -50,7 +51,13 @@ def retrieval_evaluator(
     if not questions.has_gold_passages:
         raise ValueError(f"split {questions.name or split!r}: no gold passage ids (qrels), so retrieval cannot be "
                          "scored; use a split with qrels")
+    if not ks or any(isinstance(k, bool) or not isinstance(k, numbers.Integral) for k in ks):
+        raise ValueError(f"ks: expected a non-empty list of integers, got {ks!r}")
     ks = sorted({int(k) for k in ks})
+    n = len(data.corpus.ids)
+    if ks[0] < 1 or ks[-1] > n:
+        raise ValueError(f"ks={ks}: every cut-off must lie in [1, {n}] (the corpus holds {n} passages; accuracy@k "
+                         "beyond it is 1.0 by construction)")
     return InformationRetrievalEvaluator(
         queries={qid: q for qid, q, golds in zip(questions.ids, questions.questions, questions.gold_ids) if golds},
         corpus={pid: data.corpus.passage(i, with_title) for i, pid in enumerate(data.corpus.ids)},

@@ -14,18 +14,14 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from .settings import DEFAULT_SYSTEM_PROMPT, DEFAULTS, QUOTED_ANSWER_PREFIX  # noqa: F401 (re-exported)
+from .settings import (  # noqa: F401 (re-exported)
+    DEFAULT_SYSTEM_PROMPT,
+    DEFAULTS,
+    QUOTED_ANSWER_PREFIX,
+    RAGSettings,
+    answer_stop,
+)
 from .utils import stable_seed
-
-_CLOSING = {'"': '"', "\u201c": "\u201d", "(": ")", "[": "]"}
-
-
-def answer_stop(answer_prefix: str | None) -> str | None:
-    """Where an answer written after ``answer_prefix`` ends: the closing mark of an opening quote or bracket the prefix
-    ends with (``'The answer is "'`` -> ``'"'``), else None (the first line is the answer)."""
-    if not answer_prefix:
-        return None
-    return _CLOSING.get(answer_prefix.rstrip(" ")[-1:])
 
 
 def truncate_passage(text: str, tokenizer, max_tokens: int | None) -> str:
@@ -79,6 +75,13 @@ def build_prompt(
         ctx = f"{format_context(passages)}\n\n" if passages else ""
         text = f"{head}{ctx}Question: {question}\nAnswer:" + (" " if answer_prefix else "")
     return text + (answer_prefix or "")
+
+
+def rag_prompt(tokenizer, settings: RAGSettings, question: str, passages: Sequence[str]) -> str:
+    """The prompt the generator reads for ``question`` and its first-k ``passages`` under ``settings``
+    (:func:`build_prompt` with the settings' passage budget, system prompt and answer prefix)."""
+    return build_prompt(tokenizer, question, list(passages)[: settings.k], settings.max_passage_tokens,
+                        settings.system_prompt, settings.answer_prefix)
 
 
 def clean_answer(text: str, stop: str | None = None) -> str:

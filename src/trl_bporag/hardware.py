@@ -198,7 +198,8 @@ def hardware_summary() -> dict:
 
 
 def describe_hardware() -> str:
-    """:func:`hardware_summary` on one line, e.g. ``AMD EPYC | torch CPU capability AVX512 | bf16 native | 2 threads``."""
+    """:func:`hardware_summary` on one line, e.g. ``AMD EPYC | torch CPU capability AVX512 | bf16 native | 2 torch
+    threads of 2 CPUs``."""
     s = hardware_summary()
     parts = [s["cpu"], f"torch CPU capability {s['torch_cpu_capability']}",
              "bf16 native" if s["cpu_bf16_native"] else "bf16 emulated (fp32 default)",

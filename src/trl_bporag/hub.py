@@ -3,7 +3,8 @@
 Every artifact is a folder in a standard format, so a push is one ``HfApi.upload_folder`` call:
 
 * the RPO-tuned retriever: ``SetDPOTrainer.push_to_hub()`` (a sentence-transformers folder with its model card);
-* a FAISS index: :meth:`trl_bporag.retrieval.DenseIndex.push_to_hub` / :meth:`~trl_bporag.retrieval.DenseIndex.from_pretrained`;
+* a FAISS index: :meth:`trl_bporag.retrieval.DenseIndex.push_to_hub` /
+  :meth:`~trl_bporag.retrieval.DenseIndex.from_pretrained`;
 * preference pairs (RPO or GPO rows): :func:`push_pairs_to_hub`, read back with ``datasets.load_dataset(repo_id)``;
 * any other saved folder, e.g. a PEFT adapter: :func:`push_folder_to_hub`.
 

@@ -305,9 +305,10 @@ def load_generator(id_or_path: str = DEFAULT_GENERATOR, torch_dtype="auto", devi
             # copy), then the adapter on top.
             from peft import PeftModel
 
-            with open(adapter_file, encoding="utf-8") as fh:
-                base_id = json.load(fh).get("base_model_name_or_path")
-            if not base_id:
+            from .stage_files import read_json_object
+
+            base_id = read_json_object(adapter_file, "PEFT adapter config").get("base_model_name_or_path")
+            if not isinstance(base_id, str) or not base_id:
                 raise ValueError(f"{adapter_file}: base_model_name_or_path is missing; cannot tell which base to load")
             base, _ = load_generator(base_id, torch_dtype=torch_dtype, **kwargs)
             model = PeftModel.from_pretrained(base, path)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .data import Corpus, QASplit
-from .generation import generate
+from .generation import generate, rag_prompt
 from .metrics import answer_metrics, per_query_metrics, retrieval_metrics
 from .retrieval import DenseIndex, Retriever
 from .settings import RAGSettings, UsesRAGSettings, resolve_settings
@@ -128,7 +128,7 @@ class RAGPipeline(UsesRAGSettings):
     def prompts(self, questions: Sequence[str], passage_ids: Sequence[Sequence[str]]) -> list[str]:
         if self.tokenizer is None:
             raise ValueError("this pipeline has no generator: pass generator= and tokenizer=")
-        return [self.settings.prompt(self.tokenizer, q, self.passages(ids[: self.k]))
+        return [rag_prompt(self.tokenizer, self.settings, q, self.passages(ids[: self.k]))
                 for q, ids in zip(questions, passage_ids)]
 
     def answer(self, questions: Sequence[str], passage_ids: Sequence[Sequence[str]], progress: str | None = None,

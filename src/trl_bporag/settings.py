@@ -3,8 +3,8 @@
 :class:`RAGSettings` is used by every stage that builds a prompt or answers: the RPO builder's generator judges, the
 GPO builder, :class:`~trl_bporag.RAGPipeline`, evaluation and every example script (whose flags are generated from
 its fields: it is a dataclass that ``TrlParser`` reads). A stage artifact records it
-(:func:`trl_bporag.artifacts.write_stage_config`) and the next stage reads it back
-(:func:`trl_bporag.artifacts.read_stage_settings`), so an adapter is served with the prompt it was trained on.
+(:func:`trl_bporag.artifacts.write_bporag_config`, the builders' ``stats.json``) and the next stage reads it back
+(:func:`trl_bporag.artifacts.stage_settings`), so an adapter is served with the prompt it was trained on.
 
 The defaults are the measured best for the embedded default (docs/benchmarks.md): k = 5, passages cut to 96 tokens
 (what fits GPO's 640-token training rows), the default system prompt, the reply started with ``The answer is "``
@@ -25,6 +25,16 @@ DEFAULT_SYSTEM_PROMPT = (
 #: An answer prefix that makes small instruction models answer with a short span: the reply starts with it, the
 #: generator writes the answer and closes the quote (chosen on squad-dev *dev*, ``bench/prompt_choice.py``).
 QUOTED_ANSWER_PREFIX = 'The answer is "'
+
+_CLOSING = {'"': '"', "\u201c": "\u201d", "(": ")", "[": "]"}
+
+
+def answer_stop(answer_prefix: str | None) -> str | None:
+    """Where an answer written after ``answer_prefix`` ends: the closing mark of an opening quote or bracket the prefix
+    ends with (``'The answer is "'`` -> ``'"'``), else None (the first line is the answer)."""
+    if not answer_prefix:
+        return None
+    return _CLOSING.get(answer_prefix.rstrip(" ")[-1:])
 
 
 def finite(value, name: str, positive: bool = False, minimum: float | None = None) -> float:
@@ -102,19 +112,9 @@ class RAGSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def prompt(self, tokenizer, question: str, passages) -> str:
-        """The prompt the generator reads for ``question`` and its first-k ``passages``
-        (:func:`~trl_bporag.generation.build_prompt` with these settings)."""
-        from .generation import build_prompt
-
-        return build_prompt(tokenizer, question, list(passages)[: self.k], self.max_passage_tokens, self.system_prompt,
-                            self.answer_prefix)
-
     @property
     def stop(self) -> str | None:
-        """Where an answer written after ``answer_prefix`` ends (:func:`~trl_bporag.generation.answer_stop`)."""
-        from .generation import answer_stop
-
+        """Where an answer written after ``answer_prefix`` ends (:func:`answer_stop`)."""
         return answer_stop(self.answer_prefix)
 
     @classmethod

@@ -211,11 +211,10 @@ def load_pairs(name: str | os.PathLike, config: str | None = None, train_split: 
     empty = [split for split, part in (data.items() if isinstance(data, DatasetDict) else [(None, data)])
              if len(part) == 0]
     if empty:
-        stats = os.path.join(name, "stats.json")
-        hint = ""
-        if os.path.isfile(stats):
-            with open(stats, encoding="utf-8") as fh:
-                hint = f"; the builder's counts ({stats}): {json.load(fh).get('stats')}"
+        from ..artifacts import read_pairs_stats
+
+        stats = read_pairs_stats(name) if os.path.isdir(name) else None
+        hint = f"; the builder's counts (stats.json): {stats.get('stats')}" if stats else ""
         where = f"{name}" + (f" (split {empty[0]!r})" if empty[0] is not None else "")
         raise ValueError(f"{where}: holds no preference pairs, nothing to train on{hint}. Build more pairs (more "
                          f"queries, more perturbations or samples) before training")

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..data import Corpus, QASplit
-from ..generation import generate_candidates
+from ..generation import generate_candidates, rag_prompt
 from ..likelihood import answer_log_likelihood
 from ..metrics import qa_f1
 from ..settings import PAIRINGS, RPO_DEFAULTS, RAGSettings, UsesRAGSettings, resolve_settings
@@ -231,7 +231,7 @@ class RetrievalPreferenceBuilder(UsesRAGSettings, ShardedPreferenceBuilder):
         ans = [answers[i] for i in first]
         self.stats["windows_judged"] += len(first)
         if self.judge == "generator_f1":
-            prompts = [self.settings.prompt(self.tokenizer, q, t) for q, t in zip(qs, texts)]
+            prompts = [rag_prompt(self.tokenizer, self.settings, q, t) for q, t in zip(qs, texts)]
             outputs = self.generate_answers(prompts, self.settings.stop)
             self.stats["generations"] += len(prompts)
             scores = [qa_f1(o, a) for o, a in zip(outputs, ans)]

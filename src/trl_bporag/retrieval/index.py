@@ -102,6 +102,9 @@ class DenseIndex:
                 index.hnsw.efConstruction = ef_construction
             else:
                 nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+                if n < nlist:
+                    raise ValueError(f"index_type='ivf': training {nlist} IVF lists needs at least {nlist} passages, "
+                                     f"got {n}; use index_type='flat' for a corpus this small (or a smaller nlist)")
                 index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
                 index.train(emb)
             index.add(emb)
@@ -238,6 +241,10 @@ class DenseIndex:
             raise ValueError(f"query_embeddings: expected shape [n, {self.dim}], got {tuple(query_embeddings.shape)}")
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k: expected a positive integer, got {k!r}")
+        bad = np.flatnonzero(~np.isfinite(q).all(axis=1))
+        if bad.size:
+            raise ValueError(f"query_embeddings: row(s) {bad[:5].tolist()} hold NaN or inf (an encoder that overflowed?"
+                             "); no passage can be ranked for them")
         k_eff = min(k, len(self))
         scores, rows = self._index.search(q, k_eff)
         return scores, rows
@@ -296,7 +303,8 @@ class DenseIndex:
                     f"dim {dim} (model {retriever.model_id!r})"
                 )
             if meta.get("score") and meta["score"] != retriever.score:
-                raise ValueError(f"{where}: index built for score {meta['score']!r}, retriever uses {retriever.score!r}")
+                raise ValueError(f"{where}: index built for score {meta['score']!r}, retriever uses "
+                                 f"{retriever.score!r}")
             if meta.get("model_fingerprint") and meta["model_fingerprint"] != retriever.fingerprint():
                 raise ValueError(
                     f"{where}: index built with model {meta.get('model_id')!r} (fingerprint "
@@ -398,11 +406,8 @@ class DenseIndex:
         if not meta_path.is_file() or not index_path.is_file():
             raise ValueError(f"{root}: not a saved DenseIndex (expected {INDEX_FILE} and {META_FILE})")
         meta = read_meta(root)
-        if not isinstance(meta, dict):
-            raise ValueError(f"{meta_path}: corrupt metadata ({meta})")
-        for key in ("index_type", "dim", "ids", "params"):
-            if key not in meta:
-                raise ValueError(f"{meta_path}: missing field {key!r}")
+        if not isinstance(meta, dict):  # the schema's message names the file; the others say what is wrong
+            raise ValueError(meta if str(meta_path) in meta else f"{meta_path}: corrupt metadata ({meta})")
         if verify and meta.get("index_sha256") and sha256(index_path) != meta["index_sha256"]:
             raise ValueError(f"{index_path}: the file does not match the sha256 in {META_FILE} (truncated or corrupt)")
         cls._check_meta(root, meta, retriever, corpus, with_title)
@@ -410,6 +415,10 @@ class DenseIndex:
             index = faiss.read_index(str(index_path))
         except RuntimeError as err:
             raise ValueError(f"{index_path}: cannot read the FAISS index ({str(err).splitlines()[0][:200]})") from None
+        kind = "hnsw" if hasattr(index, "hnsw") else "ivf" if hasattr(index, "nlist") else "flat"
+        if kind != meta["index_type"]:
+            raise ValueError(f"{index_path}: holds a {kind} index, but {META_FILE} says index_type "
+                             f"{meta['index_type']!r}")
         if index.ntotal != len(meta["ids"]) or index.d != meta["dim"]:
             raise ValueError(
                 f"{index_path}: holds {index.ntotal} vectors of dim {index.d}, metadata says {len(meta['ids'])} of "

@@ -8,6 +8,8 @@ import json
 import os
 from pathlib import Path
 
+from ..stage_files import INDEX_METADATA, check_schema
+
 INDEX_FILE = "index.faiss"
 META_FILE = "metadata.json"
 
@@ -50,6 +52,10 @@ def read_meta(folder: Path) -> dict | str | None:
         return f"{META_FILE} does not parse ({err})"
     if not isinstance(meta, dict):
         return f"{META_FILE} holds a {type(meta).__name__}, not an object"
+    try:
+        check_schema(meta_path, meta, INDEX_METADATA, "index metadata")
+    except ValueError as err:
+        return str(err)
     return meta
 
 

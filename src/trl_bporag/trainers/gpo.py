@@ -13,6 +13,7 @@ generator needs around it:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from trl import DPOConfig, DPOTrainer
 
 from ..artifacts import write_bporag_config
 from ..settings import GPO_DEFAULTS
+from .callbacks import StopOnNonFiniteGradients
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +102,14 @@ class GPOConfig(DPOConfig):
             self.use_cpu = True
         if self.gradient_checkpointing is None and not hasattr(self, "activation_checkpointing"):
             self.gradient_checkpointing = False  # transformers without the activation_checkpointing rename
-        if not (isinstance(self.beta, (int, float)) and self.beta > 0):
-            raise ValueError(f"beta: expected a number > 0 (a negative beta trains the preference backwards), got "
-                             f"{self.beta!r}")
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"beta: expected a finite number > 0 (a negative beta trains the preference backwards), "
+                             f"got {self.beta!r}")
+        weights = [] if self.loss_weights is None else list(self.loss_weights)
+        if not all(isinstance(w, (int, float)) and math.isfinite(w) and w >= 0 for w in weights):
+            raise ValueError(f"loss_weights: expected finite numbers >= 0, got {weights}")
+        if not (isinstance(self.label_smoothing, (int, float)) and math.isfinite(self.label_smoothing)):
+            raise ValueError(f"label_smoothing: expected a finite number, got {self.label_smoothing!r}")
         super().__post_init__()
 
 
@@ -110,8 +117,9 @@ def gpo_lora_config(r: int = 16, alpha: int = 32, top_layers: int | None = None,
     """The :class:`peft.LoraConfig` GPO uses: rank ``r`` on all linear layers, no dropout, a causal-LM task.
 
     ``top_layers`` (needs ``model``): adapt only the linear layers of the last ``top_layers`` decoder layers of
-    ``model`` (all of them when the model has fewer). Nothing below them needs a gradient, so autograd keeps no activations there and the backward pass stops
-    at the first adapted layer: less memory and less time per step (measured in ``bench/gpo_step.py``)."""
+    ``model`` (all of them when the model has fewer). Nothing below them needs a gradient, so autograd keeps no
+    activations there and the backward pass stops at the first adapted layer: less memory and less time per step
+    (measured in ``bench/gpo_step.py``)."""
     from peft import LoraConfig
 
     if top_layers is not None:
@@ -164,7 +172,8 @@ class GPOTrainer(DPOTrainer):
         bporag_config: at least ``retriever`` and ``k``; usually the pairs' builder configuration (the retriever, the
             :class:`~trl_bporag.settings.RAGSettings`, the candidates) plus the training settings. Written as
             ``bporag_config.json`` beside the card, which :meth:`~trl_bporag.RAGPipeline.from_pretrained` reads.
-        *args, **kwargs: as for ``DPOTrainer``.
+
+    Every other argument is passed to ``DPOTrainer`` unchanged.
     """
 
     def __init__(self, *args, bporag_config: dict[str, Any], **kwargs):
@@ -174,6 +183,7 @@ class GPOTrainer(DPOTrainer):
                              "was aligned under")
         self.bporag_config = dict(bporag_config)
         super().__init__(*args, **kwargs)
+        self.add_callback(StopOnNonFiniteGradients())  # a NaN gradient stops training before it reaches the adapter
 
     def create_model_card(self, *args, **kwargs):
         super().create_model_card(*args, **kwargs)

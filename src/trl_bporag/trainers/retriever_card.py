@@ -6,6 +6,7 @@ retrieval metrics before and after training, in the YAML header (``set_dpo``, ``
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 CARD_MARKER = "## Set-DPO training (trl-bporag)"
@@ -105,7 +106,8 @@ def retriever_card(
     card.data.set_dpo = data.all_hyperparameters
     if dataset_name:
         card.data.datasets = [dataset_name]
-    section = f"\n{CARD_MARKER}\n\nTrained with `SetDPOTrainer` (TRL's `DPOTrainer` for dense retrievers) on {objective}.\n"
+    section = (f"\n{CARD_MARKER}\n\nTrained with `SetDPOTrainer` (TRL's `DPOTrainer` for dense retrievers) on "
+               f"{objective}.\n")
     if retrieval_metrics:
         card.data.retrieval_metrics = retrieval_metrics
         before, after = retrieval_metrics.get("before", {}), retrieval_metrics.get("after", {})
@@ -121,3 +123,58 @@ def retriever_card(
 
 def _cell(table: dict[str, float], name: str) -> str:
     return f"{table[name]:.4f}" if name in table else "-"
+
+
+class RetrieverCard:
+    """Mixin of :class:`~trl_bporag.SetDPOTrainer`: its model card and the ``bporag_config.json`` of its folders (the
+    trainer provides the losses, ``k``, ``score``, the reference choice and ``_base_model_id``)."""
+
+    _card_metrics = None
+    _card_dataset_name = None
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None, retrieval_metrics: dict | None = None, **kwargs) -> None:
+        """Write ``README.md`` to ``args.output_dir`` (called by ``push_to_hub`` and at each checkpoint, as in TRL):
+        sentence-transformers' card of the retriever plus the set-DPO settings (:mod:`.retriever_card`).
+
+        Args:
+            model_name: the name in the card's usage snippet (default: ``hub_model_id``, else the folder's name).
+            dataset_name: the preference data set (Hub id or folder); recorded in the card's ``datasets``.
+            tags: extra tags.
+            retrieval_metrics: retrieval quality before and after training, e.g. ``{"dataset": "squad-dev", "before":
+                {"recall@5": 0.61}, "after": {"recall@5": 0.64}}`` (:meth:`set_retrieval_metrics`).
+        """
+        if retrieval_metrics is not None:
+            self.set_retrieval_metrics(retrieval_metrics)
+        if self.is_world_process_zero():
+            os.makedirs(self.args.output_dir, exist_ok=True)
+            self._write_card(self.args.output_dir, model_name, dataset_name, [tags] if isinstance(tags, str) else tags)
+
+    def set_retrieval_metrics(self, retrieval_metrics: dict) -> None:
+        """Record retrieval metrics before/after training for every later model card (see :meth:`create_model_card`)."""
+        self._card_metrics = check_retrieval_metrics(retrieval_metrics)
+
+    def folder_config(self) -> dict:
+        """What a saved retriever folder records in ``bporag_config.json`` for the pipeline: k and the score."""
+        return {"stage": "rpo", "k": self.k, "score": self.score,
+                "position_weights": self.args.position_weights[: self.k] if self.args.position_weights else None}
+
+    def _write_card(self, output_dir, model_name=None, dataset_name=None, tags=None) -> None:
+        self._card_dataset_name = dataset_name or self._card_dataset_name
+        reference = ("base encoder (PEFT adapter disabled)" if self._peft_adapter else
+                     "precomputed reference set scores" if self.precompute_ref_scores else
+                     "frozen copy of the base retriever" if self._ref_is_policy_copy else
+                     "explicit reference retriever")
+        objective, sentence, reference = describe_training(self.preference_loss, reference if self._needs_reference
+                                                           else None)
+        settings = {**self.folder_config(), "beta": self.beta, "loss_type": self.loss_types,
+                    "loss_weights": self.loss_weights, "objective": objective,
+                    "label_smoothing": self.args.label_smoothing, "reference": reference,
+                    "max_query_length": self.args.max_query_length, "max_passage_length": self.args.max_passage_length,
+                    "learning_rate": self.args.learning_rate, "global_step": self.state.global_step,
+                    "base_model": self._base_model_id}
+        settings.pop("stage")
+        text = retriever_card(self.accelerator.unwrap_model(self.model), settings, sentence,
+                              self.hub_model_id or model_name or Path(self.args.output_dir).name, self._base_model_id,
+                              self._card_dataset_name, tags, self._card_metrics, self._paper.get("citation"))
+        Path(output_dir, "README.md").write_text(text)

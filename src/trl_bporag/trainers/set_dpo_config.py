@@ -52,6 +52,10 @@ def _default_bf16(fp16: bool, use_cpu: bool) -> bool:
     return bf16_native(_training_device(use_cpu))
 
 
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
 @dataclass
 class SetDPOConfig(DPOConfig):
     r"""
@@ -61,9 +65,9 @@ class SetDPOConfig(DPOConfig):
 
     The loss is TRL's DPO loss on the logits β[(s_θ(P+) − s_θ(P−)) − (s_ref(P+) − s_ref(P−))]. All [`trl.DPOConfig`]
     fields are accepted (so `trl/scripts/dpo.py` parses unchanged); those that only make sense for a causal LM
-    (`max_length`, `truncation_mode`, `padding_free`, `pad_to_multiple_of`, ...) are ignored. `model_init_kwargs` is used
-    when the trainer loads the retriever from an id or path: `revision`, `trust_remote_code` and `cache_folder` go to
-    `SentenceTransformer`, `dtype` and the rest to the transformers model.
+    (`max_length`, `truncation_mode`, `padding_free`, `pad_to_multiple_of`, ...) are ignored. `model_init_kwargs` is
+    used when the trainer loads the retriever from an id or path: `revision`, `trust_remote_code` and `cache_folder`
+    go to `SentenceTransformer`, `dtype` and the rest to the transformers model.
 
     Parameters added to [`trl.DPOConfig`]:
         k (`int` or `None`, *optional*, defaults to `None`):
@@ -130,7 +134,8 @@ class SetDPOConfig(DPOConfig):
     Defaults that differ from [`trl.DPOConfig`]: `beta=10.0`, `learning_rate=2e-5`, `bf16=None` (resolved to `True`
     only where the training device computes bf16 natively: a CUDA device with bf16, or a CPU with AVX512-BF16 / AMX,
     [`trl_bporag.hardware.bf16_native`]; on such a CPU-only machine `use_cpu` is set too, for bf16 autocast there; an
-    explicit `bf16=True` on a CPU without native bf16 is honoured with a warning), `gradient_checkpointing` off, `remove_unused_columns=False`, `max_length=None`, and
+    explicit `bf16=True` on a CPU without native bf16 is honoured with a warning), `gradient_checkpointing` off,
+    `remove_unused_columns=False`, `max_length=None`, and
     `use_cpu=True` when launched with several processes (`accelerate launch`, `torchrun`) on a machine without CUDA:
     otherwise transformers sets up no process group and each process trains alone on all the data.
 
@@ -269,10 +274,20 @@ class SetDPOConfig(DPOConfig):
                              f"got {self.beta!r}.")
         if self.reference not in REFERENCES:
             raise ValueError(f"reference must be one of {REFERENCES}, got {self.reference!r}.")
-        if self.reference_margin_scale is not None and not (
-            isinstance(self.reference_margin_scale, (int, float)) and self.reference_margin_scale > 0
-        ):
-            raise ValueError(f"reference_margin_scale must be a number > 0 or None, got {self.reference_margin_scale!r}.")
+        if self.reference_margin_scale is not None and not _positive(self.reference_margin_scale):
+            raise ValueError(f"reference_margin_scale must be a finite number > 0 or None, got "
+                             f"{self.reference_margin_scale!r}.")
+        if not _positive(self.contrastive_scale):
+            raise ValueError(f"contrastive_scale must be a finite number > 0 (a negative scale trains the 'sft' term "
+                             f"backwards), got {self.contrastive_scale!r}.")
+        if self.loss_weights is not None:
+            weights = list(self.loss_weights)
+            if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+                       for w in weights):
+                raise ValueError(f"loss_weights must be finite numbers >= 0 (a negative weight trains its term "
+                                 f"backwards), got {weights}.")
+        if not (isinstance(self.label_smoothing, (int, float)) and math.isfinite(self.label_smoothing)):
+            raise ValueError(f"label_smoothing must be a finite number, got {self.label_smoothing!r}.")
         if self.score not in SUPPORTED_SCORES:
             raise ValueError(f"score must be one of {list(SUPPORTED_SCORES)}, got {self.score!r}.")
         if self.position_weights is not None:

@@ -8,6 +8,7 @@ which encodes each unique passage of a batch once.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
+
+logger = logging.getLogger(__name__)
 
 REF_CHOSEN_COLUMN = "ref_chosen_score"
 REF_REJECTED_COLUMN = "ref_rejected_score"
@@ -55,6 +58,15 @@ def _check_listwise_row(example, k: int, where: str) -> tuple[list[list[str]], l
                          "one score per list and >= 2 lists.")
     if not all(math.isfinite(v) for v in scores):
         raise ValueError(f"{where}: {LIST_SCORES_COLUMN} {scores} are not all finite.")
+    ref = example.get(REF_LIST_COLUMN)
+    if ref is not None:
+        ref = [float(v) for v in ref]
+        if len(ref) != len(windows):
+            raise ValueError(f"{where}: {len(ref)} {REF_LIST_COLUMN} for {len(windows)} lists; precomputed reference "
+                             "scores need one score per list (recompute them, or drop the column).")
+        if not all(math.isfinite(v) for v in ref):
+            raise ValueError(f"{where}: {REF_LIST_COLUMN} {ref} are not all finite (a NaN reference score would make "
+                             "the loss and every weight NaN).")
     return windows, scores
 
 
@@ -129,9 +141,22 @@ def infer_k(dataset) -> int:
         first = next(iter(dataset))
         lists = first[LISTS_COLUMN] if LISTS_COLUMN in first else [first["chosen"], first["rejected"]]
         return min(len(w) for w in lists)
+    if len(dataset) == 0:
+        raise ValueError("The RPO dataset has no rows; k cannot be read from it (build pairs first, or check the "
+                         "split).")
     if is_listwise(dataset):
-        return min(len(w) for row in dataset[LISTS_COLUMN] for w in row)
-    return min(min(_list_lengths(dataset, name)) for name in ("chosen", "rejected"))
+        lengths = [(row, min(len(w) for w in lists), max(len(w) for w in lists))
+                   for row, lists in enumerate(dataset[LISTS_COLUMN])]
+    else:
+        chosen, rejected = _list_lengths(dataset, "chosen"), _list_lengths(dataset, "rejected")
+        lengths = [(row, min(c, r), max(c, r)) for row, (c, r) in enumerate(zip(chosen, rejected))]
+    shortest = min(lengths, key=lambda t: t[1])
+    longest = max(t[2] for t in lengths)
+    if shortest[1] != longest:
+        raise ValueError(f"Row {shortest[0]} of the RPO dataset holds a list of {shortest[1]} passage(s), others "
+                         f"hold up to {longest}: k cannot be read from lists of unequal length (it would silently "
+                         f"become {shortest[1]} for every row). Set k explicitly (SetDPOConfig(k=...), --k).")
+    return shortest[1]
 
 
 def validate_rpo_dataset(dataset, k: int, name: str):
@@ -149,8 +174,8 @@ def validate_rpo_dataset(dataset, k: int, name: str):
     needed = LISTWISE_COLUMNS if listwise else REQUIRED_COLUMNS
     for column in needed:
         if column not in columns:
-            what = ("'prompt', 'lists' (lists of passage texts) and 'list_scores' (one judge score per list)" if listwise
-                    else "'prompt' (query string), 'chosen' and 'rejected' (lists of passage texts)")
+            what = ("'prompt', 'lists' (lists of passage texts) and 'list_scores' (one judge score per list)"
+                    if listwise else "'prompt' (query string), 'chosen' and 'rejected' (lists of passage texts)")
             raise ValueError(f"The {name} dataset has no {column!r} column (columns: {columns}). RPO rows need {what}.")
     if not first:
         raise ValueError(f"The {name} dataset is empty.")
@@ -158,8 +183,16 @@ def validate_rpo_dataset(dataset, k: int, name: str):
         raise ValueError(f"The 'prompt' column of the {name} dataset must hold query strings, got "
                          f"{type(first['prompt']).__name__}.")
     if listwise:
+        conflicts = []
         for row, example in enumerate(dataset if isinstance(dataset, Dataset) else [first]):
-            _check_listwise_row(example, k, f"Row {row} of the {name} dataset")
+            windows, scores = _check_listwise_row(example, k, f"Row {row} of the {name} dataset")
+            seen: dict[frozenset, float] = {}
+            for window, score in zip(windows, scores):
+                if seen.setdefault(frozenset(window), score) != score:
+                    conflicts.append(row)
+                    break
+        _warn_rows(conflicts, name, "hold the same passages (a duplicate or permuted window) twice with different "
+                   "judge scores; their set scores are equal, so those pairs push against each other")
         return dataset
     for field in ("chosen", "rejected"):
         if isinstance(first[field], str) or not isinstance(first[field], Sequence):
@@ -179,6 +212,10 @@ def validate_rpo_dataset(dataset, k: int, name: str):
                 raise ValueError(f"Row {row} of the {name} dataset: field {field!r} repeats the passage "
                                  f"{str(dup)[:60]!r} in its first k={k}. A list holds distinct passages (a repeated "
                                  "one would count twice in the set score).")
+    same = [row for row, (c, r) in enumerate(zip(dataset["chosen"], dataset["rejected"]))
+            if set(c[:k]) == set(r[:k])]
+    _warn_rows(same, name, f"have chosen and rejected lists that hold the same first k={k} passages (equal set "
+               "scores: the pair teaches nothing)")
     for column in (REF_CHOSEN_COLUMN, REF_REJECTED_COLUMN, "chosen_score", "rejected_score"):
         if column in columns:
             for row, value in enumerate(dataset[column]):
@@ -186,6 +223,12 @@ def validate_rpo_dataset(dataset, k: int, name: str):
                     raise ValueError(f"Row {row} of the {name} dataset: field {column!r} is {value!r}; scores must "
                                      "be finite numbers.")
     return dataset
+
+
+def _warn_rows(rows: list[int], name: str, what: str) -> None:
+    if rows:
+        logger.warning("%d row(s) of the %s dataset %s (first: row %d). They are trained on as given; check the "
+                       "builder or judge that wrote them.", len(rows), name, what, rows[0])
 
 
 def _list_lengths(dataset: Dataset, column: str) -> list[int]:

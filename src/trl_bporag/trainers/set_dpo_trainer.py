@@ -19,12 +19,11 @@ import copy
 import os
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import transformers
 from accelerate.logging import get_logger
-from accelerate.utils import broadcast_object_list, tqdm
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset, IterableDataset
 from packaging.version import Version
 from torch.utils.data import DataLoader
@@ -35,40 +34,29 @@ from trl.trainer.utils import disable_dropout_in_model
 
 from ..losses import ContrastiveSetLoss, ListwiseSetDPOLoss, SetDPOLoss
 from .cached_set_scores import CachedSetScores
-from .retriever_card import base_model_id, check_retrieval_metrics, describe_training, retriever_card
+from .callbacks import ReturnFreedMemory, StopOnNonFiniteGradients, check_finite_loss
+from .retriever_card import RetrieverCard, base_model_id
 from .set_dpo_config import SetDPOConfig
 from .set_dpo_data import (
     COLLATED_COLUMNS,
     LIST_SCORES_COLUMN,
     LISTS_COLUMN,
-    LISTWISE_COLUMNS,
     REF_CHOSEN_COLUMN,
-    REF_LIST_COLUMN,
     REF_REJECTED_COLUMN,
-    REQUIRED_COLUMNS,
     DataCollatorForSetPreference,
     has_ref_columns,
     infer_k,
     is_listwise,
     validate_rpo_dataset,
 )
+from .set_dpo_reference import ReferenceScores
 from .set_scores import SetScorer, batch_lists, preferred_pair
 from .st_checkpoints import SentenceTransformerCheckpoints
 
 logger = get_logger(__name__)
 
 
-class ReturnFreedMemory(TrainerCallback):
-    """After every optimizer step, freed heap pages go back to the OS (:func:`trl_bporag.monitor.return_freed_memory`;
-    measured: the README's Stage-1 training with GradCache peaks 0.5-0.9 GiB lower, bench/rpo_memory.py)."""
-
-    def on_step_end(self, args, state, control, **kwargs):
-        from ..monitor import return_freed_memory
-
-        return_freed_memory()
-
-
-class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
+class SetDPOTrainer(ReferenceScores, RetrieverCard, SentenceTransformerCheckpoints, DPOTrainer):
     """
     Set-level DPO trainer for a dense retriever (a ``sentence_transformers.SentenceTransformer``).
 
@@ -97,7 +85,8 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
         peft_config: a ``peft.PeftConfig`` (e.g. ``LoraConfig``) applied to the encoder's transformer. Saved folders
             hold the merged encoder (``SentenceTransformer(path)`` loads it) and the adapter alone under ``adapter/``.
         evaluator: a sentence-transformers evaluator (or a list of them), e.g.
-            :func:`trl_bporag.evaluation.retrieval_evaluator`'s ``InformationRetrievalEvaluator``, run at every evaluation
+            :func:`trl_bporag.evaluation.retrieval_evaluator`'s ``InformationRetrievalEvaluator``, run at every
+            evaluation
             (``eval_strategy``, with or without ``eval_dataset``); its metrics are logged as ``eval_<name>`` and can be
             ``metric_for_best_model`` for ``load_best_model_at_end``.
     """
@@ -132,7 +121,8 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
             name = model if isinstance(model, str) else getattr(model, "bporag_model_id", None) or "retriever"
             args = SetDPOConfig(f"{str(name).rstrip('/').split('/')[-1]}-SetDPO")
         elif not isinstance(args, SetDPOConfig):
-            raise TypeError(f"`args` must be a SetDPOConfig, got {type(args).__name__}. Swap DPOConfig for SetDPOConfig.")
+            raise TypeError(f"`args` must be a SetDPOConfig, got {type(args).__name__}. Swap DPOConfig for "
+                            "SetDPOConfig.")
         if train_dataset is None:
             raise ValueError("`train_dataset` is required")
         if not isinstance(train_dataset, (Dataset, IterableDataset)):
@@ -226,7 +216,8 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
                              f"{REF_CHOSEN_COLUMN!r}/{REF_REJECTED_COLUMN!r} columns. Use a map-style Dataset.")
 
         # transformers.Trainer, not DPOTrainer.__init__ (causal-LM specific); an evaluator alone may evaluate
-        Trainer.__init__(self, model=model, args=args, data_collator=data_collator or DataCollatorForSetPreference(k=args.k),
+        Trainer.__init__(self, model=model, args=args,
+                         data_collator=data_collator or DataCollatorForSetPreference(k=args.k),
                          train_dataset=train_dataset,
                          eval_dataset=eval_dataset if eval_dataset is not None or evaluator is None else "evaluator",
                          processing_class=processing_class or model.tokenizer, callbacks=callbacks,
@@ -238,6 +229,7 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
             raise ValueError(f"{type(self).__name__} does not support `nn.DataParallel`. Launch with `accelerate "
                              "launch` or `torchrun`, or make a single GPU visible with `CUDA_VISIBLE_DEVICES`.")
         self._check_peft_unsharded()
+        self.add_callback(StopOnNonFiniteGradients(lambda: getattr(self, "_batch_rows", "the last batch")))
         if self.cached_scores is not None:  # GradCache bounds the live memory; this keeps the heap from creeping
             self.add_callback(ReturnFreedMemory())
         self.maybe_activation_offload_context = contextlib.nullcontext()
@@ -290,63 +282,6 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
         """Scores of a collated batch, pairwise ([B, 2]: chosen, rejected) or listwise ([B, L])."""
         return self.compute_list_scores(list(inputs["prompt"]), batch_lists(inputs, self.k), model)
 
-    def compute_ref_scores(self, inputs: dict, model=None) -> torch.Tensor:
-        """Reference scores of a collated batch (no grad), [B, 2] (chosen, rejected) or [B, L] (listwise): ``model``
-        if given, else the reference model, else the adapter-disabled policy."""
-        ctx = contextlib.nullcontext()
-        if model is None and self.ref_model is not None:
-            model = self.ref_model
-        elif model is None and self._peft_adapter:
-            model, ctx = self.accelerator.unwrap_model(self.model), self._peft_model().disable_adapter()
-        elif model is None:
-            raise ValueError(
-                "No reference scores: the batch has no precomputed reference columns and no reference model is kept "
-                "(precompute_ref_scores=True without ref_model). Precompute the scores for this dataset (pass it as "
-                "eval_dataset at initialisation or to evaluate() before training) or pass a ref_model.")
-        with torch.no_grad(), ctx, self.accelerator.autocast():
-            scores, _ = self._batch_scores(inputs, model)
-        return scores.detach().float()
-
-    @staticmethod
-    def _precomputed_ref(inputs: dict) -> torch.Tensor | None:
-        if REF_LIST_COLUMN in inputs:
-            return inputs[REF_LIST_COLUMN].float()
-        if REF_CHOSEN_COLUMN in inputs and REF_REJECTED_COLUMN in inputs:
-            return torch.stack([inputs[REF_CHOSEN_COLUMN], inputs[REF_REJECTED_COLUMN]], dim=1).float()
-        return None
-
-    def _precompute_ref_scores(self, dataset, name: str):
-        """``dataset`` with the reference scores as columns (the reference model; else the adapter-disabled policy;
-        else the policy as it is now, before training, as in TRL)."""
-        if has_ref_columns(dataset):
-            return dataset
-        if isinstance(dataset, IterableDataset):
-            raise ValueError("`precompute_ref_scores=True` is not supported with IterableDataset. Use a map-style "
-                             "Dataset or set `precompute_ref_scores=False`.")
-        model = self.ref_model if self.ref_model is not None or self._peft_adapter else self.model
-        listwise = is_listwise(dataset)
-        batch_size = self.args.precompute_ref_batch_size or self.args.per_device_eval_batch_size
-        loader = self.accelerator.prepare(DataLoader(
-            dataset.select_columns(list(LISTWISE_COLUMNS if listwise else REQUIRED_COLUMNS)), batch_size=batch_size,
-            collate_fn=DataCollatorForSetPreference(k=self.k, with_ref_scores=False),
-            num_workers=self.args.dataloader_num_workers, shuffle=False))
-        was_training = self.model.training
-        self.model.eval()
-        rows = []
-        try:
-            for batch in tqdm(iterable=loader, desc=f"Computing reference set scores for {name} dataset",
-                              disable=bool(os.environ.get("TQDM_DISABLE", ""))):
-                scores = self.compute_ref_scores(batch, model)
-                mask = batch.get("list_mask", torch.ones_like(scores, dtype=torch.bool))
-                scores, mask = self.accelerator.gather_for_metrics((scores.contiguous(), mask.contiguous()))
-                rows.extend([s[m].tolist() for s, m in zip(scores.cpu(), mask.cpu())])
-        finally:
-            self.model.train(was_training)
-        if listwise:
-            return dataset.add_column(REF_LIST_COLUMN, rows)
-        dataset = dataset.add_column(REF_CHOSEN_COLUMN, [r[0] for r in rows])
-        return dataset.add_column(REF_REJECTED_COLUMN, [r[1] for r in rows])
-
     # ----------------------------------------------------------------------------------------------------------------
     # Loss, metrics, evaluation
     # ----------------------------------------------------------------------------------------------------------------
@@ -358,6 +293,7 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
             ref = ref.to(self.args.device) if ref is not None else self.compute_ref_scores(inputs)
 
         queries, lists = list(inputs["prompt"]), batch_lists(inputs, self.k)
+        self._batch_rows = f"{len(queries)} queries, the first {queries[0][:60]!r}"
         if self.cached_scores is not None:  # GradCache: the loss runs on embeddings of mini-batches
             plan = self.scorer.plan(queries, lists)
             loss, scores, _ = self.cached_scores(
@@ -366,6 +302,8 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
             scores, (passages, sims) = self.compute_list_scores(queries, lists, model)
             loss = self._objective(inputs, scores, sims, ref, mode, passages)
 
+        if mode == "train":
+            check_finite_loss(loss, self.state.global_step + 1, self._batch_rows)
         # Metrics, with TRL's names: pairwise, chosen vs rejected; listwise, the best- vs the worst-judged list
         pick = preferred_pair(inputs).to(scores.device)
         scores2 = scores.detach().gather(1, pick)
@@ -472,55 +410,6 @@ class SetDPOTrainer(SentenceTransformerCheckpoints, DPOTrainer):
         output.metrics.update({k if k.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{k}": v
                                for k, v in metrics.items()})
         return output
-
-    # ----------------------------------------------------------------------------------------------------------------
-    # Saving, loading, model card, Hub
-    # ----------------------------------------------------------------------------------------------------------------
-    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
-                          tags: str | list[str] | None = None, retrieval_metrics: dict | None = None, **kwargs) -> None:
-        """Write ``README.md`` to ``args.output_dir`` (called by ``push_to_hub`` and at each checkpoint, as in TRL):
-        sentence-transformers' card of the retriever plus the set-DPO settings (:mod:`.retriever_card`).
-
-        Args:
-            model_name: the name in the card's usage snippet (default: ``hub_model_id``, else the folder's name).
-            dataset_name: the preference data set (Hub id or folder); recorded in the card's ``datasets``.
-            tags: extra tags.
-            retrieval_metrics: retrieval quality before and after training, e.g. ``{"dataset": "squad-dev", "before":
-                {"recall@5": 0.61}, "after": {"recall@5": 0.64}}`` (:meth:`set_retrieval_metrics`).
-        """
-        if retrieval_metrics is not None:
-            self.set_retrieval_metrics(retrieval_metrics)
-        if self.is_world_process_zero():
-            os.makedirs(self.args.output_dir, exist_ok=True)
-            self._write_card(self.args.output_dir, model_name, dataset_name, [tags] if isinstance(tags, str) else tags)
-
-    def set_retrieval_metrics(self, retrieval_metrics: dict) -> None:
-        """Record retrieval metrics before/after training for every later model card (see :meth:`create_model_card`)."""
-        self._card_metrics = check_retrieval_metrics(retrieval_metrics)
-
-    def folder_config(self) -> dict:
-        """What a saved retriever folder records in ``bporag_config.json`` for the pipeline: k and the score."""
-        return {"stage": "rpo", "k": self.k, "score": self.score,
-                "position_weights": self.args.position_weights[: self.k] if self.args.position_weights else None}
-
-    def _write_card(self, output_dir, model_name=None, dataset_name=None, tags=None) -> None:
-        self._card_dataset_name = dataset_name or self._card_dataset_name
-        reference = ("base encoder (PEFT adapter disabled)" if self._peft_adapter else
-                     "precomputed reference set scores" if self.precompute_ref_scores else
-                     "frozen copy of the base retriever" if self._ref_is_policy_copy else "explicit reference retriever")
-        objective, sentence, reference = describe_training(self.preference_loss, reference if self._needs_reference
-                                                           else None)
-        settings = {**self.folder_config(), "beta": self.beta, "loss_type": self.loss_types,
-                    "loss_weights": self.loss_weights, "objective": objective,
-                    "label_smoothing": self.args.label_smoothing, "reference": reference,
-                    "max_query_length": self.args.max_query_length, "max_passage_length": self.args.max_passage_length,
-                    "learning_rate": self.args.learning_rate, "global_step": self.state.global_step,
-                    "base_model": self._base_model_id}
-        settings.pop("stage")
-        text = retriever_card(self.accelerator.unwrap_model(self.model), settings, sentence,
-                              self.hub_model_id or model_name or Path(self.args.output_dir).name, self._base_model_id,
-                              self._card_dataset_name, tags, self._card_metrics, self._paper.get("citation"))
-        Path(output_dir, "README.md").write_text(text)
 
 
 __all__ = ["DataCollatorForSetPreference", "SetDPOTrainer"]

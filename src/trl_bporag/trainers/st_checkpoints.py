@@ -69,7 +69,8 @@ class SentenceTransformerCheckpoints:
             raise ValueError("Prompt-learning PEFT methods are not supported for retrievers; use e.g. LoRA.")
         modules = transformer_modules(model)
         if len(modules) != 1:
-            raise ValueError(f"peft_config needs exactly one Transformer module in the retriever, found {len(modules)}.")
+            raise ValueError(f"peft_config needs exactly one Transformer module in the retriever, found "
+                             f"{len(modules)}.")
         if isinstance(modules[0].model, PeftModel):
             raise ValueError("The retriever already has a PEFT adapter; merge it first, then pass a new peft_config.")
         # An encoder has no LM head: wrap it as a feature extractor whatever task type the CLI set (CAUSAL_LM default)
@@ -137,7 +138,8 @@ class SentenceTransformerCheckpoints:
             return
         if not os.path.isfile(os.path.join(resume_from_checkpoint, "modules.json")):
             raise ValueError(f"Can't find a sentence-transformers checkpoint at {resume_from_checkpoint}")
-        loaded = SentenceTransformer(resume_from_checkpoint, device="cpu", trust_remote_code=self.args.trust_remote_code)
+        loaded = SentenceTransformer(resume_from_checkpoint, device="cpu",
+                                     trust_remote_code=self.args.trust_remote_code)
         st_model.load_state_dict(loaded.state_dict(), strict=True)
 
     def _load_best_model(self) -> None:
