@@ -29,8 +29,9 @@ FORMAT_VERSION = 1
 def _faiss():
     try:
         import faiss
-    except ImportError as err:  # pragma: no cover - faiss-cpu is a dependency
-        raise ImportError("DenseIndex needs FAISS: pip install faiss-cpu (or faiss-gpu)") from err
+    except ImportError as err:
+        raise ImportError("DenseIndex needs FAISS, which comes in one of two builds: pip install 'trl-bporag[cpu]' "
+                          "(faiss-cpu) or 'trl-bporag[gpu]' (faiss-gpu), not both (they ship the same module)") from err
     return faiss
 
 
