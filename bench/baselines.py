@@ -45,9 +45,11 @@ def naive_scorer(trainer) -> NaiveSetScorer:
 class UncachedRetrievalPreferenceBuilder(RetrievalPreferenceBuilder):
     """Judges every (query, window) with its own batch-1 ``generate`` call: no window cache, no shared prompts."""
 
-    def judge_windows(self, questions, answers, windows, keys=None):
-        return [super(UncachedRetrievalPreferenceBuilder, self).judge_windows([q], [a], [w])[0]
-                for q, a, w in zip(questions, answers, windows)]
+    def judge_windows(self, questions, answers, windows, keys=None, golds=None):
+        golds = golds if golds is not None else [None] * len(windows)
+        parent = super()
+        return [parent.judge_windows([q], [a], [w], golds=None if g is None else [g])[0]
+                for q, a, w, g in zip(questions, answers, windows, golds)]
 
     def generate_answers(self, prompts, stop):
         return [generate(self.generator, self.tokenizer, [p], batch_size=1, max_new_tokens=self.max_new_tokens,

@@ -177,13 +177,9 @@ def dpo(pairs_dir: str, generator: str, seed: int, args) -> str:
 
 
 def _example(name: str):
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"trl_bporag.scripts.{name}")  # the stage script examples/<name>.py runs
 
 
 def _log(out: Path, trainer, seconds: float, rows: int) -> None:

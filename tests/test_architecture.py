@@ -94,10 +94,12 @@ def _imports(path: Path) -> set[str]:
 LAYERS = [
     {"settings", "hardware", "utils", "stage_files", "metrics", "monitor"},
     {"data", "models", "generation", "likelihood", "artifacts", "hub", "report", "losses"},
+    {"passage_listwise_loss"},
     {"retrieval", "evaluation"},
     {"preferences"},
     {"trainers"},
     {"pipeline"},
+    {"scripts", "cli"},
 ]
 
 

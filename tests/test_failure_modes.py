@@ -277,13 +277,9 @@ def test_unwritable_cache_still_loads_the_packaged_generator(tmp_path, monkeypat
 
 # --- bad input: flags ----------------------------------------------------------------------------------------------
 def _example(name):
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location(f"example_{name}", REPO / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"trl_bporag.scripts.{name}")  # what examples/<name>.py runs
 
 
 @pytest.mark.parametrize("flag, value, message", [
@@ -302,7 +298,7 @@ def _example(name):
     ("stages", "rpo,train", r"--stages: unknown \['train'\]"),
     ("rpo_pairing", "pairs", r"--rpo_pairing: expected one of \('vs_original', 'best_worst', 'listwise'\)"),
     ("rpo_reference", "none", r"--rpo_reference: expected one of \('model', 'free'\)"),
-    ("rpo_judge", "f1", r"--rpo_judge: expected one of \('generator_f1', 'answer_likelihood', 'answer_hit'\)"),
+    ("rpo_judge", "f1", r"--rpo_judge: expected one of \('generator_f1', 'answer_likelihood', 'answer_hit', 'qrels'\)"),
     ("dtype", "fp8", r"--dtype: expected one of \('auto', 'bfloat16', 'float32'\)"),
 ])
 def test_bporag_flags_are_checked_at_parse_time(flag, value, message):
@@ -537,3 +533,59 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a, b.detach()))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", r"bporag_config.json: is empty; expected a JSON object"),
+    ("{not json", r"bporag_config.json: is not valid JSON"),
+    ("[1, 2]", r"bporag_config.json: holds a JSON list; expected a JSON object"),
+    ('{"k": 0}', r"bporag_config.json: 'k' is 0 \(int\); expected an integer >= 1"),
+    ('{"k": 2.7}', r"bporag_config.json: 'k' is 2.7 \(float\); expected an integer >= 1"),
+    ('{"answer_prefix": 1}', r"'answer_prefix' is 1 \(int\); expected a string"),
+    ('{"max_passage_tokens": "64"}', r"'max_passage_tokens' is \"64\" \(str\); expected an integer >= 1 or null"),
+    ('{"max_passage_tokens": -5}', r"'max_passage_tokens' is -5"),
+    ('{"with_title": "no"}', r"'with_title' is \"no\" \(str\); expected true or false"),
+    ('{"system_prompt": ["a"]}', r"'system_prompt' is \[\"a\"\] \(list\); expected a string"),
+    ("FOLDER", r"bporag_config.json: is a folder; expected a JSON file"),
+])
+def test_a_damaged_bporag_config_is_refused_naming_file_and_key(tmp_path, content, message):
+    from trl_bporag.artifacts import read_bporag_config
+
+    file = tmp_path / "adapter" / "bporag_config.json"
+    file.parent.mkdir()
+    if content == "FOLDER":
+        file.mkdir()
+    else:
+        file.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        read_bporag_config(file.parent)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{", r"stats.json: is not valid JSON"), ("[]", r"stats.json: holds a JSON list"),
+    ('{"config": {}}', r"stats.json: the key 'stats' is missing"),
+    ('{"config": [], "stats": {}}', r"stats.json: 'config' is \[\] \(list\); expected an object"),
+    ('{"config": {"k": "5"}, "stats": {}}', r"stats.json: 'k' is \"5\" \(str\)"),
+])
+def test_a_damaged_pairs_stats_file_is_refused_by_every_reader(tmp_path, content, message):
+    from trl_bporag.artifacts import read_bporag_config, read_pairs_stats
+
+    folder = tmp_path / "pairs"
+    Dataset.from_dict({"prompt": ["q"], "chosen": [["a"]], "rejected": [["b"]]}).save_to_disk(str(folder))
+    (folder / "stats.json").write_text(content)
+    with pytest.raises(ValueError, match=message):
+        read_bporag_config(folder)
+    if "'k'" not in message:  # the counts reader checks the file, not the configuration's keys
+        with pytest.raises(ValueError, match=message):
+            read_pairs_stats(folder)
+
+
+def test_an_unknown_key_from_a_newer_version_gives_one_warning(tmp_path, caplog):
+    from trl_bporag.artifacts import read_bporag_config
+
+    (tmp_path / "bporag_config.json").write_text('{"k": 3, "from_the_future": 1}')
+    with caplog.at_level(logging.WARNING, logger="trl_bporag"):
+        assert read_bporag_config(tmp_path)["k"] == 3
+        read_bporag_config(tmp_path)
+    found = [r for r in caplog.records if "from_the_future" in r.getMessage()]
+    assert len(found) == 1 and "newer version" in found[0].getMessage()

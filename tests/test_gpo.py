@@ -327,10 +327,7 @@ def test_bporag_end_to_end_with_tiny_models(tmp_path, tiny_retriever_dir, tiny_g
     import functools
 
     from conftest import write_beir
-
-    monkeypatch.syspath_prepend(str(REPO / "examples"))
-    import bporag
-
+    from trl_bporag.scripts import bporag
     from trl_bporag.settings import RAGSettings
 
     # the tiny random generator never hits a gold answer (all F1 ties): judge its words instead

@@ -102,7 +102,7 @@ def test_gpo_config_is_a_dpo_config_with_the_gpo_recipe_and_lora_targets_the_top
     assert config.max_length == GPO_MAX_LENGTH and config.use_cpu and config.bf16 is False  # no native bf16 (conftest)
     assert not config.gradient_checkpointing and config.report_to in ([], "none", ["none"])
     assert GPOConfig(output_dir="unused", beta=0.1, loss_type="sigmoid").loss_type == ["sigmoid"]  # flags win
-    with pytest.raises(ValueError, match="beta: expected a number > 0"):
+    with pytest.raises(ValueError, match="beta: expected a finite number > 0"):
         GPOConfig(output_dir="unused", beta=-1.0)
     model, _ = load_generator(tiny_generator_dir)
     lora = gpo_lora_config(top_layers=1, model=model)

@@ -1,10 +1,8 @@
 """Hub round trips against a local stand-in (tests/_fake_hub.py): exactly which files and which card text would be
 sent, and that what was sent loads back."""
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -155,13 +153,7 @@ def test_build_rpo_pairs_script_push(tmp_path, tiny_retriever_dir, toy_corpus, t
     from conftest import write_beir
 
     write_beir(tmp_path / "data", toy_corpus, toy_split, "train")
-    spec = importlib.util.spec_from_file_location("build_rpo_pairs", REPO / "examples" / "build_rpo_pairs.py")
-    script = importlib.util.module_from_spec(spec)
-    sys.modules["build_rpo_pairs"] = script  # dataclasses look their module up
-    try:
-        spec.loader.exec_module(script)
-    finally:
-        del sys.modules["build_rpo_pairs"]
+    from trl_bporag.scripts import build_rpo_pairs as script
     args = script.BuildArguments(dataset=str(tmp_path / "data"), output_dir=str(tmp_path / "pairs"),
                                  retriever=tiny_retriever_dir, index_dir=str(tmp_path / "index"),
                                  push_to_hub="user/script-pairs")
@@ -206,3 +198,72 @@ def test_peft_adapter_folder_push_round_trip(tmp_path, tiny_generator_dir, fake_
     with pytest.raises(ValueError, match="folder: .* is not a folder"):
         push_folder_to_hub(tmp_path / "nope", "user/x")
     assert os.environ.get("HF_HUB_OFFLINE") == "1"  # nothing here could have reached the real Hub
+
+
+def test_the_whole_run_loads_by_hub_id_on_a_machine_that_never_saw_its_folders(
+        tmp_path, tiny_retriever_dir, tiny_generator_dir, toy_corpus, toy_split, fake_hub, monkeypatch):
+    """Push the tuned retriever, the GPO pairs and the adapter; then, from an empty cache, in another working
+    directory, with the run folders gone: RAGPipeline.from_pretrained(generator=<adapter id>) finds the retriever by
+    its Hub id, with k and every prompt setting, and retrieves and answers as the local folders did."""
+    import shutil
+
+    from peft import LoraConfig
+
+    from trl_bporag import GPOConfig, GPOTrainer, RAGPipeline, load_generator
+    from trl_bporag.artifacts import read_stage_config
+    from trl_bporag.preferences import GenerationPreferenceBuilder
+    from trl_bporag.settings import RAGSettings
+
+    monkeypatch.setenv("TRL_BPORAG_CACHE", str(tmp_path / "cache-a"))
+    run = tmp_path / "machine-a" / "run"
+    # 1. the retriever, trained and pushed: its folder records where it went
+    args = SetDPOConfig(output_dir=str(run / "tuned-retriever"), report_to="none", k=2, max_steps=1, learning_rate=1e-3,
+                        per_device_train_batch_size=4, save_strategy="no", disable_tqdm=True,
+                        hub_model_id="user/retriever-rpo", seed=0)
+    trainer = SetDPOTrainer(SentenceTransformer(tiny_retriever_dir, device="cpu"), args=args,
+                            train_dataset=rpo_pairs())
+    trainer.train()
+    trainer.save_model(args.output_dir)
+    trainer.push_to_hub()
+    assert json.loads((run / "tuned-retriever" / "bporag_config.json").read_text())["retriever_hub_id"] == \
+        "user/retriever-rpo"
+    # 2. GPO pairs under that folder, pushed: stats.json names the retriever's folder and its Hub id
+    retriever = Retriever(str(run / "tuned-retriever"))
+    gen, tok = load_generator(tiny_generator_dir)
+    settings = RAGSettings(k=2, answer_prefix="Answer: ", max_new_tokens=4, max_passage_tokens=16)
+    builder = GenerationPreferenceBuilder(retriever, DenseIndex.from_corpus(retriever, toy_corpus), toy_corpus, gen,
+                                          tok, settings=settings, num_beams=2, num_samples=1, batch_size=4,
+                                          judge=lambda prediction, answers: len(prediction) % 7 / 7)
+    pairs = builder.build(toy_split, output_dir=run / "gpo-pairs", push_to_hub="user/gpo-pairs")
+    assert len(pairs) > 0
+    recorded = read_stage_config("user/gpo-pairs")  # what a GPO run on the Hub pairs reads
+    assert recorded["retriever_hub_id"] == "user/retriever-rpo" and recorded["k"] == 2
+    # 3. the adapter, trained on them and pushed
+    gpo_args = GPOConfig(output_dir=str(run / "generator-gpo"), per_device_train_batch_size=2, max_steps=1,
+                         learning_rate=1e-2, hub_model_id="user/gpo", report_to="none")
+    gpo = GPOTrainer(model=gen, args=gpo_args, train_dataset=pairs, processing_class=tok,
+                     peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]),
+                     bporag_config={**read_stage_config(str(run / "gpo-pairs")), "adapter_hub_id": "user/gpo"})
+    gpo.train()
+    gpo.save_model(gpo_args.output_dir)
+    gpo.create_model_card()
+    gpo.push_to_hub()
+    local = RAGPipeline.from_pretrained(generator=str(run / "generator-gpo"), corpus=toy_corpus)
+    questions = list(toy_split.questions)
+    want_ids, _ = local.retrieve(questions)
+    want = [out["answer"] for out in local(questions)]
+
+    # 4. another machine: the run folders are gone, the caches are empty, another working directory
+    shutil.rmtree(tmp_path / "machine-a")
+    (tmp_path / "machine-b").mkdir()
+    monkeypatch.chdir(tmp_path / "machine-b")
+    monkeypatch.setenv("TRL_BPORAG_CACHE", str(tmp_path / "cache-b"))
+    remote = RAGPipeline.from_pretrained(generator="user/gpo", corpus=toy_corpus)
+    assert remote.retriever.model_id == "user/retriever-rpo"
+    assert remote.settings == local.settings and remote.k == 2 and remote.settings.answer_prefix == "Answer: "
+    got_ids, _ = remote.retrieve(questions)
+    assert got_ids == want_ids
+    assert [out["answer"] for out in remote(questions)] == want
+    # an explicit retriever wins, with the mismatch warning
+    other = RAGPipeline.from_pretrained(generator="user/gpo", retriever=tiny_retriever_dir, corpus=toy_corpus)
+    assert other.retriever.model_id == tiny_retriever_dir and other.k == 2

@@ -215,3 +215,69 @@ def test_set_dpo_loss_equals_trls_own_dpo_loss_on_the_same_margins(loss_type):
     theirs = DPOTrainer._compute_loss(trainer, model, inputs, return_outputs=False)
     ours = SetDPOLoss(beta=beta, loss_type=loss_type, label_smoothing=smoothing)(c, r, rc, rr)
     assert ours.item() == pytest.approx(float(theirs), rel=1e-5)
+
+
+def test_losses_report_their_settings_and_bibtex_as_sentence_transformers_losses_do():
+    from trl_bporag.losses import ContrastiveSetLoss, ListwiseSetDPOLoss, SetDPOLoss
+
+    pairwise = SetDPOLoss(beta=5.0, loss_type=["sigmoid", "hinge"], loss_weights=[1.0, 0.5], reference="free")
+    assert pairwise.get_config_dict() == {"beta": 5.0, "loss_type": ["sigmoid", "hinge"], "loss_weights": [1.0, 0.5],
+                                          "reference": "free", "reference_margin_scale": None,
+                                          "label_smoothing": 0.0, "discopop_tau": 0.05}
+    assert pairwise.citation.strip().startswith("@inproceedings{rafailov2023direct,")
+    listwise = ListwiseSetDPOLoss(beta=10.0, reference="free")
+    assert listwise.get_config_dict() == {"beta": 10.0, "reference": "free"}
+    assert "@misc{liu2024lipo," in listwise.citation and "rafailov2023direct" in listwise.citation
+    assert ContrastiveSetLoss(scale=7.0).get_config_dict() == {"scale": 7.0}
+    assert "1705.00652" in ContrastiveSetLoss().citation
+
+
+def test_plackett_luce_passage_loss_matches_its_hand_computation_and_masks_padding():
+    from trl_bporag import PlackettLucePassageLoss
+
+    loss = PlackettLucePassageLoss(model=None, scale=2.0)
+    q = torch.tensor([[1.0, 0.0]])
+    p = [torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[-1.0, 0.0]])]  # cos 1, 0, -1
+    z = torch.tensor([2.0, 0.0, -2.0])
+    # grades 2 > 1 > 0: -log e^z1/(e^z1+e^z2+e^z3) and -log e^z2/(e^z2+e^z3), averaged
+    expected = ((torch.logsumexp(z, 0) - z[0]) + (torch.logsumexp(z[1:], 0) - z[1])) / 2
+    got = loss.compute_loss_from_embeddings([q, *p], torch.tensor([[2.0, 1.0, 0.0]]))
+    torch.testing.assert_close(got, expected)
+    padded = loss.compute_loss_from_embeddings([q, *p], torch.tensor([[1.0, 0.0, float("nan")]]))
+    torch.testing.assert_close(padded, torch.logsumexp(z[:2], 0) - z[0])  # the NaN-graded passage is left out
+    with pytest.raises(ValueError, match=r"label: expected one grade per passage, shape \[batch, 3\]"):
+        loss.compute_loss_from_embeddings([q, *p], torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="scale: expected a finite number > 0"):
+        PlackettLucePassageLoss(model=None, scale=-1.0)
+
+
+def test_plackett_luce_passage_loss_trains_a_model_in_sentence_transformers_trainer(tmp_path, tiny_st):
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    from trl_bporag import PlackettLucePassageLoss
+
+    rows = {"query": ["capital of france", "capital of italy", "river in paris", "capital of spain"] * 2,
+            "p1": ["paris is the capital of france", "rome is the capital of italy", "the seine flows in paris",
+                   "madrid is the capital of spain"] * 2,
+            "p2": ["paris has the eiffel tower", "rome has the colosseum", "paris is in france",
+                   "spain is in europe"] * 2,
+            "p3": ["berlin is in germany", "london is in england", "the thames is in london",
+                   "oslo is in norway"] * 2,
+            "label": [[2.0, 1.0, 0.0]] * 8}
+    train = Dataset.from_dict(rows)
+    loss = PlackettLucePassageLoss(tiny_st)
+
+    def mean_loss():
+        features = [tiny_st.tokenize(rows[c]) for c in ("query", "p1", "p2", "p3")]
+        with torch.no_grad():
+            return loss(features, torch.tensor(rows["label"])).item()
+
+    before = mean_loss()
+    weights = {n: p.detach().clone() for n, p in tiny_st.named_parameters()}
+    args = SentenceTransformerTrainingArguments(output_dir=str(tmp_path / "st"), num_train_epochs=8,
+                                                per_device_train_batch_size=4, learning_rate=5e-4, report_to="none",
+                                                save_strategy="no", use_cpu=True, seed=0, disable_tqdm=True)
+    SentenceTransformerTrainer(model=tiny_st, args=args, train_dataset=train, loss=loss).train()
+    assert any(not torch.equal(weights[n], p) for n, p in tiny_st.named_parameters())  # parameters moved
+    assert mean_loss() < before - 0.05  # and the graded order is learned: the loss falls

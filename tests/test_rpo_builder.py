@@ -246,3 +246,58 @@ def test_answer_likelihood_judge_scores_windows_with_the_generator(setup, tiny_g
         assert [row["chosen_score"], row["rejected_score"]] == pytest.approx(expect, abs=1e-4)
     with pytest.raises(ValueError, match="answer_likelihood"):
         RetrievalPreferenceBuilder(r, index, corpus, judge="answer_likelihood", top_n=6)
+
+
+def test_qrels_judge_is_ndcg_of_the_window_against_the_gold_passages():
+    import math
+
+    from trl_bporag.preferences import qrels_judge
+
+    scores = qrels_judge([["a"], ["a", "b"], ["a"], ["a", "b"]], [["a", "x"], ["x", "a"], ["x", "y"], ["b", "a"]])
+    assert scores[0] == 1.0 and scores[2] == 0.0 and scores[3] == pytest.approx(1.0)
+    assert scores[1] == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+    with pytest.raises(ValueError, match="without gold passages"):
+        qrels_judge([[]], [["a"]])
+
+
+def _strip_answers(folder: Path) -> None:
+    rows = [json.loads(line) for line in (folder / "queries.jsonl").read_text().splitlines()]
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": r["_id"], "text": r["text"]}) + "\n"
+                                                  for r in rows))
+
+
+def test_rpo_runs_on_a_beir_set_with_qrels_and_no_answers(setup, tmp_path, tiny_retriever_dir):
+    from trl_bporag import load_rag_dataset
+
+    r, index, corpus, split = setup
+    folder = write_beir(tmp_path / "beir", corpus, split, "train")
+    _strip_answers(folder)
+    with pytest.raises(ValueError, match=r"queries.jsonl:1: missing field 'answers' \(a BEIR set without answers: "
+                                         r"load it with require_answers=False"):
+        load_rag_dataset(str(folder), "train")
+    data = load_rag_dataset(str(folder), "train", require_answers=False)
+    assert data.split.answers == [[]] * 5 and not data.split.has_answers and data.split.has_gold_passages
+    with pytest.raises(ValueError, match=r"split.answers\[0\].*non-empty list of answers"):
+        RetrievalPreferenceBuilder(r, index, corpus, judge="answer_hit", k=2, top_n=8).build(data.split)
+    builder = RetrievalPreferenceBuilder(r, index, corpus, judge="qrels", k=2, top_n=8, num_perturbations=4)
+    rows = builder.build(data.split)
+    assert len(rows) > 0 and builder.describe()["config"]["judge"] == "qrels"
+    for row in rows:  # a window holding the query's gold passage is judged above one without it
+        gold = corpus.passage(corpus.index_of(split.gold_ids[split.questions.index(row["prompt"])][0]), True)
+        holds = [gold in window for window in row["lists"]]
+        for has, score in zip(holds, row["list_scores"]):
+            assert (score > 0) == has
+    # the script on the same folder, then retrieval-only evaluation (no answers needed), per-query values for CIs
+    out = subprocess.run([sys.executable, "examples/build_rpo_pairs.py", "--dataset", str(folder), "--split", "train",
+                          "--retriever", tiny_retriever_dir, "--judge", "qrels", "--k", "2", "--top_n", "8",
+                          "--output_dir", str(tmp_path / "pairs"), "--index_dir", str(tmp_path / "index")],
+                         cwd=REPO, capture_output=True, text=True,
+                         env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert len(load_from_disk(str(tmp_path / "pairs"))) > 0
+    from trl_bporag.pipeline import RAGPipeline
+
+    pipe = RAGPipeline.from_pretrained(retriever=tiny_retriever_dir, generator=None, corpus=data.corpus, k=2,
+                                       cache_index=False)
+    result = pipe.evaluate(data.split, ks=(1, 2), generate_answers=False)
+    assert set(result["per_query"]) == {"recall@1", "recall@2"} and len(result["per_query"]["recall@1"]) == 5

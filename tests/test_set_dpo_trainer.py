@@ -523,6 +523,7 @@ def test_train_evaluate_save_resume(tmp_path, tiny_paths, pairs):
     for needle in ("set-dpo", "bporag", "sentence-transformers", "trl", "k: 3", "score: cos", "beta: 0.5", "sigmoid"):
         assert needle in card, needle
     assert card.startswith("---\n")
+    assert "SetDPOLoss" in card and "@inproceedings{rafailov2023direct," in card  # the loss's config and BibTeX
 
     ckpt2, ckpt4 = tmp_path / "run" / "checkpoint-2", tmp_path / "run" / "checkpoint-4"
     assert (ckpt2 / "modules.json").is_file() and (ckpt2 / "README.md").is_file()

@@ -17,6 +17,7 @@ from .metrics import (
     retrieval_metrics,
 )
 from .models import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, load_generator, load_retriever
+from .passage_listwise_loss import PlackettLucePassageLoss
 from .pipeline import RAGPipeline
 from .preferences import GenerationPreferenceBuilder, RetrievalPreferenceBuilder
 from .retrieval import DenseIndex, Retriever, set_scores
@@ -27,6 +28,7 @@ __all__ = [
     "ContrastiveSetLoss",
     "ListwiseSetDPOLoss",
     "SetDPOLoss",
+    "PlackettLucePassageLoss",
     "Corpus",
     "QASplit",
     "RAGDataset",

@@ -41,6 +41,8 @@ def write_bporag_config(output_dir: str | os.PathLike, config: dict[str, Any]) -
     out.mkdir(parents=True, exist_ok=True)
     config = {"format_version": FORMAT_VERSION, **config}
     retriever = config.get("retriever")
+    if isinstance(retriever, (str, os.PathLike)) and not config.get("retriever_hub_id") and retriever_hub_id(retriever):
+        config["retriever_hub_id"] = retriever_hub_id(retriever)
     if isinstance(retriever, (str, os.PathLike)) and os.path.isdir(retriever):
         config["retriever"] = os.path.relpath(os.path.abspath(retriever), os.path.abspath(out))
         config["retriever_relative_to"] = "adapter folder"
@@ -50,6 +52,18 @@ def write_bporag_config(output_dir: str | os.PathLike, config: dict[str, Any]) -
     path = out / BPORAG_CONFIG_NAME
     path.write_text(json.dumps(config, indent=2))
     return path
+
+
+def retriever_hub_id(retriever: str | os.PathLike | None) -> str | None:
+    """The Hub id a trained retriever folder records it was pushed to (``retriever_hub_id`` in its
+    ``bporag_config.json``); None for a folder without one, and for anything that is not a folder (a Hub id is
+    already what resolves anywhere)."""
+    if retriever is None or not os.path.isdir(retriever):
+        return None
+    file = Path(retriever) / BPORAG_CONFIG_NAME
+    if not file.is_file():
+        return None
+    return read_stage_file(file, BPORAG_CONFIG, "the BPO-RAG settings of a stage").get("retriever_hub_id")
 
 
 def _resolve_retriever(path: Path, file: Path, config: dict) -> dict:

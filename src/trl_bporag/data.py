@@ -133,6 +133,11 @@ class QASplit:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def has_answers(self) -> bool:
+        """Whether every question has at least one gold answer (EM, F1 and the answer judges need them)."""
+        return all(self.answers)
+
     def head(self, n: int | None) -> QASplit:
         """The first ``n`` queries (None: all). ``n`` must be a positive integer."""
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -224,7 +229,9 @@ def _read_jsonl(path: Path, required: Sequence[str]):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             for key in required:
                 if key not in row:
-                    raise ValueError(f"{path}:{lineno}: missing field '{key}'")
+                    hint = (" (a BEIR set without answers: load it with require_answers=False, e.g. for the 'qrels' "
+                            "judge or --retrieval_only)") if key == "answers" else ""
+                    raise ValueError(f"{path}:{lineno}: missing field '{key}'{hint}")
             if not isinstance(row["_id"], str) or not row["_id"]:
                 raise ValueError(f"{path}:{lineno}: field '_id' must be a non-empty string, got {row['_id']!r}")
             yield lineno, row
@@ -283,11 +290,12 @@ def _read_qrels(path: Path, query_ids: Mapping[str, int], corpus: Corpus) -> dic
     return qrels
 
 
-def load_beir(path: str | os.PathLike, split: str = "test") -> RAGDataset:
+def load_beir(path: str | os.PathLike, split: str = "test", require_answers: bool = True) -> RAGDataset:
     """Load a folder in the BEIR layout with answers: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``.
 
     The split is the set of queries listed in its qrels file, in file order. ``split=None`` takes every query (no
-    gold passages).
+    gold passages). ``require_answers=False`` reads a standard BEIR set whose queries have no ``answers`` field
+    (their answers are empty lists): retrieval evaluation and the ``qrels`` judge need only the gold passages.
     """
     root = Path(path)
     corpus = _load_beir_corpus(root / "corpus.jsonl")
@@ -295,7 +303,7 @@ def load_beir(path: str | os.PathLike, split: str = "test") -> RAGDataset:
     lines: dict[str, int] = {}
     dropped: list = []
     qpath = root / "queries.jsonl"
-    for lineno, row in _read_jsonl(qpath, ("_id", "text", "answers")):
+    for lineno, row in _read_jsonl(qpath, ("_id", "text", "answers") if require_answers else ("_id", "text")):
         qid = row["_id"]
         if qid in lines:
             raise ValueError(f"{qpath}:{lineno}: duplicate query id {qid!r} in field '_id' (first on line "
@@ -303,7 +311,8 @@ def load_beir(path: str | os.PathLike, split: str = "test") -> RAGDataset:
         if not isinstance(row["text"], str) or not row["text"].strip():
             raise ValueError(f"{qpath}:{lineno}: field 'text' must be a non-empty string")
         lines[qid] = lineno
-        queries[qid] = (row["text"], _check_answers(row["answers"], f"{qpath}:{lineno}", dropped))
+        queries[qid] = (row["text"], _check_answers(row["answers"], f"{qpath}:{lineno}", dropped)
+                        if "answers" in row else [])
     _warn_dropped(dropped, qpath)
     if split is None:
         ids = list(queries)
@@ -452,13 +461,15 @@ def load_qa_dataset(
     return RAGDataset(Corpus(cids, ctexts, ctitles), QASplit(qids, list(questions), answers, gold, name=split))
 
 
-def load_rag_dataset(name_or_path: str | os.PathLike, split: str = "test", **columns) -> RAGDataset:
-    """Load a folder in the BEIR layout (has ``corpus.jsonl``), else a SQuAD-style HF data set (folder or Hub id)."""
+def load_rag_dataset(name_or_path: str | os.PathLike, split: str = "test", require_answers: bool = True,
+                     **columns) -> RAGDataset:
+    """Load a folder in the BEIR layout (has ``corpus.jsonl``), else a SQuAD-style HF data set (folder or Hub id).
+    ``require_answers=False``: a BEIR set may have queries without answers (see :func:`load_beir`)."""
     if os.path.isfile(os.path.join(name_or_path, "corpus.jsonl")):
         if columns:
             raise ValueError(f"column options {sorted(columns)} apply to HF datasets, not to the BEIR folder "
                              f"{name_or_path}")
-        return load_beir(name_or_path, split)
+        return load_beir(name_or_path, split, require_answers=require_answers)
     if os.path.isdir(name_or_path) and not os.listdir(name_or_path):
         raise ValueError(f"{name_or_path}: empty folder; expected corpus.jsonl + queries.jsonl + qrels/ or a datasets "
                          "folder")

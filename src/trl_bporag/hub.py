@@ -77,6 +77,7 @@ def snapshot(
     revision: str | None = None,
     allow_patterns: Sequence[str] | None = None,
     token: str | None = None,
+    ignore_patterns: Sequence[str] | None = None,
 ) -> Path:
     """A local folder for ``repo_id_or_path``: the path itself when it is a folder, else a Hub snapshot download."""
     if os.path.isdir(repo_id_or_path):
@@ -90,6 +91,7 @@ def snapshot(
         path = huggingface_hub.snapshot_download(
             repo_id, repo_type=repo_type, revision=revision, token=token,
             allow_patterns=list(allow_patterns) if allow_patterns else None,
+            **({"ignore_patterns": list(ignore_patterns)} if ignore_patterns else {}),
         )
     except Exception as err:  # noqa: BLE001 - offline, 404, auth: one clear message
         raise ValueError(

@@ -19,6 +19,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+DPO_CITATION = """
+@inproceedings{rafailov2023direct,
+    title={Direct Preference Optimization: Your Language Model is Secretly a Reward Model},
+    author={Rafael Rafailov and Archit Sharma and Eric Mitchell and Christopher D. Manning and Stefano Ermon and
+            Chelsea Finn},
+    booktitle={Advances in Neural Information Processing Systems},
+    year={2023},
+    eprint={2305.18290},
+    archivePrefix={arXiv},
+}
+"""
+LIPO_CITATION = """
+@misc{liu2024lipo,
+    title={LiPO: Listwise Preference Optimization through Learning-to-Rank},
+    author={Tianqi Liu and Zhen Qin and Junru Wu and Jiaming Shen and Misha Khalman and Rishabh Joshi and Yao Zhao
+            and Mohammad Saleh and Simon Baumgartner and Jialu Liu and Peter J. Liu and Xuanhui Wang},
+    year={2024},
+    eprint={2402.01878},
+    archivePrefix={arXiv},
+}
+"""
+MNRL_CITATION = """
+@misc{henderson2017efficient,
+    title={Efficient Natural Language Response Suggestion for Smart Reply},
+    author={Matthew Henderson and Rami Al-Rfou and Brian Strope and Yun-hsuan Sung and Laszlo Lukacs and Ruiqi Guo
+            and Sanjiv Kumar and Balint Miklos and Ray Kurzweil},
+    year={2017},
+    eprint={1705.00652},
+    archivePrefix={arXiv},
+}
+"""
+
 PAIRWISE_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "robust", "discopop")
 REFERENCES = ("model", "free")
 
@@ -85,7 +117,8 @@ class SetDPOLoss(nn.Module):
         loss_weights: one weight per loss type (default 1 each).
         reference: ``"model"`` or ``"free"``.
         reference_margin_scale: γ of the per-pair weights, or None.
-        label_smoothing, discopop_tau: as in TRL (``robust``/``exo_pair``; ``discopop``).
+        label_smoothing: as in TRL (``robust`` / ``exo_pair``).
+        discopop_tau: as in TRL (``discopop``).
 
     Requirements:
         1. pairs of evidence windows of one query, chosen (P+) and rejected (P−), judged by any judge
@@ -125,6 +158,16 @@ class SetDPOLoss(nn.Module):
         _check_reference(reference, reference_margin_scale)
         self.beta, self.reference, self.reference_margin_scale = beta, reference, reference_margin_scale
         self.label_smoothing, self.discopop_tau = label_smoothing, discopop_tau
+
+    def get_config_dict(self) -> dict:
+        """The loss's settings, as sentence-transformers losses report them (written into model cards)."""
+        return {"beta": self.beta, "loss_type": self.loss_types, "loss_weights": self.loss_weights,
+                "reference": self.reference, "reference_margin_scale": self.reference_margin_scale,
+                "label_smoothing": self.label_smoothing, "discopop_tau": self.discopop_tau}
+
+    @property
+    def citation(self) -> str:
+        return DPO_CITATION
 
     @property
     def needs_reference(self) -> bool:
@@ -199,6 +242,14 @@ class ListwiseSetDPOLoss(nn.Module):
         _check_reference(reference, None)
         self.beta, self.reference = beta, reference
 
+    def get_config_dict(self) -> dict:
+        """The loss's settings, as sentence-transformers losses report them (written into model cards)."""
+        return {"beta": self.beta, "reference": self.reference}
+
+    @property
+    def citation(self) -> str:
+        return LIPO_CITATION + DPO_CITATION
+
     @property
     def needs_reference(self) -> bool:
         return self.reference == "model"
@@ -263,6 +314,14 @@ class ContrastiveSetLoss(nn.Module):
     def __init__(self, scale: float = 20.0):
         super().__init__()
         self.scale = scale
+
+    def get_config_dict(self) -> dict:
+        """The loss's settings, as sentence-transformers losses report them (written into model cards)."""
+        return {"scale": self.scale}
+
+    @property
+    def citation(self) -> str:
+        return MNRL_CITATION
 
     def forward(self, similarities: torch.Tensor, positives: Sequence[tuple[int, int]],
                 masked: Sequence[tuple[int, int]] = ()) -> torch.Tensor:

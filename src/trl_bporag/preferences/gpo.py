@@ -27,6 +27,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+from ..artifacts import retriever_hub_id
 from ..data import Corpus
 from ..generation import (
     _mix_seed,
@@ -273,6 +274,7 @@ class GenerationPreferenceBuilder(UsesRAGSettings, ShardedPreferenceBuilder):
         return {
             "config": {
                 "retriever": getattr(self.retriever, "model_id", None), **self.settings.to_dict(),
+                "retriever_hub_id": retriever_hub_id(getattr(self.retriever, "model_id", None)),
                 "num_beams": self.num_beams, "num_samples": self.num_samples, "temperature": self.temperature,
                 "top_p": self.top_p, "top_k": self.top_k, "pairing": self.pairing, "judge": judge, "seed": self.seed,
                 "max_length": self.max_length, "conversational": self.conversational,

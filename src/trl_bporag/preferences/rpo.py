@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..artifacts import retriever_hub_id
 from ..data import Corpus, QASplit
 from ..generation import generate_candidates, rag_prompt
 from ..likelihood import answer_log_likelihood
@@ -36,7 +37,7 @@ from ..metrics import qa_f1
 from ..settings import PAIRINGS, RPO_DEFAULTS, RAGSettings, UsesRAGSettings, resolve_settings
 from ..utils import stable_seed
 from .base import ShardedPreferenceBuilder
-from .judges import GENERATOR_JUDGES, get_judge
+from .judges import GENERATOR_JUDGES, PASSAGE_JUDGES, get_judge, qrels_judge
 
 logger = logging.getLogger(__name__)
 
@@ -218,8 +219,20 @@ class RetrievalPreferenceBuilder(UsesRAGSettings, ShardedPreferenceBuilder):
     def _texts(self, rows: Sequence[int]) -> list[str]:
         return [self.corpus.passage(r, self.with_title) for r in rows]
 
-    def judge_windows(self, questions, answers, windows: Sequence[Sequence[int]], keys=None) -> list[float]:
-        """Judge scores of evidence windows (rows). ``keys`` (hashable per window) de-duplicate the work."""
+    def _check_split(self, split) -> None:
+        if self.judge not in PASSAGE_JUDGES:
+            return super()._check_split(split)
+        if not len(split):
+            raise ValueError("split: no queries to build pairs for")
+        missing = [qid for qid, golds in zip(split.ids, split.gold_ids) if not golds]
+        if missing:
+            raise ValueError(f"judge 'qrels': {len(missing)} queries have no gold passage (e.g. {missing[0]!r}); the "
+                             "qrels judge scores windows by the split's qrels")
+
+    def judge_windows(self, questions, answers, windows: Sequence[Sequence[int]], keys=None,
+                      golds: Sequence[Sequence[str]] | None = None) -> list[float]:
+        """Judge scores of evidence windows (rows). ``keys`` (hashable per window) de-duplicate the work; ``golds``:
+        the gold passage ids of each window's query (the ``qrels`` judge)."""
         keys = list(keys) if keys is not None else [(q, tuple(w)) for q, w in zip(questions, windows)]
         unique: dict = {}
         for i, key in enumerate(keys):
@@ -235,9 +248,15 @@ class RetrievalPreferenceBuilder(UsesRAGSettings, ShardedPreferenceBuilder):
             outputs = self.generate_answers(prompts, self.settings.stop)
             self.stats["generations"] += len(prompts)
             scores = [qa_f1(o, a) for o, a in zip(outputs, ans)]
+        elif self.judge == "qrels":
+            if golds is None:
+                raise ValueError("judge 'qrels': judge_windows needs golds= (the gold passage ids of each query)")
+            scores = qrels_judge([golds[i] for i in first],
+                                 [[self.corpus.ids[r] for r in windows[i]] for i in first])
         elif self.judge == "answer_likelihood":
             scores = answer_log_likelihood(self.generator, self.tokenizer, qs, texts, ans, self.max_passage_tokens,
-                                           self.system_prompt, answer_prefix=self.answer_prefix)
+                                           self.system_prompt, answer_prefix=self.answer_prefix,
+                                           progress=len(texts) > 1)  # a bar per window, with its time estimate
             self.stats["generations"] += len(texts)
         else:
             scores = [float(s) for s in self.judge(qs, ans, texts)]
@@ -331,7 +350,7 @@ class RetrievalPreferenceBuilder(UsesRAGSettings, ShardedPreferenceBuilder):
         questions = [split.questions[i] for i in positions]
         depth = self.hard_negative_depth if "hard_noise" in self.perturbations else self.top_n
         _, rows = self.index.search(self.retriever.encode_queries(questions), depth)
-        per_query, flat_q, flat_a, flat_w, flat_keys = [], [], [], [], []
+        per_query, flat_q, flat_a, flat_w, flat_keys, flat_g = [], [], [], [], [], []
         for pos, ranked_all in zip(positions, rows):
             ranked = [int(r) for r in ranked_all[: self.top_n] if r >= 0]
             extra = [int(r) for r in ranked_all[self.top_n :] if r >= 0]
@@ -344,7 +363,8 @@ class RetrievalPreferenceBuilder(UsesRAGSettings, ShardedPreferenceBuilder):
                 flat_a.append(split.answers[pos])
                 flat_w.append(lst[: self.k])
                 flat_keys.append((pos, tuple(lst[: self.k])))
-        scores = self.judge_windows(flat_q, flat_a, flat_w, flat_keys)
+                flat_g.append(split.gold_ids[pos])
+        scores = self.judge_windows(flat_q, flat_a, flat_w, flat_keys, golds=flat_g)
         out, cursor = [], 0
         for pos, usable in per_query:
             before = Counter(self.stats)
@@ -369,6 +389,7 @@ class RetrievalPreferenceBuilder(UsesRAGSettings, ShardedPreferenceBuilder):
                 "noise_rate": self.noise_rate, "hard_negative_depth": self.hard_negative_depth,
                 "order_matters": self.order_matters, "seed": self.seed, **self.settings.to_dict(),
                 "retriever": getattr(self.retriever, "model_id", None),
+                "retriever_hub_id": retriever_hub_id(getattr(self.retriever, "model_id", None)),
             },
             "stats": {key: int(self.stats.get(key, 0)) for key in STAT_KEYS},
         }

@@ -157,7 +157,9 @@ class RetrieverCard:
     def folder_config(self) -> dict:
         """What a saved retriever folder records in ``bporag_config.json`` for the pipeline: k and the score."""
         return {"stage": "rpo", "k": self.k, "score": self.score,
-                "position_weights": self.args.position_weights[: self.k] if self.args.position_weights else None}
+                "position_weights": self.args.position_weights[: self.k] if self.args.position_weights else None,
+                # where this retriever is pushed: the stages that record it by folder also record this id
+                "retriever_hub_id": self.args.hub_model_id}
 
     def _write_card(self, output_dir, model_name=None, dataset_name=None, tags=None) -> None:
         self._card_dataset_name = dataset_name or self._card_dataset_name
@@ -174,7 +176,10 @@ class RetrieverCard:
                     "learning_rate": self.args.learning_rate, "global_step": self.state.global_step,
                     "base_model": self._base_model_id}
         settings.pop("stage")
+        losses = [loss for loss in (self.preference_loss, self.contrastive_loss) if loss is not None]
+        settings["losses"] = {type(loss).__name__: loss.get_config_dict() for loss in losses}
+        citation = "".join(loss.citation for loss in losses) or self._paper.get("citation")
         text = retriever_card(self.accelerator.unwrap_model(self.model), settings, sentence,
                               self.hub_model_id or model_name or Path(self.args.output_dir).name, self._base_model_id,
-                              self._card_dataset_name, tags, self._card_metrics, self._paper.get("citation"))
+                              self._card_dataset_name, tags, self._card_metrics, citation)
         Path(output_dir, "README.md").write_text(text)
