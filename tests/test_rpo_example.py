@@ -98,3 +98,28 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, tiny_
     checkpoint = SentenceTransformer(str(tmp_path / "two" / "checkpoint-3"), device="cpu").state_dict()
     for key, value in final["two"].items():
         torch.testing.assert_close(checkpoint[key], value)
+
+
+def test_e5_style_prompts_are_trained_with_saved_with_the_model_and_served(tmp_path, tiny_retriever_dir):
+    """--query_prompt / --document_prompt: set on the model before the trainer (so the reference copy has them too),
+    used by the training's encode path, saved in the sentence-transformers folder, and what serving encodes with."""
+    from trl_bporag import Retriever
+    from trl_bporag.scripts import rpo
+
+    rows = [{"prompt": "what is the capital of france", "chosen": ["paris is the capital", "the river"],
+             "rejected": ["rome is the capital", "the river"]}] * 4
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "pairs"))
+    args = rpo.parse(["--dataset_name", str(tmp_path / "pairs"), "--model_name_or_path", tiny_retriever_dir,
+                      "--output_dir", str(tmp_path / "model"), "--max_steps", "1", "--per_device_train_batch_size",
+                      "4", "--query_prompt", "query: ", "--document_prompt", "passage: ", "--use_cpu", "--bf16",
+                      "false", "--reference", "model", "--save_strategy", "no"])
+    trainer = rpo.main(*args)
+    assert trainer.ref_model.prompts["query"] == "query: "  # the reference encodes as the policy does
+    features = trainer.scorer.features(trainer.model, ["paris"], "query")
+    plain = trainer.model.tokenizer("paris")["input_ids"]
+    assert len(features["input_ids"][0]) > len(plain)  # the training encode path prepends the prompt
+    saved = SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    assert saved.prompts["query"] == "query: " and saved.prompts["document"] == "passage: "
+    served = Retriever(str(tmp_path / "model"))
+    with_prompt = saved.encode(["query: paris"], normalize_embeddings=True)
+    np.testing.assert_allclose(served.encode_queries(["paris"]), with_prompt, atol=1e-5)

@@ -273,3 +273,24 @@ def _overrides_class():
 
 #: Optional flags for every RAG setting (None: not given).
 RAGSettingsOverrides = _overrides_class()
+
+
+def apply_retriever_prompts(model, query_prompt: str | None = None, document_prompt: str | None = None):
+    """Set a sentence-transformers model's own query / document prompts (e5: ``"query: "`` / ``"passage: "``; bge:
+    an instruction before queries) and return it. They are saved with the model (``config_sentence_transformers.json``)
+    and read by every encode path, training (:class:`~trl_bporag.trainers.SetScorer`) and serving
+    (``encode_query`` / ``encode_document``) alike; None keeps the model's own."""
+    for name, value in (("query_prompt", query_prompt), ("document_prompt", document_prompt)):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"--{name}: expected a string, got {type(value).__name__}")
+    prompts = dict(getattr(model, "prompts", None) or {})
+    if query_prompt is not None:
+        prompts["query"] = query_prompt
+    if document_prompt is not None:
+        prompts["document"] = document_prompt
+    model.prompts = prompts
+    return model
+
+
+QUERY_PROMPT_HELP = "prompt before every query (e5: 'query: '); default: the retriever's own, saved with it"
+DOCUMENT_PROMPT_HELP = "prompt before every passage (e5: 'passage: '); default: the retriever's own, saved with it"

@@ -26,7 +26,7 @@ from trl import TrlParser
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, DenseIndex, Retriever, load_generator, load_rag_dataset
 from trl_bporag.hardware import DTYPE_CHOICES
 from trl_bporag.preferences import GenerationPreferenceBuilder
-from trl_bporag.settings import GPOPairSettings, RAGSettings
+from trl_bporag.settings import DOCUMENT_PROMPT_HELP, QUERY_PROMPT_HELP, GPOPairSettings, RAGSettings
 from trl_bporag.utils import check_positive_ints, distributed_state, quiet_known_warnings
 
 
@@ -36,6 +36,8 @@ class GPOBuildArguments:
     output_dir: str = field(metadata={"help": "where the pairs (datasets folder) and stats.json go"})
     split: str = field(default="train")
     retriever: str = field(default=DEFAULT_RETRIEVER, metadata={"help": "the frozen (RPO-tuned) retriever"})
+    query_prompt: str | None = field(default=None, metadata={"help": QUERY_PROMPT_HELP})
+    document_prompt: str | None = field(default=None, metadata={"help": DOCUMENT_PROMPT_HELP})
     generator: str = field(default=DEFAULT_GENERATOR, metadata={"help": "the generator to align"})
     max_queries: int | None = field(default=None)
     query_offset: int = field(default=0, metadata={"help": "first query of the split used (e.g. after the RPO ones)"})
@@ -59,7 +61,7 @@ def main(args: GPOBuildArguments, recipe: GPOPairSettings | None = None, setting
     recipe, settings = recipe or GPOPairSettings(), settings or RAGSettings()
     state = distributed_state()
     data = load_rag_dataset(args.dataset, args.split)
-    retriever = Retriever(args.retriever)
+    retriever = Retriever(args.retriever, query_prompt=args.query_prompt, passage_prompt=args.document_prompt)
     with state.main_process_first():  # the main process builds (or reuses) the index, the others load it
         index = DenseIndex.cached(retriever, data.corpus, index_dir=args.index_dir, with_title=settings.with_title)
     gen, tok = load_generator(args.generator, torch_dtype=args.generator_dtype, device=str(state.device))

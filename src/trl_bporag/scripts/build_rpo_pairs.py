@@ -29,7 +29,7 @@ from trl import TrlParser
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, DenseIndex, Retriever, load_generator, load_rag_dataset
 from trl_bporag.hardware import DTYPE_CHOICES
 from trl_bporag.preferences import GENERATOR_JUDGES, RetrievalPreferenceBuilder
-from trl_bporag.settings import PASSAGE_JUDGES, RAGSettings, RPOPairSettings
+from trl_bporag.settings import DOCUMENT_PROMPT_HELP, PASSAGE_JUDGES, QUERY_PROMPT_HELP, RAGSettings, RPOPairSettings
 from trl_bporag.utils import check_positive_ints, distributed_state, quiet_known_warnings
 
 
@@ -39,6 +39,8 @@ class BuildArguments:
     output_dir: str = field(metadata={"help": "where the pairs (datasets folder) and stats.json go"})
     split: str = field(default="train")
     retriever: str = field(default=DEFAULT_RETRIEVER)
+    query_prompt: str | None = field(default=None, metadata={"help": QUERY_PROMPT_HELP})
+    document_prompt: str | None = field(default=None, metadata={"help": DOCUMENT_PROMPT_HELP})
     generator: str = field(default=DEFAULT_GENERATOR, metadata={"help": "base generator of the generator judges"})
     max_pairs_per_query: int | None = field(default=None, metadata={"help": "pairwise rows only"})
     drop_rate: float = field(default=0.3)
@@ -67,7 +69,7 @@ def main(args: BuildArguments, recipe: RPOPairSettings | None = None, settings: 
     state = distributed_state()
     # the qrels judge reads the gold passages only: a standard BEIR set without answers is fine
     data = load_rag_dataset(args.dataset, args.split, require_answers=recipe.judge not in PASSAGE_JUDGES)
-    retriever = Retriever(args.retriever)
+    retriever = Retriever(args.retriever, query_prompt=args.query_prompt, passage_prompt=args.document_prompt)
     with state.main_process_first():  # the main process builds (or reuses) the index, the others load it
         index = DenseIndex.cached(retriever, data.corpus, index_dir=args.index_dir, with_title=settings.with_title)
     gen = tok = None

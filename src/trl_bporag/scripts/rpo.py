@@ -29,16 +29,19 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-from trl_bporag import DEFAULT_RETRIEVER, SetDPOConfig, SetDPOTrainer
+from trl_bporag import DEFAULT_RETRIEVER, SetDPOConfig, SetDPOTrainer, load_retriever
 from trl_bporag.evaluation import retrieval_evaluator
 from trl_bporag.models import model_load_kwargs
 from trl_bporag.monitor import large_allocations_returned
 from trl_bporag.preferences import load_pairs
+from trl_bporag.settings import DOCUMENT_PROMPT_HELP, QUERY_PROMPT_HELP, apply_retriever_prompts
 from trl_bporag.utils import quiet_known_warnings
 
 
 @dataclass
 class RPOScriptArguments(ScriptArguments):
+    query_prompt: str | None = field(default=None, metadata={"help": QUERY_PROMPT_HELP})
+    document_prompt: str | None = field(default=None, metadata={"help": DOCUMENT_PROMPT_HELP})
     eval_fraction: float = field(default=0.05, metadata={"help": "held-out pairs when the data set has no test split"})
     retrieval_eval_dataset: str | None = field(
         default=None,
@@ -82,8 +85,13 @@ def main(script_args, training_args, model_args):
     if need_eval and script_args.retrieval_eval_dataset:
         evaluator = retrieval_evaluator(script_args.retrieval_eval_dataset, script_args.retrieval_dev_split,
                                         script_args.retrieval_eval_max_queries, script_args.retrieval_eval_ks)
+    model = model_args.model_name_or_path or DEFAULT_RETRIEVER
+    if script_args.query_prompt is not None or script_args.document_prompt is not None:
+        # the prompts go into the model before the trainer copies a reference: trained, saved and served with them
+        model = apply_retriever_prompts(load_retriever(model, **training_args.retriever_kwargs()),
+                                        script_args.query_prompt, script_args.document_prompt)
     trainer = SetDPOTrainer(
-        model=model_args.model_name_or_path or DEFAULT_RETRIEVER,
+        model=model,
         args=training_args,
         train_dataset=dataset[script_args.dataset_train_split],
         eval_dataset=dataset[script_args.dataset_test_split] if need_eval else None,
