@@ -366,6 +366,8 @@ def test_bporag_end_to_end_with_tiny_models(tmp_path, tiny_retriever_dir, tiny_g
     table = (out / "results.md").read_text()
     assert "| qa_test | BPO-RAG | 5 |" in table and "paired bootstrap 95% CI" in table
     assert "no measurable change" in table or "measurable differences from vanilla" in table
+    card = (out / "generator-gpo" / "README.md").read_text()  # the adapter's card carries the table with its CIs
+    assert "## BPO-RAG evaluation" in card and "| qa_test | BPO-RAG | 5 |" in card and "## BPO-RAG" in card
     # every row but vanilla carries the paired CI of its difference from vanilla, for every metric
     for r in results["rows"][1:]:
         for metric in ("recall@1", "answer_hit@5", "f1", "exact_match"):

@@ -71,6 +71,11 @@ def test_rpo_retriever_push_sends_the_sentence_transformers_folder_and_card(tmp_
     assert cfg["k"] == 2 and cfg["score"] == "cos" and cfg["beta"] == 0.3 and cfg["loss_type"] == ["sigmoid"]
     assert cfg["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert meta["retrieval_metrics"] == metrics
+    (index,) = meta["model-index"]  # the Hub's own place for results
+    assert index["name"] == "user/tiny-rpo"
+    shown = {m["type"]: m["value"] for r in index["results"] for m in r["metrics"]}
+    assert shown == {"recall@5": 0.75, "recall@1": 0.5}
+    assert index["results"][0]["dataset"]["name"] == "squad-dev" and index["results"][0]["dataset"]["split"] == "test"
     assert "| recall@5 | 0.5000 | 0.7500 |" in card and "| recall@1 | 0.2500 | 0.5000 |" in card
     assert 'SentenceTransformer("user/tiny-rpo")' in card
 

@@ -56,6 +56,7 @@ from trl_bporag.settings import (
 )
 from trl_bporag.stage_files import read_json_object
 from trl_bporag.trainers import GPOConfig
+from trl_bporag.trainers.gpo import add_results_to_card
 from trl_bporag.utils import quiet_known_warnings
 
 from . import build_gpo_pairs, build_rpo_pairs, evaluate, gpo, rpo  # each stage's script
@@ -444,6 +445,9 @@ def main(args: BPORAGArguments, settings: RAGSettings | None = None) -> dict:
         (out / "results.json").write_text(json.dumps(results, indent=2))
         table = results_markdown(results)
         (out / "results.md").write_text(table)
+        if os.path.isdir(generator_gpo) and Path(generator_gpo).resolve().is_relative_to(out.resolve()):
+            add_results_to_card(generator_gpo, table, "Measured by `trl-bporag bporag` right after training (the "
+                                "+GPO and BPO-RAG rows use this adapter):\n\n")
         if args.plot and plot_results(results, out / "results.png"):
             LOG(f"chart: {out / 'results.png'}")
         print(table)

@@ -160,9 +160,24 @@ def write_bporag_card(output_dir: str | Path, config: dict[str, Any]) -> None:
     write_bporag_config(out, config)
     readme = out / "README.md"
     text = readme.read_text() if readme.is_file() else ""
+    results = text[text.index(RESULTS_MARKER):] if RESULTS_MARKER in text else ""
     if CARD_MARKER in text:
         text = text[: text.index(CARD_MARKER)].rstrip("\n") + "\n"
-    readme.write_text(text + bporag_card_section(config))
+    readme.write_text(text + bporag_card_section(config) + ("\n" + results if results else ""))
+
+
+RESULTS_MARKER = "## BPO-RAG evaluation"
+
+
+def add_results_to_card(output_dir: str | Path, table_markdown: str, note: str = "") -> None:
+    """Put the evaluation table (``trl_bporag.report.results_markdown``: EM / F1 / Recall@k of the rows, each with
+    its difference from vanilla and paired bootstrap 95% CI) into the adapter's ``README.md``, replacing an earlier
+    one. :func:`write_bporag_card` keeps it."""
+    readme = Path(output_dir) / "README.md"
+    text = readme.read_text() if readme.is_file() else ""
+    if RESULTS_MARKER in text:
+        text = text[: text.index(RESULTS_MARKER)].rstrip("\n") + "\n"
+    readme.write_text(f"{text}\n{RESULTS_MARKER}\n\n{note}{table_markdown.strip()}\n")
 
 
 class GPOTrainer(DPOTrainer):

@@ -110,6 +110,7 @@ def retriever_card(
                f"{objective}.\n")
     if retrieval_metrics:
         card.data.retrieval_metrics = retrieval_metrics
+        _model_index(card, model_id, retrieval_metrics)
         before, after = retrieval_metrics.get("before", {}), retrieval_metrics.get("after", {})
         where = ", ".join(f"{k}: `{v}`" for k, v in retrieval_metrics.items() if k not in ("before", "after"))
         rows = "\n".join(f"| {name} | {_cell(before, name)} | {_cell(after, name)} |"
@@ -119,6 +120,22 @@ def retriever_card(
     text = str(card)
     marker = text.find("## Training Details")
     return text[:marker] + section.lstrip("\n") + "\n" + text[marker:] if marker >= 0 else text + section
+
+
+def _model_index(card, model_id: str, retrieval_metrics: dict) -> None:
+    """The metrics after training as the Hub's ``model-index`` (shown on the model page), beside the before/after
+    table; the data set and split as ``retrieval_metrics`` names them."""
+    from huggingface_hub import EvalResult
+
+    dataset = str(retrieval_metrics.get("dataset") or "unknown")
+    name = os.path.basename(dataset.rstrip("/")) or dataset
+    results = [EvalResult(task_type="information-retrieval", task_name="Information Retrieval", dataset_type=name,
+                          dataset_name=name, dataset_split=retrieval_metrics.get("split"), metric_type=metric,
+                          metric_value=float(value), metric_name=metric)
+               for metric, value in (retrieval_metrics.get("after") or {}).items()]
+    if results:
+        card.data.model_name = model_id
+        card.data.eval_results = [*(card.data.eval_results or []), *results]
 
 
 def _cell(table: dict[str, float], name: str) -> str:
