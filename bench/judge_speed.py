@@ -72,8 +72,9 @@ def main():
             seconds[judge] += time.perf_counter() - t
         texts = [[data.corpus.passage(j, True) for j in win] for win in w]
         t = time.perf_counter()
-        before = padded_answer_log_likelihood(gen, tok, q, texts, a, args.max_passage_tokens,
-                                              batch_size=args.batch_size)
+        judge = builders["answer_likelihood"]  # the same prompt as the judge reads (system prompt, answer prefix)
+        before = padded_answer_log_likelihood(gen, tok, q, texts, a, args.max_passage_tokens, judge.system_prompt,
+                                              batch_size=args.batch_size, answer_prefix=judge.answer_prefix)
         seconds["before"] += time.perf_counter() - t
         gap = max(gap, max(abs(x - y) for x, y in zip(before, scores["answer_likelihood"])))
     rates = {judge: windows / s for judge, s in seconds.items()}
