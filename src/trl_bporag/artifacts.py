@@ -41,8 +41,10 @@ def write_bporag_config(output_dir: str | os.PathLike, config: dict[str, Any]) -
     out.mkdir(parents=True, exist_ok=True)
     config = {"format_version": FORMAT_VERSION, **config}
     retriever = config.get("retriever")
-    if isinstance(retriever, (str, os.PathLike)) and not config.get("retriever_hub_id") and retriever_hub_id(retriever):
-        config["retriever_hub_id"] = retriever_hub_id(retriever)
+    if isinstance(retriever, (str, os.PathLike)) and not config.get("retriever_hub_id"):
+        hub_id = retriever_hub_id(retriever)  # the id a trained retriever folder records it was pushed to
+        if hub_id:
+            config["retriever_hub_id"] = hub_id
     if isinstance(retriever, (str, os.PathLike)) and os.path.isdir(retriever):
         config["retriever"] = os.path.relpath(os.path.abspath(retriever), os.path.abspath(out))
         config["retriever_relative_to"] = "adapter folder"

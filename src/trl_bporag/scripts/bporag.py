@@ -44,6 +44,7 @@ from trl_bporag.hardware import DTYPE_CHOICES, describe_hardware, hardware_summa
 from trl_bporag.losses import REFERENCES
 from trl_bporag.monitor import StageLog, large_allocations_returned
 from trl_bporag.report import plot_results, results_markdown, row_entry
+from trl_bporag.scripts import start_script
 from trl_bporag.settings import (
     GPO_DEFAULTS,
     JUDGES,
@@ -57,7 +58,6 @@ from trl_bporag.settings import (
 from trl_bporag.stage_files import read_json_object
 from trl_bporag.trainers import GPOConfig
 from trl_bporag.trainers.gpo import add_results_to_card
-from trl_bporag.utils import quiet_known_warnings
 
 from . import build_gpo_pairs, build_rpo_pairs, evaluate, gpo, rpo  # each stage's script
 
@@ -463,9 +463,8 @@ def parse(argv: list[str] | None = None) -> tuple:
 def cli(argv: list[str] | None = None) -> None:
     """The command line: `trl-bporag bporag [flags]` (or `python examples/bporag.py`); ``argv``: the
     flags (default: ``sys.argv[1:]``)."""
-    logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"))
+    start_script()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    quiet_known_warnings()
     main(*parse(argv))
 
 

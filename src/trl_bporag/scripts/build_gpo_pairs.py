@@ -17,8 +17,6 @@ folder refused. ``--push_to_hub REPO`` pushes the pairs.
 from __future__ import annotations
 
 import json
-import logging
-import os
 from dataclasses import dataclass, field
 
 from trl import TrlParser
@@ -26,8 +24,9 @@ from trl import TrlParser
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, DenseIndex, Retriever, load_generator, load_rag_dataset
 from trl_bporag.hardware import DTYPE_CHOICES
 from trl_bporag.preferences import GenerationPreferenceBuilder
+from trl_bporag.scripts import start_script
 from trl_bporag.settings import DOCUMENT_PROMPT_HELP, QUERY_PROMPT_HELP, GPOPairSettings, RAGSettings
-from trl_bporag.utils import check_positive_ints, distributed_state, quiet_known_warnings
+from trl_bporag.utils import check_positive_ints, distributed_state
 
 
 @dataclass
@@ -72,10 +71,11 @@ def main(args: GPOBuildArguments, recipe: GPOPairSettings | None = None, setting
     )
     pairs = builder.build(data.split.slice(args.query_offset), output_dir=args.output_dir, resume=not args.no_resume,
                           max_queries=args.max_queries, push_to_hub=args.push_to_hub)
+    described = builder.describe()
     if state.is_main_process:
-        print(json.dumps(builder.describe(), indent=2))
+        print(json.dumps(described, indent=2))
         print(f"{len(pairs)} pairs written to {args.output_dir}")
-    return builder.describe()
+    return described
 
 
 def parse(argv: list[str] | None = None) -> tuple:
@@ -86,8 +86,7 @@ def parse(argv: list[str] | None = None) -> tuple:
 def cli(argv: list[str] | None = None) -> None:
     """The command line: `trl-bporag build-gpo-pairs [flags]` (or `python examples/build_gpo_pairs.py`); ``argv``: the
     flags (default: ``sys.argv[1:]``)."""
-    quiet_known_warnings()
-    logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"))
+    start_script()
     main(*parse(argv))
 
 

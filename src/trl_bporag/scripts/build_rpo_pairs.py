@@ -20,8 +20,6 @@ pairs as a Hub dataset (parquet + card + stats.json).
 from __future__ import annotations
 
 import json
-import logging
-import os
 from dataclasses import dataclass, field
 
 from trl import TrlParser
@@ -29,8 +27,9 @@ from trl import TrlParser
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, DenseIndex, Retriever, load_generator, load_rag_dataset
 from trl_bporag.hardware import DTYPE_CHOICES
 from trl_bporag.preferences import GENERATOR_JUDGES, RetrievalPreferenceBuilder
+from trl_bporag.scripts import start_script
 from trl_bporag.settings import DOCUMENT_PROMPT_HELP, PASSAGE_JUDGES, QUERY_PROMPT_HELP, RAGSettings, RPOPairSettings
-from trl_bporag.utils import check_positive_ints, distributed_state, quiet_known_warnings
+from trl_bporag.utils import check_positive_ints, distributed_state
 
 
 @dataclass
@@ -83,10 +82,11 @@ def main(args: BuildArguments, recipe: RPOPairSettings | None = None, settings: 
     )
     pairs = builder.build(data.split.slice(args.query_offset), output_dir=args.output_dir, resume=not args.no_resume,
                           max_queries=args.max_queries, push_to_hub=args.push_to_hub)
+    described = builder.describe()
     if state.is_main_process:
-        print(json.dumps(builder.describe(), indent=2))
+        print(json.dumps(described, indent=2))
         print(f"{len(pairs)} pair rows written to {args.output_dir}")
-    return builder.describe()
+    return described
 
 
 def parse(argv: list[str] | None = None) -> tuple:
@@ -97,8 +97,7 @@ def parse(argv: list[str] | None = None) -> tuple:
 def cli(argv: list[str] | None = None) -> None:
     """The command line: `trl-bporag build-rpo-pairs [flags]` (or `python examples/build_rpo_pairs.py`); ``argv``: the
     flags (default: ``sys.argv[1:]``)."""
-    quiet_known_warnings()
-    logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"))
+    start_script()
     main(*parse(argv))
 
 

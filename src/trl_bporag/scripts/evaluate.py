@@ -13,8 +13,6 @@ wins. Writes ``results.json``, ``results.md`` and ``predictions.jsonl`` to ``--o
 from __future__ import annotations
 
 import json
-import logging
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,8 +23,9 @@ from trl import TrlParser
 from trl_bporag import DEFAULT_GENERATOR, RAGPipeline, load_rag_dataset
 from trl_bporag.hardware import DTYPE_CHOICES
 from trl_bporag.retrieval.index import default_index_dir
+from trl_bporag.scripts import start_script
 from trl_bporag.settings import RAGSettingsOverrides
-from trl_bporag.utils import check_positive_ints, quiet_known_warnings
+from trl_bporag.utils import check_positive_ints
 
 
 @dataclass
@@ -130,8 +129,7 @@ def parse(argv: list[str] | None = None) -> tuple:
 def cli(argv: list[str] | None = None) -> None:
     """The command line: `trl-bporag evaluate [flags]` (or `python examples/evaluate.py`); ``argv``: the
     flags (default: ``sys.argv[1:]``)."""
-    quiet_known_warnings()
-    logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"))
+    start_script()
     main(*parse(argv))
 
 

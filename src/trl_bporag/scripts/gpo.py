@@ -38,8 +38,8 @@ from trl_bporag import DEFAULT_GENERATOR, load_generator
 from trl_bporag.artifacts import PROMPT_SETTINGS, read_stage_config
 from trl_bporag.models import model_load_kwargs
 from trl_bporag.preferences import check_dpo_lengths, load_pairs
+from trl_bporag.scripts import finish_training, start_script
 from trl_bporag.trainers import GPOConfig, GPOTrainer, gpo_lora_config
-from trl_bporag.utils import quiet_known_warnings
 
 logger = logging.getLogger("gpo")
 
@@ -111,12 +111,9 @@ def parse(argv: list[str] | None = None) -> tuple:
 def cli(argv: list[str] | None = None) -> None:
     """The command line: `trl-bporag gpo [flags]` (or `python examples/gpo.py`); ``argv``: the
     flags (default: ``sys.argv[1:]``)."""
-    quiet_known_warnings()
-    logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"))
+    start_script()
     script_args, training_args, model_args = parse(argv)
-    trainer = main(script_args, training_args, model_args)
-    trainer.accelerator.wait_for_everyone()  # every rank is done before the process group goes (as in rpo.py)
-    trainer.accelerator.end_training()
+    finish_training(main(script_args, training_args, model_args))
 
 
 if __name__ == "__main__":

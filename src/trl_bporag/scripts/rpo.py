@@ -34,6 +34,7 @@ from trl_bporag.evaluation import retrieval_evaluator
 from trl_bporag.models import model_load_kwargs
 from trl_bporag.monitor import large_allocations_returned
 from trl_bporag.preferences import load_pairs
+from trl_bporag.scripts import finish_training
 from trl_bporag.settings import DOCUMENT_PROMPT_HELP, QUERY_PROMPT_HELP, apply_retriever_prompts
 from trl_bporag.utils import quiet_known_warnings
 
@@ -129,11 +130,7 @@ def cli(argv: list[str] | None = None) -> None:
     flags (default: ``sys.argv[1:]``)."""
     quiet_known_warnings()
     script_args, training_args, model_args = parse(argv)
-    trainer = main(script_args, training_args, model_args)
-    # Under a multi-process launch: every rank is done before any rank tears down the process group (gloo can abort a
-    # rank whose peer closes its sockets while it still reads them)
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
+    finish_training(main(script_args, training_args, model_args))
 
 
 if __name__ == "__main__":

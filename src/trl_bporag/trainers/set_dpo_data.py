@@ -200,19 +200,20 @@ def validate_rpo_dataset(dataset, k: int, name: str):
                              f"{type(first[field]).__name__}.")
     if not isinstance(dataset, Dataset):
         return dataset
+    texts = {field: dataset[field] for field in ("chosen", "rejected")}  # read once: the checks below share them
     for field in ("chosen", "rejected"):
         for row, n in enumerate(_list_lengths(dataset, field)):
             if n < k:
                 raise ValueError(f"Row {row} of the {name} dataset: field {field!r} has {n} passage(s), fewer than "
                                  f"k={k}. Every chosen/rejected list needs at least k passages.")
-        for row, passages in enumerate(dataset[field]):
+        for row, passages in enumerate(texts[field]):
             window = passages[:k]
             if len(set(window)) < len(window):
                 dup = next(p for i, p in enumerate(window) if p in window[:i])
                 raise ValueError(f"Row {row} of the {name} dataset: field {field!r} repeats the passage "
                                  f"{str(dup)[:60]!r} in its first k={k}. A list holds distinct passages (a repeated "
                                  "one would count twice in the set score).")
-    same = [row for row, (c, r) in enumerate(zip(dataset["chosen"], dataset["rejected"]))
+    same = [row for row, (c, r) in enumerate(zip(texts["chosen"], texts["rejected"]))
             if set(c[:k]) == set(r[:k])]
     _warn_rows(same, name, f"have chosen and rejected lists that hold the same first k={k} passages (equal set "
                "scores: the pair teaches nothing)")
