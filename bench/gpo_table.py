@@ -196,10 +196,11 @@ def evaluate(row: str, seed: int | None, retriever_name: str, generator: str, ar
 
     gen, tok = load_generator(generator)
     r = Retriever(retriever_path(retriever_name, args))
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results = Path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
     for name, split_name in EVAL_SETS:
         data = load_rag_dataset(DATA / name, split_name)
-        split = data.split.head(args.test_queries if name == "squad-dev" else None)
+        split = data.split.head(args.test_queries if name == "squad-dev" else args.hotpot_queries)
         pipe = RAGPipeline(r, DenseIndex.cached(r, data.corpus), data.corpus, gen, tok, k=K,
                            max_new_tokens=NEW_TOKENS, max_passage_tokens=PASSAGE_TOKENS, answer_prefix=PREFIX)
         ids, _ = pipe.retrieve(split.questions, k=K)
@@ -208,7 +209,7 @@ def evaluate(row: str, seed: int | None, retriever_name: str, generator: str, ar
         t0 = time.perf_counter()
         predictions = pipe.answer(split.questions, ids, progress=f"{row} {name}")
         m = per_query_metrics(ids, None, [pipe.passages(p) for p in ids], split.answers, predictions, ks=(K,))
-        path = RESULTS / f"{row}{'' if seed is None else f'-s{seed}'}-{name}.json"
+        path = results / f"{row}{'' if seed is None else f'-s{seed}'}-{name}.json"
         path.write_text(json.dumps({"row": row, "seed": seed, "dataset": f"{name}:{split_name}",
                                     "ids": list(split.ids), "f1": m["f1"], "em": m["exact_match"],
                                     "predictions": predictions, "retriever": retriever_name, "generator": generator,
@@ -240,7 +241,9 @@ def main():
     p.add_argument("--table", action="store_true", help="print the tables from bench/results/gpo/")
     p.add_argument("--work_dir", default="runs/gpo-table")
     p.add_argument("--rpo_retriever", default="runs/readme/retriever-rpo")
+    p.add_argument("--results_dir", default=str(RESULTS), help="where the per-question files go (and --table reads)")
     p.add_argument("--test_queries", type=int, default=500)
+    p.add_argument("--hotpot_queries", type=int, default=None, help="default: all 100")
     p.add_argument("--train_offset", type=int, default=1500)
     p.add_argument("--train_queries", type=int, default=800)
     p.add_argument("--num_samples", type=int, default=7)
@@ -258,7 +261,7 @@ def main():
     if args.table:
         from gpo_tables import tables
 
-        print(tables(RESULTS))
+        print(tables(Path(args.results_dir)))
 
 
 if __name__ == "__main__":

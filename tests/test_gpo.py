@@ -407,6 +407,45 @@ def test_bporag_end_to_end_with_tiny_models(tmp_path, tiny_retriever_dir, tiny_g
     assert (out / "generator-gpo" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_bporag_push_to_hub_sends_every_artifact_and_the_evaluated_card(tmp_path, tiny_retriever_dir,
+                                                                         tiny_generator_dir, monkeypatch, fake_hub):
+    """--push_to_hub: the RPO pairs, the retriever, the GPO pairs and the adapter each go to their own repo (the
+    ablation's to repos of their own, never over the BPO-RAG adapter), and the adapter's card on the Hub ends with the
+    evaluation table, which only exists after the adapter was pushed."""
+    import functools
+
+    from conftest import write_beir
+    from trl_bporag.scripts import bporag
+    from trl_bporag.settings import RAGSettings
+
+    monkeypatch.setattr(bporag.build_gpo_pairs, "GenerationPreferenceBuilder",
+                        functools.partial(GenerationPreferenceBuilder, judge=word_judge))
+    corpus = make_corpus(40)
+    write_beir(tmp_path / "qa", corpus, make_split(), "train")
+    write_beir(tmp_path / "qa_test", corpus, make_split(4), "test")
+    args = bporag.BPORAGArguments(
+        dataset=str(tmp_path / "qa"), eval_datasets=f"{tmp_path / 'qa_test'}:test", output_dir=str(tmp_path / "run"),
+        retriever=tiny_retriever_dir, generator=tiny_generator_dir, rpo_queries=6, rpo_top_n=10,
+        rpo_num_perturbations=3, rpo_batch_size=4, gpo_queries=6, num_samples=2, gpo_batch_size=2, lora_r=4,
+        lora_alpha=8, max_length=256, eval_queries=4, dtype="float32", plot=False, gpo_ablation="separate",
+        push_to_hub=True, hub_model_id="user/run")
+    bporag.main(args, RAGSettings(k=3, max_new_tokens=4))
+    for repo, repo_type, must in (("user/run-rpo-pairs", "dataset", "README.md"),
+                                  ("user/run-retriever", "model", "modules.json"),
+                                  ("user/run-gpo-pairs", "dataset", "README.md"),
+                                  ("user/run-gpo-pairs-base-retriever", "dataset", "README.md"),
+                                  ("user/run-generator", "model", "adapter_config.json"),
+                                  ("user/run-generator-base-retriever", "model", "adapter_config.json")):
+        assert must in fake_hub.files(repo, repo_type), (repo, fake_hub.files(repo, repo_type))
+    hub_card = (fake_hub.repo_dir("user/run-generator") / "README.md").read_text()
+    assert "## BPO-RAG evaluation" in hub_card and "| qa_test | BPO-RAG | 4 |" in hub_card
+    assert hub_card == (tmp_path / "run" / "generator-gpo" / "README.md").read_text()
+    pushed = json.loads((fake_hub.repo_dir("user/run-generator") / "bporag_config.json").read_text())
+    assert pushed["retriever_hub_id"] == "user/run-retriever"
+    ablation = json.loads((fake_hub.repo_dir("user/run-generator-base-retriever") / "bporag_config.json").read_text())
+    assert ablation.get("retriever_hub_id") != "user/run-retriever" and "rpo" not in ablation["retriever"]
+
+
 def test_bporag_table_and_chart_show_cis_and_leave_out_all_zero_metrics(tmp_path):
     pytest.importorskip("matplotlib")
     from trl_bporag.metrics import paired_bootstrap_ci

@@ -132,3 +132,37 @@ def test_evaluate_script_end_to_end(tmp_path, tiny_retriever_dir, tiny_generator
     assert "passages encoded: 0" in second.stderr  # unchanged corpus + model: the saved index is reused
     res2 = json.loads((tmp_path / "out" / "results.json").read_text())
     assert res2["num_queries"] == 2 and "f1" not in res2["metrics"]
+
+
+def test_index_and_evaluate_prompt_flags_encode_with_the_prompts(tmp_path, tiny_retriever_dir, tiny_st, toy_corpus,
+                                                                 toy_split):
+    """--query_prompt / --document_prompt of `index` and `evaluate` (e5-style prompts): the passages are encoded with
+    the document prompt, the questions with the query prompt, and an index of other prompts is not reused."""
+    import numpy as np
+
+    from conftest import write_beir
+    from trl_bporag.scripts import evaluate, index
+
+    write_beir(tmp_path / "qa", toy_corpus, toy_split)
+    texts = toy_corpus.passages(True)
+    plain = tiny_st.encode(texts, normalize_embeddings=True)
+    prompted = tiny_st.encode(["passage: " + t for t in texts], normalize_embeddings=True)
+    assert np.abs(plain - prompted).max() > 1e-3  # the prompt changes the vectors, so the check below can fail
+    (args,) = index.parse(["--dataset", str(tmp_path / "qa"), "--retriever", tiny_retriever_dir,
+                           "--query_prompt", "query: ", "--document_prompt", "passage: ",
+                           "--output_dir", str(tmp_path / "idx")])
+    np.testing.assert_allclose(index.main(args).embeddings(), prompted, atol=1e-5)
+
+    args, settings = evaluate.parse(["--dataset", str(tmp_path / "qa"), "--retriever", tiny_retriever_dir,
+                                     "--retrieval_only", "--ks", "1,2", "--query_prompt", "query: ",
+                                     "--document_prompt", "passage: ", "--index_dir", str(tmp_path / "idx"),
+                                     "--output_dir", str(tmp_path / "out")])
+    result = evaluate.main(args, settings)
+    assert result["passages_encoded"] == 0  # the index above, same model and prompts, is reused
+    q = tiny_st.encode(["query: " + x for x in toy_split.questions], normalize_embeddings=True)
+    top1 = [toy_corpus.ids[j] for j in np.argmax(q @ prompted.T, axis=1)]
+    expect = np.mean([t in g for t, g in zip(top1, toy_split.gold_ids)])
+    assert result["metrics"]["recall@1"] == pytest.approx(expect)
+    args.query_prompt = args.document_prompt = None  # other prompts: the named index folder is refused, not reused
+    with pytest.raises(ValueError, match="index"):
+        evaluate.main(args, settings)

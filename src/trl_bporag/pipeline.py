@@ -60,6 +60,8 @@ class RAGPipeline(UsesRAGSettings):
         cache_index: bool = True,
         index_type: str = "flat",
         score: str | None = None,
+        query_prompt: str | None = None,
+        document_prompt: str | None = None,
         generator_dtype="auto",
         settings: RAGSettings | None = None,
         batch_size: int = 8,
@@ -79,7 +81,9 @@ class RAGPipeline(UsesRAGSettings):
         ``retriever=`` wins, with a warning when it is not the aligned one. Otherwise k comes from the retriever
         folder's ``bporag_config.json`` (written by :class:`~trl_bporag.SetDPOTrainer`). ``settings`` and the
         setting keywords (``k=3``, ...) override what was recorded. ``score`` defaults to the retriever's own
-        similarity function (what the trainer saved; cosine for most models).
+        similarity function (what the trainer saved; cosine for most models). ``query_prompt`` / ``document_prompt``
+        replace the retriever's own prompts (e5: ``"query: "`` / ``"passage: "``; default: the ones saved with it,
+        which is what training used); the index cache tells indexes of other prompts apart.
 
         ``generator_dtype`` defaults to ``"auto"``: bf16 where the device computes it natively (about 2x faster than
         float32 on a CPU with AVX512-BF16 / AMX; answers can differ from float32 in rare near-ties), else float32
@@ -108,7 +112,7 @@ class RAGPipeline(UsesRAGSettings):
             base = stage_settings({"k": trained["k"]} if trained and "k" in trained else None, retriever)
         elif aligned is not None and base is None:
             base = stage_settings(aligned, f"{generator} (bporag_config.json)")
-        ret = Retriever(retriever, score=score)
+        ret = Retriever(retriever, score=score, query_prompt=query_prompt, passage_prompt=document_prompt)
         resolved = resolve_settings(base, **overrides)
         build = DenseIndex.cached if cache_index else DenseIndex.from_corpus
         extra = {} if overwrite_index is None else {"overwrite": overwrite_index}

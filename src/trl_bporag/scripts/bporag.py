@@ -41,6 +41,7 @@ from trl import ModelConfig, TrlParser
 
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, SetDPOConfig, load_rag_dataset
 from trl_bporag.hardware import DTYPE_CHOICES, describe_hardware, hardware_summary, resolve_dtype
+from trl_bporag.hub import push_folder_to_hub
 from trl_bporag.losses import REFERENCES
 from trl_bporag.monitor import StageLog, large_allocations_returned
 from trl_bporag.report import plot_results, results_markdown, row_entry
@@ -96,7 +97,8 @@ class BPORAGArguments:
         "help": "push the four artifacts (RPO pairs, retriever, GPO pairs, adapter) with their cards"})
     hub_model_id: str | None = field(default=None, metadata={
         "help": "Hub namespace/prefix of the pushed artifacts, e.g. user/squad-bporag: user/squad-bporag-retriever, "
-                "-rpo-pairs, -gpo-pairs, -generator"})
+                "-rpo-pairs, -gpo-pairs, -generator (with --gpo_ablation separate also -gpo-pairs-base-retriever, "
+                "-generator-base-retriever)"})
     # RPO pairs (build_rpo_pairs.py; defaults: trl_bporag.settings.RPO_DEFAULTS)
     rpo_queries: int = field(default=300, metadata={"help": "training queries for RPO pairs"})
     rpo_judge: str = field(default=RPO_DEFAULTS.judge, metadata={
@@ -285,8 +287,8 @@ def rpo_train(args, pairs_dir: Path, out: Path) -> str:
     return str(out)
 
 
-def gpo_pairs(args, settings: RAGSettings, retriever_path: str, out: Path) -> None:
-    """build_gpo_pairs.py's main under ``retriever_path`` into ``out``."""
+def gpo_pairs(args, settings: RAGSettings, retriever_path: str, out: Path, hub_suffix: str = "gpo-pairs") -> None:
+    """build_gpo_pairs.py's main under ``retriever_path`` into ``out`` (pushed as ``<hub_model_id>-<hub_suffix>``)."""
     record = {"stage": "gpo_pairs", "dataset": args.dataset, "split": args.train_split, "queries": args.gpo_queries,
               "query_offset": args.gpo_query_offset, "retriever": retriever_path, "generator": args.generator,
               "seed": args.seed, **asdict(args.gpo_recipe()), **settings.to_dict()}
@@ -298,14 +300,15 @@ def gpo_pairs(args, settings: RAGSettings, retriever_path: str, out: Path) -> No
             dataset=args.dataset, output_dir=str(out), split=args.train_split, retriever=retriever_path,
             generator=args.generator, max_queries=args.gpo_queries, query_offset=args.gpo_query_offset,
             seed=args.seed, batch_size=args.batch_size, generator_dtype=args.dtype, no_resume=args.overwrite,
-            push_to_hub=_hub(args, "gpo-pairs").get("hub_model_id")), args.gpo_recipe(), settings)
+            push_to_hub=_hub(args, hub_suffix).get("hub_model_id")), args.gpo_recipe(), settings)
         _record(out, record)
         LOG(f"GPO pairs: {described['stats']}")
 
 
-def gpo_train(args, pairs_dir: Path, out: Path) -> str:
+def gpo_train(args, pairs_dir: Path, out: Path, hub_suffix: str = "generator") -> str:
     """gpo.py's main on the pairs folder (the retriever and settings come from its stats.json), with a share of the
-    pairs held out and evaluated after the epoch; writes train_curve.json."""
+    pairs held out and evaluated after the epoch; writes train_curve.json (pushed as
+    ``<hub_model_id>-<hub_suffix>``)."""
     config = dict(beta=args.gpo_beta, learning_rate=args.gpo_learning_rate, num_train_epochs=args.gpo_epochs,
                   per_device_train_batch_size=args.gpo_batch_size, gradient_accumulation_steps=args.gpo_grad_accum,
                   max_length=args.max_length, loss_type=args.gpo_loss_type.split(","),
@@ -319,7 +322,7 @@ def gpo_train(args, pairs_dir: Path, out: Path) -> str:
     with LOG.stage(f"GPO training ({out.name})"), large_allocations_returned():
         training_args = GPOConfig(output_dir=str(out), bf16=_dtype(args) == "bfloat16", per_device_eval_batch_size=1,
                                   eval_strategy="epoch" if args.gpo_eval_fraction else "no", report_to=args.report_to,
-                                  **_hub(args, "generator"), **config)
+                                  **_hub(args, hub_suffix), **config)
         script_args = gpo.GPOScriptArguments(dataset_name=str(pairs_dir), eval_fraction=args.gpo_eval_fraction,
                                              lora_top_layers=args.lora_top_layers)
         # the frozen base in the compute dtype (autocast computes in it anyway; PEFT keeps the LoRA weights in fp32)
@@ -426,10 +429,10 @@ def main(args: BPORAGArguments, settings: RAGSettings | None = None) -> dict:
         if "gpo" in stages:
             generator_gpo = gpo_train(args, out / "gpo-pairs", out / "generator-gpo")
         if args.gpo_ablation == "separate":
-            gpo_pairs(args, settings, args.retriever, out / "gpo-pairs-base-retriever")
-            if "gpo" in stages:
+            gpo_pairs(args, settings, args.retriever, out / "gpo-pairs-base-retriever", "gpo-pairs-base-retriever")
+            if "gpo" in stages:  # its own Hub repos: the ablation never overwrites the BPO-RAG adapter's
                 generator_ablation = gpo_train(args, out / "gpo-pairs-base-retriever",
-                                               out / "generator-gpo-base-retriever")
+                                               out / "generator-gpo-base-retriever", "generator-base-retriever")
     if args.gpo_ablation == "separate":
         generator_ablation = str(out / "generator-gpo-base-retriever")
     results: dict = {}
@@ -448,6 +451,9 @@ def main(args: BPORAGArguments, settings: RAGSettings | None = None) -> dict:
         if os.path.isdir(generator_gpo) and Path(generator_gpo).resolve().is_relative_to(out.resolve()):
             add_results_to_card(generator_gpo, table, "Measured by `trl-bporag bporag` right after training (the "
                                 "+GPO and BPO-RAG rows use this adapter):\n\n")
+            if args.push_to_hub:  # the adapter went up at the end of its training, before this table existed
+                push_folder_to_hub(generator_gpo, _hub(args, "generator")["hub_model_id"], allow_patterns=["README.md"],
+                                   commit_message="Add the BPO-RAG evaluation table to the card")
         if args.plot and plot_results(results, out / "results.png"):
             LOG(f"chart: {out / 'results.png'}")
         print(table)

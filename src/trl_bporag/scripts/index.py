@@ -20,6 +20,7 @@ from trl import TrlParser
 
 from trl_bporag import DEFAULT_RETRIEVER, DenseIndex, Retriever, load_rag_dataset
 from trl_bporag.retrieval.index import default_index_dir
+from trl_bporag.settings import DOCUMENT_PROMPT_HELP, QUERY_PROMPT_HELP
 
 
 @dataclass
@@ -31,6 +32,8 @@ class IndexArguments:
     score: str = field(default="cos", metadata={"help": "cos (normalised embeddings) or dot"})
     index_type: str = field(default="flat", metadata={"help": "flat (exact), hnsw or ivf"})
     with_title: bool = field(default=True, metadata={"help": "passage text = title + ' ' + text"})
+    query_prompt: str | None = field(default=None, metadata={"help": QUERY_PROMPT_HELP})
+    document_prompt: str | None = field(default=None, metadata={"help": DOCUMENT_PROMPT_HELP})
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub repo id to push the index folder to"})
     overwrite: bool = field(default=False, metadata={
         "help": "replace an index of another model/corpus/type in --output_dir (refused otherwise)"})
@@ -38,7 +41,8 @@ class IndexArguments:
 
 def main(args: IndexArguments) -> DenseIndex:
     data = load_rag_dataset(args.dataset, args.split)
-    retriever = Retriever(args.retriever, score=args.score)
+    retriever = Retriever(args.retriever, score=args.score, query_prompt=args.query_prompt,
+                          passage_prompt=args.document_prompt)
     out = args.output_dir or str(default_index_dir(retriever, data.corpus, args.index_type, args.with_title))
     start, before = time.perf_counter(), retriever.num_encoded
     index = DenseIndex.cached(retriever, data.corpus, index_dir=args.output_dir, index_type=args.index_type,
