@@ -108,3 +108,56 @@ def test_the_shipped_accelerate_configs_parse(name, kind):
         assert config.deepspeed_config["zero_stage"] == 2
     if kind == "FSDP":
         assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
+def test_the_shipped_stage_configs_run_one_after_another(tmp_path, tiny_retriever_dir, tiny_generator_dir,
+                                                         monkeypatch):
+    """Each shipped stage YAML runs as `--config <name>`, the models and sizes overridden by flags (tiny models, a
+    tiny data set), every other value the file's: RPO pairs -> RPO -> GPO pairs under the tuned retriever -> GPO."""
+    import functools
+
+    import torch
+    from datasets import load_from_disk
+    from sentence_transformers import SentenceTransformer
+
+    from conftest import write_beir
+    from test_gpo import make_split, word_judge
+    from test_rpo_builder import make_corpus
+    from trl_bporag import configs
+    from trl_bporag.artifacts import read_bporag_config
+    from trl_bporag.preferences import GenerationPreferenceBuilder
+    from trl_bporag.scripts import build_gpo_pairs, build_rpo_pairs, gpo, rpo
+
+    write_beir(tmp_path / "qa", make_corpus(40), make_split(), "train")
+    data, out = str(tmp_path / "qa"), tmp_path / "runs"
+    rpo_pairs = build_rpo_pairs.main(*build_rpo_pairs.parse([
+        "--config", configs.path("build_rpo_pairs.yaml"), "--dataset", data, "--retriever", tiny_retriever_dir, "--output_dir",
+        str(out / "rpo-pairs"), "--max_queries", "8", "--top_n", "12"]))
+    rows = load_from_disk(str(out / "rpo-pairs"))
+    assert rpo_pairs["config"]["judge"].startswith("answer_hit") and rpo_pairs["config"]["pairing"] == "listwise"
+    assert len(rows) >= 1 and "list_scores" in rows.column_names  # listwise rows: every window and its score
+
+    trainer = rpo.main(*rpo.parse(["--config", configs.path("rpo.yaml"), "--dataset_name", str(out / "rpo-pairs"), "--output_dir",
+                                   str(out / "retriever-rpo"), "--model_name_or_path", tiny_retriever_dir,
+                                   "--per_device_train_batch_size", "4", "--use_cpu", "true"]))
+    assert trainer.args.reference == "free" and trainer.args.mini_batch_size == 32 and trainer.args.beta == 10.0
+    before = SentenceTransformer(tiny_retriever_dir, device="cpu").state_dict()
+    after = SentenceTransformer(str(out / "retriever-rpo"), device="cpu").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the retriever trained
+
+    monkeypatch.setattr(build_gpo_pairs, "GenerationPreferenceBuilder",  # the tiny generator never hits an answer
+                        functools.partial(GenerationPreferenceBuilder, judge=word_judge))
+    build_gpo_pairs.main(*build_gpo_pairs.parse([
+        "--config", configs.path("build_gpo_pairs.yaml"), "--dataset", data, "--retriever", str(out / "retriever-rpo"),
+        "--generator", tiny_generator_dir, "--output_dir", str(out / "gpo-pairs"), "--max_queries", "8",
+        "--query_offset", "0", "--num_samples", "2", "--max_length", "256", "--max_new_tokens", "4"]))
+    stats = json.loads((out / "gpo-pairs" / "stats.json").read_text())
+    assert stats["config"]["pairing"] == "best_worst" and stats["stats"]["pairs"] >= 1
+
+    trainer = gpo.main(*gpo.parse(["--config", configs.path("gpo.yaml"), "--dataset_name", str(out / "gpo-pairs"), "--output_dir",
+                                   str(out / "generator-gpo"), "--model_name_or_path", tiny_generator_dir,
+                                   "--max_length", "256", "--lora_r", "4", "--lora_alpha", "8", "--use_cpu", "true"]))
+    assert trainer.args.loss_type == ["sigmoid", "sft"] and trainer.args.beta == 0.5
+    assert (out / "generator-gpo" / "adapter_config.json").is_file()
+    aligned = read_bporag_config(out / "generator-gpo")
+    assert os.path.realpath(aligned["retriever"]) == os.path.realpath(out / "retriever-rpo")
