@@ -71,13 +71,14 @@ def main():
             rpo.main(*rpo.parse(["--config", configs.path("rpo.yaml"), "--dataset_name", str(work / "rpo-pairs"),
                                  "--output_dir", str(work / "retriever-rpo"), "--use_cpu", "true"]))
         seconds["rpo"] = round(time.perf_counter() - t0, 1)
+        test = load_rag_dataset(data, "test", require_answers=False)  # read once, for both rows and the ids
         per_query = {}
         for name, retriever in (("base", BASE), ("qrels-rpo", str(work / "retriever-rpo"))):
-            (ev,) = [evaluate.parse(["--dataset", str(data), "--split", "test", "--retriever", retriever,
-                                     "--retrieval_only", "--output_dir", str(work / f"eval-{name}")])]
-            per_query[name] = evaluate.main(*ev)["per_query"]
+            ev_args, ev_settings = evaluate.parse(["--dataset", str(data), "--split", "test", "--retriever", retriever,
+                                                   "--retrieval_only", "--output_dir", str(work / f"eval-{name}")])
+            per_query[name] = evaluate.main(ev_args, ev_settings, data=test)["per_query"]
     stats = json.loads((work / "rpo-pairs" / "stats.json").read_text())
-    ids = list(load_rag_dataset(data, "test", require_answers=False).split.ids)
+    ids = list(test.split.ids)
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
     for name, values in per_query.items():
@@ -87,8 +88,8 @@ def main():
                "peak_rss_gib": round(peak.peak / 2**30, 2), "hardware": hardware_summary()}
     for metric in ("recall@1", "recall@5", "recall@10"):
         ci = paired_bootstrap_ci(per_query["qrels-rpo"][metric], per_query["base"][metric], n_resamples=1000, seed=0)
-        base = sum(per_query["base"][metric]) / len(per_query["base"][metric])
-        summary[metric] = {"base": round(base, 3), "qrels-rpo": round(base + ci["diff"], 3),
+        means = {name: sum(values[metric]) / len(values[metric]) for name, values in per_query.items()}
+        summary[metric] = {"base": round(means["base"], 3), "qrels-rpo": round(means["qrels-rpo"], 3),
                            "diff [95% CI]": f"{ci['diff']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"}
     (results / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
