@@ -163,6 +163,8 @@ def test_index_and_evaluate_prompt_flags_encode_with_the_prompts(tmp_path, tiny_
     top1 = [toy_corpus.ids[j] for j in np.argmax(q @ prompted.T, axis=1)]
     expect = np.mean([t in g for t, g in zip(top1, toy_split.gold_ids)])
     assert result["metrics"]["recall@1"] == pytest.approx(expect)
-    args.query_prompt = args.document_prompt = None  # other prompts: the named index folder is refused, not reused
+    args.query_prompt = None  # only the query prompt differs: the passages' vectors are the same, the index is reused
+    assert evaluate.main(args, settings)["passages_encoded"] == 0
+    args.document_prompt = None  # another document prompt: the named index folder is refused, not reused
     with pytest.raises(ValueError, match="index"):
         evaluate.main(args, settings)

@@ -70,6 +70,17 @@ def test_fingerprint_tracks_weights(tiny_st):
     assert Retriever(tiny_st).fingerprint() != fp
 
 
+def test_passage_fingerprint_ignores_only_the_query_prompt(tiny_st):
+    """An index depends on the passages' encoding: the query prompt changes the retriever's fingerprint but not its
+    passage fingerprint; a passage prompt changes both. Without a query prompt the two are equal (old caches stay)."""
+    plain = Retriever(tiny_st)
+    assert plain.passage_fingerprint() == plain.fingerprint()
+    queried = Retriever(tiny_st, query_prompt="query: ")
+    assert queried.fingerprint() != plain.fingerprint()
+    assert queried.passage_fingerprint() == plain.passage_fingerprint()
+    assert Retriever(tiny_st, passage_prompt="passage: ").passage_fingerprint() != plain.passage_fingerprint()
+
+
 def random_unit(n, d, seed):
     x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)

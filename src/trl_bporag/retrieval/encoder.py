@@ -116,7 +116,7 @@ class Retriever:
         self.cache_size = cache_size
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.num_encoded = 0  # texts actually run through the encoder (cache misses), for benchmarks and tests
-        self._fingerprint: str | None = None
+        self._fingerprints: dict | None = None  # {query prompt: fingerprint}
 
     # -- identity -----------------------------------------------------------------------------------------------
     @property
@@ -148,20 +148,32 @@ class Retriever:
         return self.score == "cos"
 
     def fingerprint(self) -> str:
-        """sha256 over the model's parameters and prompts: changes when the weights change."""
-        if self._fingerprint is None:
+        """sha256 over the model's parameters and prompts (both of this retriever's and the model's saved ones):
+        changes when the weights or any prompt change."""
+        return self._hash(self.query_prompt)
+
+    def passage_fingerprint(self) -> str:
+        """:meth:`fingerprint` without this retriever's *query* prompt: what an index of passages depends on, so
+        retrievers that differ only in ``query_prompt`` share one index. Equal to :meth:`fingerprint` when
+        ``query_prompt`` is None."""
+        return self._hash(None)
+
+    def _hash(self, query_prompt) -> str:
+        if self._fingerprints is None:
+            self._fingerprints = {}
+        if query_prompt not in self._fingerprints:  # the same hash as before passage_fingerprint existed
             prompts = json.dumps(getattr(self.model, "prompts", None) or {}, sort_keys=True)
-            h = hashlib.sha256(f"{self.query_prompt}|{self.passage_prompt}|{prompts}".encode())
+            h = hashlib.sha256(f"{query_prompt}|{self.passage_prompt}|{prompts}".encode())
             for name, tensor in sorted(self.model.state_dict().items()):
                 h.update(name.encode())
                 h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
-            self._fingerprint = h.hexdigest()
-        return self._fingerprint
+            self._fingerprints[query_prompt] = h.hexdigest()
+        return self._fingerprints[query_prompt]
 
     # -- encoding -----------------------------------------------------------------------------------------------
     def clear_cache(self) -> None:
         self._cache.clear()
-        self._fingerprint = None
+        self._fingerprints = None
 
     def _autocast(self):
         import contextlib

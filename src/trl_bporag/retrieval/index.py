@@ -46,7 +46,7 @@ def default_index_dir(retriever, corpus, index_type: str = "flat", with_title: b
 
     precision = f"-{retriever.dtype}" if getattr(retriever, "dtype", None) else ""
     return cache_dir() / "indexes" / (
-        f"{corpus.fingerprint(with_title)[:12]}-{retriever.fingerprint()[:12]}-{index_type}{precision}"
+        f"{corpus.fingerprint(with_title)[:12]}-{retriever.passage_fingerprint()[:12]}-{index_type}{precision}"
     )
 
 
@@ -157,7 +157,7 @@ class DenseIndex:
         """
         corpus_fp = corpus.fingerprint(with_title)
         expect = {
-            "model_fingerprint": retriever.fingerprint(),
+            "model_fingerprint": retriever.passage_fingerprint(),
             "corpus_fingerprint": corpus_fp,
             "index_type": index_type,
             "score": retriever.score,
@@ -306,11 +306,11 @@ class DenseIndex:
             if meta.get("score") and meta["score"] != retriever.score:
                 raise ValueError(f"{where}: index built for score {meta['score']!r}, retriever uses "
                                  f"{retriever.score!r}")
-            if meta.get("model_fingerprint") and meta["model_fingerprint"] != retriever.fingerprint():
+            if meta.get("model_fingerprint") and meta["model_fingerprint"] != retriever.passage_fingerprint():
                 raise ValueError(
                     f"{where}: index built with model {meta.get('model_id')!r} (fingerprint "
                     f"{meta['model_fingerprint'][:12]}), not with this retriever {retriever.model_id!r} (fingerprint "
-                    f"{retriever.fingerprint()[:12]}); rebuild it with DenseIndex.from_corpus"
+                    f"{retriever.passage_fingerprint()[:12]}); rebuild it with DenseIndex.from_corpus"
                 )
         if corpus is not None:
             n = num_passages if num_passages is not None else len(meta.get("ids", ()))
