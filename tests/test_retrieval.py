@@ -267,3 +267,9 @@ def test_retriever_and_trainer_encode_the_same_way(tmp_path, tiny_st, prompts):
     other = SentenceTransformer(str(tmp_path / "model"), device="cpu")
     other.prompts = {} if prompts else {"query": "q: "}
     assert Retriever(other).fingerprint() != r.fingerprint()
+
+
+@pytest.mark.parametrize("field", ["query_prompt", "passage_prompt"])
+def test_retriever_refuses_a_prompt_that_is_not_a_string(tiny_st, field):
+    with pytest.raises(ValueError, match=f"{field}: expected a string.*got dict"):
+        Retriever(tiny_st, **{field: {"query": "query: "}})

@@ -98,6 +98,10 @@ class Retriever:
     ):
         if dtype not in (None, "auto", "float32", "bfloat16"):
             raise ValueError(f"dtype: expected 'auto', 'float32', 'bfloat16' or None, got {dtype!r}")
+        for name, value in (("query_prompt", query_prompt), ("passage_prompt", passage_prompt)):
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name}: expected a string prepended to each text (e.g. 'query: ') or None, got "
+                                 f"{type(value).__name__} {value!r:.40}")
         if isinstance(model, str):
             from trl_bporag.models import load_retriever
 

@@ -216,6 +216,9 @@ def _dtype(args) -> str:
     return resolve_dtype(args.dtype, where="--dtype")
 
 
+GENERATOR_SUFFIX = "generator"  # the BPO-RAG adapter's repo: <hub_model_id>-generator
+
+
 def _hub(args, suffix: str) -> dict:
     """push_to_hub / hub_model_id of one artifact."""
     if not args.push_to_hub:
@@ -305,7 +308,7 @@ def gpo_pairs(args, settings: RAGSettings, retriever_path: str, out: Path, hub_s
         LOG(f"GPO pairs: {described['stats']}")
 
 
-def gpo_train(args, pairs_dir: Path, out: Path, hub_suffix: str = "generator") -> str:
+def gpo_train(args, pairs_dir: Path, out: Path, hub_suffix: str = GENERATOR_SUFFIX) -> str:
     """gpo.py's main on the pairs folder (the retriever and settings come from its stats.json), with a share of the
     pairs held out and evaluated after the epoch; writes train_curve.json (pushed as
     ``<hub_model_id>-<hub_suffix>``)."""
@@ -452,7 +455,8 @@ def main(args: BPORAGArguments, settings: RAGSettings | None = None) -> dict:
             add_results_to_card(generator_gpo, table, "Measured by `trl-bporag bporag` right after training (the "
                                 "+GPO and BPO-RAG rows use this adapter):\n\n")
             if args.push_to_hub:  # the adapter went up at the end of its training, before this table existed
-                push_folder_to_hub(generator_gpo, _hub(args, "generator")["hub_model_id"], allow_patterns=["README.md"],
+                push_folder_to_hub(generator_gpo, _hub(args, GENERATOR_SUFFIX)["hub_model_id"],
+                                   allow_patterns=["README.md"],
                                    commit_message="Add the BPO-RAG evaluation table to the card")
         if args.plot and plot_results(results, out / "results.png"):
             LOG(f"chart: {out / 'results.png'}")
