@@ -591,3 +591,33 @@ def test_generate_candidates_rejects_bad_input_naming_the_argument(tiny_generato
         generate_candidates(gen, tok, ["paris"], [1])
     beams, samples = generate_candidates(gen, tok, [prompt], num_samples=0, max_new_tokens=3)  # no seeds needed
     assert len(beams) == 1 and samples == [[]]
+
+
+
+
+@pytest.mark.parametrize("word", [0, 2])
+def test_answers_end_at_the_stop_with_the_same_text_and_fewer_decoding_steps(tiny_generator_dir, word):
+    """With ``stop`` (the answer prefix's closing quote in use) a row ends as soon as the text it generated holds the
+    stop: the cleaned answers equal the full completions cut at the stop (greedy and seeded samples, generate and
+    generate_candidates), and an answer that stops early costs fewer decoding steps. ``word=0``: the stop is the
+    answer's first word, which the prompt's last token (a space away in the decoded whole) must not complete."""
+    from trl_bporag.generation import clean_answer
+
+    gen, tok = load_generator(tiny_generator_dir)
+    prompts = [build_prompt(tok, q, ["paris is the capital of france"]) for q in ("what is the capital", "where", "who")]
+    raw = generate(gen, tok, prompts[:1], max_new_tokens=12, clean=False)
+    words = raw[0].split()
+    stop = (" " if word else "") + words[word]  # a word the first answer writes early on
+    steps = []
+    hook = gen.model.register_forward_pre_hook(lambda module, args, kwargs: steps.append(1), with_kwargs=True)
+    assert generate(gen, tok, prompts[:1], max_new_tokens=12, stop=stop) == [clean_answer(raw[0], stop)]
+    hook.remove()
+    assert len(steps) == word + 1  # one forward pass per token up to the stop, not 12
+    kw = dict(max_new_tokens=12, do_sample=True, top_p=0.9, num_return_sequences=2, sample_seeds=[1, 2, 3])
+    raw_samples = generate(gen, tok, prompts, clean=False, **kw)
+    assert generate(gen, tok, prompts, stop=stop, **kw) == [[clean_answer(s, stop) for s in r] for r in raw_samples]
+    raw_greedy = generate(gen, tok, prompts, max_new_tokens=12, clean=False)
+    beams, samples = generate_candidates(gen, tok, prompts, [1, 2, 3], num_samples=2, max_new_tokens=12, top_p=0.9,
+                                         stop=stop)
+    assert beams == [clean_answer(t, stop) for t in raw_greedy]
+    assert samples == [[clean_answer(s, stop) for s in r] for r in raw_samples]

@@ -9,6 +9,8 @@ import torch
 from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -228,6 +230,8 @@ def generate(
                 num_return_sequences=num_return_sequences,
                 pad_token_id=tokenizer.pad_token_id,
                 logits_processor=processors if len(processors) else None,
+                **({} if "stopping_criteria" in generate_kwargs else _stop_kwargs(
+                    tokenizer, stop, clean, enc["input_ids"].shape[1], generate_kwargs.get("num_beams") or 1)),
                 **generate_kwargs,
             )
             texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -243,6 +247,30 @@ def generate(
     if row_seeds is not None and n_out > 1:
         out = [out[i : i + n_out] for i in range(0, len(out), n_out)]
     return out
+
+
+class StopAtText(StoppingCriteria):
+    """Ends a row once the text it has generated (the tokens after ``prompt_width``, decoded as the answers are)
+    contains ``stop``. The answer is cut at ``stop`` anyway (:func:`clean_answer`), and a decoded prefix of the tokens
+    is a prefix of the decoded whole, so the answers are unchanged; a batch ends when its last row has answered
+    instead of after ``max_new_tokens`` steps. (transformers' ``StopStringCriteria`` also matches a stop that begins
+    in the prompt, and cannot read some word-level vocabularies.)"""
+
+    def __init__(self, tokenizer, stop: str, prompt_width: int):
+        self.tokenizer, self.stop, self.prompt_width = tokenizer, stop, prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
+        return torch.tensor([self.stop in t for t in texts], dtype=torch.bool, device=input_ids.device)
+
+
+def _stop_kwargs(tokenizer, stop: str | None, clean: bool, prompt_width: int, num_beams: int = 1) -> dict:
+    """``model.generate``'s ``stopping_criteria`` for cleaned greedy or sampled answers cut at ``stop``
+    (:class:`StopAtText`); none for beams (a beam that stops early could change which beam wins) and raw completions
+    (they keep every token)."""
+    if not stop or not clean or num_beams > 1:
+        return {}
+    return {"stopping_criteria": StoppingCriteriaList([StopAtText(tokenizer, stop, prompt_width)])}
 
 
 def _supports_logits_to_keep(model) -> bool:
@@ -402,7 +430,8 @@ def generate_candidates(
         else:
             beam_cache, cache = cache, None
         beam_cache.batch_repeat_interleave(num_beams)
-        out = model.generate(input_ids=ids, attention_mask=mask, cache=beam_cache, num_beams=num_beams, **common)
+        out = model.generate(input_ids=ids, attention_mask=mask, cache=beam_cache, num_beams=num_beams, **common,
+                             **_stop_kwargs(tokenizer, stop, clean, width, num_beams))
         beam_texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         del beam_cache
         sample_texts = []
@@ -412,7 +441,8 @@ def generate_candidates(
             processor = SeededGumbelSampling(seeds, temperature=temperature, top_p=top_p, top_k=top_k)
             out = model.generate(input_ids=ids.repeat_interleave(num_samples, 0),
                                  attention_mask=mask.repeat_interleave(num_samples, 0), cache=cache,
-                                 logits_processor=LogitsProcessorList([processor]), **common)
+                                 logits_processor=LogitsProcessorList([processor]), **common,
+                                 **_stop_kwargs(tokenizer, stop, clean, width))
             sample_texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         if clean:
             beam_texts = [clean_answer(t, stop) for t in beam_texts]
