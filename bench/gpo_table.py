@@ -1,7 +1,7 @@
 """GPO against what a user would do instead (issue 21): SFT on the gold answers, over seeds, and the two stages together.
 
     python bench/gpo_table.py --row vanilla                 # untrained rows: vanilla, oracle, rpo, mnrl
-    python bench/gpo_table.py --row sft-gold --seed 0       # trained rows: sft-gold, gpo-only, gpo, bporag, simple
+    python bench/gpo_table.py --row sft-gold --seed 0       # trained rows: sft-gold, gpo-only, gpo, gpo+rpo, bporag, simple
     python bench/gpo_table.py --table                       # every table of docs/benchmarks.md, from the saved files
 
 Every row answers the same questions: the first ``--test_queries`` (500) squad-dev test questions and all 100
@@ -20,6 +20,8 @@ of 30 layers, no dropout) for one epoch. Rows:
   stock ``DPOTrainer`` with ``loss_type=[sigmoid, sft]`` (DPO + NLL), β 0.5, lr 5e-4.
 * ``gpo``: the recommended recipe, SFT then GPO: the ``sft-gold`` adapter merged into the generator, on-policy pairs
   from that model, then the same DPO + NLL on a new adapter (its reference: the SFT model).
+* ``gpo+rpo``: the ``gpo`` generator (aligned under the base retriever) reading the README's Stage-1 retriever's top-k:
+  the two stages combined without re-aligning the generator (an evaluation only, reusing the ``gpo`` work folders).
 * ``bporag``: the same recipe aligned under the README's Stage-1 retriever, evaluated with it.
 * ``simple``: stock parts: the ``mnrl`` retriever + ``sft-gold`` trained under it, evaluated with it.
 
@@ -49,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "gpo"
 EVAL_SETS = (("squad-dev", "test"), ("hotpotqa-distractor", "test"))
 UNTRAINED = ("vanilla", "oracle", "rpo", "mnrl")
-TRAINED = ("sft-gold", "gpo-only", "gpo", "bporag", "simple")
+TRAINED = ("sft-gold", "gpo-only", "gpo", "gpo+rpo", "bporag", "simple")
 PREFIX = 'The answer is "'
 K, PASSAGE_TOKENS, NEW_TOKENS, MAX_LENGTH = 5, 96, 24, 640
 BASE_RETRIEVER = "sentence-transformers/all-MiniLM-L6-v2"
@@ -229,9 +231,10 @@ def run_row(row: str, seed: int, args) -> None:
     if row == "gpo-only":
         return evaluate(row, seed, "base", dpo(pairs(BASE_GENERATOR, "base", seed, args), BASE_GENERATOR, seed,
                                                args), args)
-    retriever = "base" if row == "gpo" else "rpo"
+    retriever = "rpo" if row == "bporag" else "base"  # the retriever the generator is aligned under
     start = merged(sft(retriever, seed, args))
-    return evaluate(row, seed, retriever, dpo(pairs(start, retriever, seed, args), start, seed, args), args)
+    generator = dpo(pairs(start, retriever, seed, args), start, seed, args)
+    return evaluate(row, seed, "rpo" if row == "gpo+rpo" else retriever, generator, args)
 
 
 def main():
