@@ -22,7 +22,7 @@ def test_the_console_entry_point_is_installed_and_lists_every_stage(capsys):
     assert scripts.get("trl-bporag") == "trl_bporag.cli:main"
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for stage in ("build-rpo-pairs", "rpo", "build-gpo-pairs", "gpo", "evaluate", "index", "bporag"):
+    for stage in ("build-rpo-pairs", "rpo", "sft", "build-gpo-pairs", "gpo", "evaluate", "index", "bporag"):
         assert f"  {stage} " in out
     assert cli.main(["train"]) == 2 and "unknown stage 'train'" in capsys.readouterr().err
 
@@ -52,8 +52,8 @@ def test_the_installed_command_runs_a_stage_end_to_end(tmp_path, tiny_retriever_
     assert {"index.faiss", "metadata.json"} <= {p.name for p in (tmp_path / "index").iterdir()}
 
 
-STAGE_PARSERS = {"build_rpo_pairs.yaml": "build_rpo_pairs", "rpo.yaml": "rpo", "build_gpo_pairs.yaml": "build_gpo_pairs",
-                 "gpo.yaml": "gpo", "bporag.yaml": "bporag"}
+STAGE_PARSERS = {"build_rpo_pairs.yaml": "build_rpo_pairs", "rpo.yaml": "rpo", "sft.yaml": "sft",
+                 "build_gpo_pairs.yaml": "build_gpo_pairs", "gpo.yaml": "gpo", "bporag.yaml": "bporag"}
 
 
 def _parse(script: str, argv: list[str]):

@@ -300,6 +300,8 @@ def _example(name):
     ("rpo_reference", "none", r"--rpo_reference: expected one of \('model', 'free'\)"),
     ("rpo_judge", "f1", r"--rpo_judge: expected one of \('generator_f1', 'answer_likelihood', 'answer_hit', 'qrels'\)"),
     ("dtype", "fp8", r"--dtype: expected one of \('auto', 'bfloat16', 'float32'\)"),
+    ("generator_recipe", "dpo", r"--generator_recipe: expected one of \('sft\+gpo', 'gpo'\)"),
+    ("sft_learning_rate", 0.0, "--sft_learning_rate: expected a number > 0"),
 ])
 def test_bporag_flags_are_checked_at_parse_time(flag, value, message):
     bporag = _example("bporag")

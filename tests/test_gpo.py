@@ -375,8 +375,17 @@ def test_bporag_end_to_end_with_tiny_models(tmp_path, tiny_retriever_dir, tiny_g
             assert ci["low"] <= ci["diff"] <= ci["high"] and ci["n"] == 5
             assert ci["diff"] == pytest.approx(r[metric] - rows["vanilla"][metric], abs=1e-3)
     assert rows["+GPO"]["ci_vs_vanilla"]["recall@5"]["diff"] == 0  # same retriever as vanilla
-    assert [s["stage"] for s in results["stages"]] == ["RPO pairs", "RPO training", "GPO pairs (gpo-pairs)",
-                                                       "GPO training (generator-gpo)", "evaluation"]
+    assert [s["stage"] for s in results["stages"]] == ["RPO pairs", "RPO training",
+                                                       "SFT on the gold answers (generator-sft)",
+                                                       "GPO pairs (gpo-pairs)", "GPO training (generator-gpo)",
+                                                       "evaluation"]
+    # the default generator recipe, SFT then GPO: SFT under the tuned retriever, on-policy pairs from the SFT adapter,
+    # GPO from it, saved as one adapter on the base holding both updates (rank 4 + 4)
+    assert read_bporag_config(out / "generator-sft")["retriever"] == os.path.realpath(out / "retriever-rpo")
+    assert json.loads((out / "gpo-pairs" / "stats.json").read_text())["config"]["generator"] == str(
+        out / "generator-sft")
+    stacked = json.loads((out / "generator-gpo" / "adapter_config.json").read_text())
+    assert stacked["r"] == 8 and stacked["base_model_name_or_path"] == tiny_generator_dir
     assert all(s["peak_rss_gib"] > 0 for s in results["stages"]) and results["peak_rss_gib"] > 0
     curve = json.loads((out / "generator-gpo" / "train_curve.json").read_text())
     assert curve["steps"] >= 1 and math.isfinite(curve["train_loss"]) and curve["train_pairs"] >= 1
@@ -428,8 +437,10 @@ def test_bporag_push_to_hub_sends_every_artifact_and_the_evaluated_card(tmp_path
         retriever=tiny_retriever_dir, generator=tiny_generator_dir, rpo_queries=6, rpo_top_n=10,
         rpo_num_perturbations=3, rpo_batch_size=4, gpo_queries=6, num_samples=2, gpo_batch_size=2, lora_r=4,
         lora_alpha=8, max_length=256, eval_queries=4, dtype="float32", plot=False, gpo_ablation="separate",
-        push_to_hub=True, hub_model_id="user/run")
+        push_to_hub=True, hub_model_id="user/run", generator_recipe="gpo")  # the paper's GPO, from the base generator
     bporag.main(args, RAGSettings(k=3, max_new_tokens=4))
+    assert not (tmp_path / "run" / "generator-sft").exists()
+    assert json.loads((tmp_path / "run" / "generator-gpo" / "adapter_config.json").read_text())["r"] == 4
     for repo, repo_type, must in (("user/run-rpo-pairs", "dataset", "README.md"),
                                   ("user/run-retriever", "model", "modules.json"),
                                   ("user/run-gpo-pairs", "dataset", "README.md"),

@@ -16,6 +16,7 @@ import sys
 STAGES = {
     "build-rpo-pairs": ("build_rpo_pairs", "Stage 1 data: perturbed top-k lists of each query, judged, as RPO rows"),
     "rpo": ("rpo", "Stage 1: train the retriever with set-level DPO (SetDPOTrainer)"),
+    "sft": ("sft", "Stage 2 start: fine-tune the generator on the gold answers under the retriever's top-k (LoRA)"),
     "build-gpo-pairs": ("build_gpo_pairs", "Stage 2 data: answers under the frozen retriever's top-k, F1-judged"),
     "gpo": ("gpo", "Stage 2: train the generator with TRL's DPOTrainer + LoRA (GPOTrainer)"),
     "evaluate": ("evaluate", "Recall@k, answer-hit@k, EM and F1 of a retriever (+ generator) on a split"),

@@ -95,10 +95,10 @@ SETTINGS_KEYS = {
     "max_new_tokens": integer(1),
 }
 
-#: ``bporag_config.json`` of a trained retriever (stage "rpo") or a GPO adapter (stage "gpo").
+#: ``bporag_config.json`` of a trained retriever (stage "rpo"), an SFT adapter ("sft") or a GPO adapter ("gpo").
 BPORAG_CONFIG = {
     **SETTINGS_KEYS,
-    "stage": choice("rpo", "gpo"),
+    "stage": choice("rpo", "sft", "gpo"),
     "format_version": integer(1),
     "score": choice("cos", "dot"),
     "position_weights": Key(_list_of(_is_number()), "a list of finite numbers or null", nullable=True),

@@ -228,14 +228,7 @@ class GenerationPreferenceBuilder(UsesRAGSettings, ShardedPreferenceBuilder):
                 continue
             seen.add((candidates[c][1], candidates[r][1]))
             self.stats["chosen_beam"] += int(candidates[c][0] == "beam")
-            if self.conversational:
-                chosen = [{"role": "assistant", "content": candidates[c][1]}]
-                rejected = [{"role": "assistant", "content": candidates[r][1]}]
-            elif self.answer_prefix:  # the prompt ends in the prefix; the answer ends with its stop
-                end = self.stop or ""
-                chosen, rejected = candidates[c][1] + end, candidates[r][1] + end
-            else:
-                chosen, rejected = " " + candidates[c][1], " " + candidates[r][1]
+            chosen, rejected = self.completion(candidates[c][1]), self.completion(candidates[r][1])
             rows.append({
                 "prompt": prompt, "chosen": chosen, "rejected": rejected,
                 "chosen_f1": scores[c], "rejected_f1": scores[r],
@@ -245,9 +238,18 @@ class GenerationPreferenceBuilder(UsesRAGSettings, ShardedPreferenceBuilder):
         self.stats["pairs"] += len(rows)
         return rows
 
-    def _process(self, split, positions):
-        questions = [split.questions[i] for i in positions]
-        _, rows = self.index.search(self.retriever.encode_queries(questions), self.k)
+    def completion(self, answer: str):
+        """An answer as a TRL completion of the prompts: an assistant message (conversational rows), the answer closed
+        by its stop after an answer prefix, or the answer after a space."""
+        if self.conversational:
+            return [{"role": "assistant", "content": answer}]
+        if self.answer_prefix:  # the prompt ends in the prefix; the answer ends with its stop
+            return answer + (self.stop or "")
+        return " " + answer
+
+    def prompts(self, questions: Sequence[str]) -> tuple[list, list[str], list[list[str]], list[bool]]:
+        """The retriever's top-k of each question as a fitted prompt: (TRL prompts, texts, passage ids, shortened)."""
+        _, rows = self.index.search(self.retriever.encode_queries(list(questions)), self.k)
         prompts, texts, pids, shortened = [], [], [], []
         for q, ranked in zip(questions, rows):
             window = [int(r) for r in ranked if r >= 0][: self.k]
@@ -256,6 +258,26 @@ class GenerationPreferenceBuilder(UsesRAGSettings, ShardedPreferenceBuilder):
             texts.append(text)
             pids.append([self.corpus.ids[r] for r in window])
             shortened.append(cut)
+        return prompts, texts, pids, shortened
+
+    def sft_rows(self, split, max_queries: int | None = None):
+        """Supervised rows for SFT on the gold answers (:mod:`trl_bporag.trainers.sft`): the prompt each query's GPO
+        pairs get, completed by its first gold answer (as :meth:`completion` writes answers), as a
+        :class:`datasets.Dataset` of TRL prompt-completion rows with ``query_id`` and ``passage_ids``. Nothing is
+        generated. A query without a gold answer is a ``ValueError`` naming it."""
+        from datasets import Dataset
+
+        split = split.head(max_queries)
+        self._check_split(split)
+        prompts, _, pids, _ = self.prompts(split.questions)
+        for qid, answers in zip(split.ids, split.answers):
+            if not answers or not str(answers[0]).strip():
+                raise ValueError(f"answers: query {qid!r} has no gold answer to fine-tune on")
+        return Dataset.from_dict({"prompt": prompts, "completion": [self.completion(a[0]) for a in split.answers],
+                                  "query_id": list(split.ids), "passage_ids": pids})
+
+    def _process(self, split, positions):
+        prompts, texts, pids, shortened = self.prompts([split.questions[i] for i in positions])
         candidates = self.answers(texts, [split.ids[i] for i in positions])
         out = []
         for n, pos in enumerate(positions):

@@ -1,29 +1,33 @@
-"""BPO-RAG end to end on one data set: RPO pairs -> RPO -> GPO pairs -> GPO -> evaluate the paper's four rows.
+"""BPO-RAG end to end on one data set: RPO pairs -> RPO -> SFT -> GPO pairs -> GPO -> evaluate the paper's four rows.
 
     trl-bporag bporag                                  # the small embedded default (minutes on 2 CPU cores)
     trl-bporag bporag --config bporag.yaml             # any flag below, from a YAML file
     trl-bporag bporag --rpo_queries 1500 --gpo_queries 800 --gpo_query_offset 1500 --eval_queries 500 \
         --eval_datasets ../shared/data/squad-dev:test,../shared/data/hotpotqa-distractor:test
 
-The recipe is composed of the stage scripts and nothing else: ``build_rpo_pairs.py``, ``rpo.py``,
+The recipe is composed of the stage scripts and nothing else: ``build_rpo_pairs.py``, ``rpo.py``, ``sft.py``,
 ``build_gpo_pairs.py``, ``gpo.py`` and, for each row, ``evaluate.py``, each called through its ``main``. Every default
 here is that stage script's default (the recommended recipe), so the step-by-step commands of the README run the
 same thing; only the sizes (how many questions) are smaller. The prompt flags (``--k``, ``--max_passage_tokens``,
 ``--answer_prefix``, ``--system_prompt``, ``--max_new_tokens``: ``trl_bporag.settings.RAGSettings``) are the same in
 every stage and row.
 
+The generator recipe (``--generator_recipe``) is ``sft+gpo`` by default, the one measured best (docs/benchmarks.md,
+issue 21): SFT on the gold answers of the GPO questions under the tuned retriever (``generator-sft/``), then GPO pairs
+from that SFT model and GPO from it (its reference); ``gpo`` is the paper's GPO from the base generator.
+
 Rows (as in the paper's tables): vanilla (base retriever + base generator), +RPO (tuned retriever + base generator),
-+GPO (base retriever + GPO generator), full BPO-RAG (tuned retriever + GPO generator). By default the +GPO row uses the
-generator aligned under the tuned retriever; ``--gpo_ablation separate`` trains a second generator under the base
-retriever for that row, as an ablation that never saw RPO would (the shared generator is then shown beside it, as a
-fifth row).
++GPO (base retriever + the aligned generator), full BPO-RAG (tuned retriever + the aligned generator). By default the
++GPO row uses the generator aligned under the tuned retriever; ``--gpo_ablation separate`` trains a second generator
+under the base retriever for that row, as an ablation that never saw RPO would (the shared generator is then shown
+beside it, as a fifth row).
 
 Each stage writes a standard artifact under ``--output_dir``: ``rpo-pairs/`` and ``gpo-pairs/`` (``datasets`` folders
-+ stats.json, resumable), ``retriever-rpo/`` (a sentence-transformers folder), ``generator-gpo/`` (a PEFT adapter +
-bporag_config.json), and ``results.json``, ``results.md``, ``results.png``, ``predictions-<data set>.jsonl``. A stage
-whose artifact is there is reused only when it was made with the settings asked for now (each stage records them in
-``<artifact>/.bporag_stage.json``); otherwise the run stops with an error naming what differs (``--overwrite`` redoes
-the stages).
++ stats.json, resumable), ``retriever-rpo/`` (a sentence-transformers folder), ``generator-sft/`` and
+``generator-gpo/`` (PEFT adapters + bporag_config.json), and ``results.json``, ``results.md``, ``results.png``,
+``predictions-<data set>.jsonl``. A stage whose artifact is there is reused only when it was made with the settings
+asked for now (each stage records them in ``<artifact>/.bporag_stage.json``); otherwise the run stops with an error
+naming what differs (``--overwrite`` redoes the stages).
 """
 
 from __future__ import annotations
@@ -59,8 +63,9 @@ from trl_bporag.settings import (
 from trl_bporag.stage_files import read_json_object
 from trl_bporag.trainers import GPOConfig
 from trl_bporag.trainers.gpo import add_results_to_card
+from trl_bporag.trainers.sft import GoldSFTConfig
 
-from . import build_gpo_pairs, build_rpo_pairs, evaluate, gpo, rpo  # each stage's script
+from . import build_gpo_pairs, build_rpo_pairs, evaluate, gpo, rpo, sft  # each stage's script
 
 logger = logging.getLogger("bporag")
 DATA = Path(os.environ.get("TRL_BPORAG_DATA", "../shared/data"))  # the shared data sets, from the repository root
@@ -74,6 +79,8 @@ def _default(cls, name):
 
 
 _GPO_LOSS = ",".join(_default(GPOConfig, "loss_type"))
+STAGES = ("rpo_pairs", "rpo", "sft", "gpo_pairs", "gpo", "eval")
+GENERATOR_RECIPES = ("sft+gpo", "gpo")
 
 
 @dataclass
@@ -87,7 +94,7 @@ class BPORAGArguments:
     generator: str = field(default=DEFAULT_GENERATOR)
     seed: int = field(default=0)
     overwrite: bool = field(default=False, metadata={"help": "redo stages whose outputs exist"})
-    stages: str = field(default="rpo_pairs,rpo,gpo_pairs,gpo,eval", metadata={"help": "which stages to run"})
+    stages: str = field(default=",".join(STAGES), metadata={"help": "which stages to run"})
     dtype: str = field(default="auto", metadata={
         "help": "compute dtype of encoding, generation and both trainings: auto (bf16 where the hardware computes it "
                 "natively: a CPU with AVX512-BF16/AMX or a CUDA device with bf16; else float32) | bfloat16 | float32",
@@ -97,8 +104,8 @@ class BPORAGArguments:
         "help": "push the four artifacts (RPO pairs, retriever, GPO pairs, adapter) with their cards"})
     hub_model_id: str | None = field(default=None, metadata={
         "help": "Hub namespace/prefix of the pushed artifacts, e.g. user/squad-bporag: user/squad-bporag-retriever, "
-                "-rpo-pairs, -gpo-pairs, -generator (with --gpo_ablation separate also -gpo-pairs-base-retriever, "
-                "-generator-base-retriever)"})
+                "-rpo-pairs, -generator-sft, -gpo-pairs, -generator (with --gpo_ablation separate also "
+                "-generator-sft-base-retriever, -gpo-pairs-base-retriever, -generator-base-retriever)"})
     # RPO pairs (build_rpo_pairs.py; defaults: trl_bporag.settings.RPO_DEFAULTS)
     rpo_queries: int = field(default=300, metadata={"help": "training queries for RPO pairs"})
     rpo_judge: str = field(default=RPO_DEFAULTS.judge, metadata={
@@ -120,6 +127,12 @@ class BPORAGArguments:
     rpo_batch_size: int = field(default=rpo.RECIPE_DEFAULTS["per_device_train_batch_size"])
     rpo_mini_batch_size: int = field(default=rpo.RECIPE_DEFAULTS["mini_batch_size"], metadata={
         "help": "GradCache mini-batch of the RPO step (0: uncached, every text of a batch in one pass)"})
+    # the generator recipe; SFT (sft.py; defaults: GoldSFTConfig) on the GPO questions' gold answers
+    generator_recipe: str = field(default="sft+gpo", metadata={
+        "help": "sft+gpo: SFT on the gold answers, then GPO from the SFT model (on-policy pairs; measured best) | "
+                "gpo: GPO from the base generator (the paper)"})
+    sft_learning_rate: float = field(default=_default(GoldSFTConfig, "learning_rate"))
+    sft_epochs: float = field(default=_default(GoldSFTConfig, "num_train_epochs"))
     # GPO pairs (build_gpo_pairs.py; defaults: trl_bporag.settings.GPO_DEFAULTS)
     gpo_queries: int = field(default=64, metadata={"help": "training queries for GPO pairs"})
     gpo_query_offset: int = field(default=0, metadata={"help": "first training query used for GPO pairs"})
@@ -163,7 +176,8 @@ class BPORAGArguments:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"--{name}: expected an integer >= 1, got {value!r}")
-        for name in ("rpo_beta", "gpo_beta", "rpo_learning_rate", "gpo_learning_rate", "rpo_epochs", "gpo_epochs"):
+        for name in ("rpo_beta", "gpo_beta", "rpo_learning_rate", "gpo_learning_rate", "rpo_epochs", "gpo_epochs",
+                     "sft_learning_rate", "sft_epochs"):
             finite(getattr(self, name), f"--{name}", positive=True)
         if not (isinstance(self.gpo_eval_fraction, (int, float)) and 0 <= self.gpo_eval_fraction < 1):
             raise ValueError(f"--gpo_eval_fraction: expected a value in [0, 1), got {self.gpo_eval_fraction!r}")
@@ -173,14 +187,15 @@ class BPORAGArguments:
         for name, types in (("rpo_loss_weights", "rpo_loss_type"), ("gpo_loss_weights", "gpo_loss_type")):
             _weights(getattr(self, name), getattr(self, types), name)
         for name, allowed in (("rpo_reference", REFERENCES), ("rpo_judge", JUDGES), ("rpo_pairing", PAIRINGS),
-                              ("dtype", DTYPE_CHOICES), ("gpo_ablation", ("shared", "separate"))):
+                              ("dtype", DTYPE_CHOICES), ("gpo_ablation", ("shared", "separate")),
+                              ("generator_recipe", GENERATOR_RECIPES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name}: expected one of {allowed}, got {getattr(self, name)!r}")
         self.rpo_recipe()  # the stage settings check themselves
         self.gpo_recipe()
-        unknown = set(self.stages.split(",")) - {"rpo_pairs", "rpo", "gpo_pairs", "gpo", "eval"}
+        unknown = set(self.stages.split(",")) - set(STAGES)
         if unknown:
-            raise ValueError(f"--stages: unknown {sorted(unknown)}; expected rpo_pairs, rpo, gpo_pairs, gpo, eval")
+            raise ValueError(f"--stages: unknown {sorted(unknown)}; expected {', '.join(STAGES)}")
 
     def rpo_recipe(self) -> RPOPairSettings:
         return RPOPairSettings(judge=self.rpo_judge, perturbations=self.rpo_perturbations,
@@ -290,10 +305,41 @@ def rpo_train(args, pairs_dir: Path, out: Path) -> str:
     return str(out)
 
 
-def gpo_pairs(args, settings: RAGSettings, retriever_path: str, out: Path, hub_suffix: str = "gpo-pairs") -> None:
-    """build_gpo_pairs.py's main under ``retriever_path`` into ``out`` (pushed as ``<hub_model_id>-<hub_suffix>``)."""
-    record = {"stage": "gpo_pairs", "dataset": args.dataset, "split": args.train_split, "queries": args.gpo_queries,
+def sft_train(args, settings: RAGSettings, retriever_path: str, out: Path, hub_suffix: str) -> str:
+    """sft.py's main: the generator fine-tuned on the gold answers of the GPO questions under ``retriever_path``."""
+    config = dict(learning_rate=args.sft_learning_rate, num_train_epochs=args.sft_epochs, max_length=args.max_length,
+                  seed=args.seed)
+    lora = dict(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_top_layers=args.lora_top_layers)
+    record = {"stage": "sft", "dataset": args.dataset, "split": args.train_split, "queries": args.gpo_queries,
               "query_offset": args.gpo_query_offset, "retriever": retriever_path, "generator": args.generator,
+              **config, **lora, "dtype": _dtype(args), **settings.to_dict()}
+    if _reuse(out, "adapter_config.json", record, args):
+        LOG(f"SFT: reusing {out}")
+        return str(out)
+    with LOG.stage(f"SFT on the gold answers ({out.name})"), large_allocations_returned():
+        trainer = sft.main(
+            sft.SFTScriptArguments(dataset=args.dataset, split=args.train_split, retriever=retriever_path,
+                                   max_queries=args.gpo_queries, query_offset=args.gpo_query_offset,
+                                   lora_top_layers=args.lora_top_layers),
+            GoldSFTConfig(output_dir=str(out), bf16=_dtype(args) == "bfloat16", report_to=args.report_to,
+                          **_hub(args, hub_suffix), **config),
+            ModelConfig(model_name_or_path=args.generator, **{**gpo.MODEL_DEFAULTS, "dtype": _dtype(args),
+                                                              "lora_r": args.lora_r, "lora_alpha": args.lora_alpha}),
+            settings)
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        _record(out, record)
+        LOG(f"SFT: adapter saved to {out}; {len(trainer.train_dataset)} questions, {trainer.state.global_step} steps"
+            + (f", loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else ""))
+    return str(out)
+
+
+def gpo_pairs(args, settings: RAGSettings, retriever_path: str, out: Path, hub_suffix: str = "gpo-pairs",
+              generator: str | None = None) -> None:
+    """build_gpo_pairs.py's main under ``retriever_path`` into ``out`` (pushed as ``<hub_model_id>-<hub_suffix>``),
+    the answers from ``generator`` (default ``--generator``; the SFT adapter in the sft+gpo recipe)."""
+    generator = generator or args.generator
+    record = {"stage": "gpo_pairs", "dataset": args.dataset, "split": args.train_split, "queries": args.gpo_queries,
+              "query_offset": args.gpo_query_offset, "retriever": retriever_path, "generator": generator,
               "seed": args.seed, **asdict(args.gpo_recipe()), **settings.to_dict()}
     if _reuse(out, "stats.json", record, args):
         LOG(f"GPO pairs: reusing {out}")
@@ -301,23 +347,26 @@ def gpo_pairs(args, settings: RAGSettings, retriever_path: str, out: Path, hub_s
     with LOG.stage(f"GPO pairs ({out.name})"):
         described = build_gpo_pairs.main(build_gpo_pairs.GPOBuildArguments(
             dataset=args.dataset, output_dir=str(out), split=args.train_split, retriever=retriever_path,
-            generator=args.generator, max_queries=args.gpo_queries, query_offset=args.gpo_query_offset,
+            generator=generator, max_queries=args.gpo_queries, query_offset=args.gpo_query_offset,
             seed=args.seed, batch_size=args.batch_size, generator_dtype=args.dtype, no_resume=args.overwrite,
             push_to_hub=_hub(args, hub_suffix).get("hub_model_id")), args.gpo_recipe(), settings)
         _record(out, record)
         LOG(f"GPO pairs: {described['stats']}")
 
 
-def gpo_train(args, pairs_dir: Path, out: Path, hub_suffix: str = GENERATOR_SUFFIX) -> str:
+def gpo_train(args, pairs_dir: Path, out: Path, hub_suffix: str = GENERATOR_SUFFIX,
+              generator: str | None = None) -> str:
     """gpo.py's main on the pairs folder (the retriever and settings come from its stats.json), with a share of the
     pairs held out and evaluated after the epoch; writes train_curve.json (pushed as
-    ``<hub_model_id>-<hub_suffix>``)."""
+    ``<hub_model_id>-<hub_suffix>``). ``generator``: where GPO starts (default ``--generator``; an SFT adapter is
+    merged, trained on and saved stacked with the new adapter)."""
+    generator = generator or args.generator
     config = dict(beta=args.gpo_beta, learning_rate=args.gpo_learning_rate, num_train_epochs=args.gpo_epochs,
                   per_device_train_batch_size=args.gpo_batch_size, gradient_accumulation_steps=args.gpo_grad_accum,
                   max_length=args.max_length, loss_type=args.gpo_loss_type.split(","),
                   loss_weights=_weights(args.gpo_loss_weights, args.gpo_loss_type, "gpo_loss_weights"), seed=args.seed)
     lora = dict(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_top_layers=args.lora_top_layers)
-    record = {"stage": "gpo", "pairs": str(pairs_dir), "generator": args.generator, **config, **lora,
+    record = {"stage": "gpo", "pairs": str(pairs_dir), "generator": generator, **config, **lora,
               "eval_fraction": args.gpo_eval_fraction, "dtype": _dtype(args)}
     if _reuse(out, "adapter_config.json", record, args):
         LOG(f"GPO: reusing {out}")
@@ -329,7 +378,7 @@ def gpo_train(args, pairs_dir: Path, out: Path, hub_suffix: str = GENERATOR_SUFF
         script_args = gpo.GPOScriptArguments(dataset_name=str(pairs_dir), eval_fraction=args.gpo_eval_fraction,
                                              lora_top_layers=args.lora_top_layers)
         # the frozen base in the compute dtype (autocast computes in it anyway; PEFT keeps the LoRA weights in fp32)
-        model_args = ModelConfig(model_name_or_path=args.generator,
+        model_args = ModelConfig(model_name_or_path=generator,
                                  **{**gpo.MODEL_DEFAULTS, "dtype": _dtype(args), "lora_r": args.lora_r,
                                     "lora_alpha": args.lora_alpha})
         trainer = gpo.main(script_args, training_args, model_args)
@@ -427,15 +476,26 @@ def main(args: BPORAGArguments, settings: RAGSettings | None = None) -> dict:
             retriever_rpo = rpo_train(args, out / "rpo-pairs", out / "retriever-rpo")
     generator_gpo = str(out / "generator-gpo")
     generator_ablation = generator_gpo
-    if "gpo_pairs" in stages or "gpo" in stages:
-        gpo_pairs(args, settings, retriever_rpo, out / "gpo-pairs")
-        if "gpo" in stages:
-            generator_gpo = gpo_train(args, out / "gpo-pairs", out / "generator-gpo")
+    # the generator GPO starts from under each retriever: the SFT adapter (sft+gpo) or the base generator (gpo)
+    use_sft = args.generator_recipe == "sft+gpo"
+    starts = {"rpo": str(out / "generator-sft") if use_sft else None,
+              "base": str(out / "generator-sft-base-retriever") if use_sft else None}
+    if use_sft and "sft" in stages:
+        starts["rpo"] = sft_train(args, settings, retriever_rpo, out / "generator-sft", "generator-sft")
         if args.gpo_ablation == "separate":
-            gpo_pairs(args, settings, args.retriever, out / "gpo-pairs-base-retriever", "gpo-pairs-base-retriever")
+            starts["base"] = sft_train(args, settings, args.retriever, out / "generator-sft-base-retriever",
+                                       "generator-sft-base-retriever")
+    if "gpo_pairs" in stages or "gpo" in stages:
+        gpo_pairs(args, settings, retriever_rpo, out / "gpo-pairs", generator=starts["rpo"])
+        if "gpo" in stages:
+            generator_gpo = gpo_train(args, out / "gpo-pairs", out / "generator-gpo", generator=starts["rpo"])
+        if args.gpo_ablation == "separate":
+            gpo_pairs(args, settings, args.retriever, out / "gpo-pairs-base-retriever", "gpo-pairs-base-retriever",
+                      generator=starts["base"])
             if "gpo" in stages:  # its own Hub repos: the ablation never overwrites the BPO-RAG adapter's
                 generator_ablation = gpo_train(args, out / "gpo-pairs-base-retriever",
-                                               out / "generator-gpo-base-retriever", "generator-base-retriever")
+                                               out / "generator-gpo-base-retriever", "generator-base-retriever",
+                                               generator=starts["base"])
     if args.gpo_ablation == "separate":
         generator_ablation = str(out / "generator-gpo-base-retriever")
     results: dict = {}

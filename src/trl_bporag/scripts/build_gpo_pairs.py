@@ -37,7 +37,8 @@ class GPOBuildArguments:
     retriever: str = field(default=DEFAULT_RETRIEVER, metadata={"help": "the frozen (RPO-tuned) retriever"})
     query_prompt: str | None = field(default=None, metadata={"help": QUERY_PROMPT_HELP})
     document_prompt: str | None = field(default=None, metadata={"help": DOCUMENT_PROMPT_HELP})
-    generator: str = field(default=DEFAULT_GENERATOR, metadata={"help": "the generator to align"})
+    generator: str = field(default=DEFAULT_GENERATOR, metadata={
+        "help": "the generator to align: a model, or an adapter (trl-bporag sft's) for on-policy pairs after SFT"})
     max_queries: int | None = field(default=None)
     query_offset: int = field(default=0, metadata={"help": "first query of the split used (e.g. after the RPO ones)"})
     seed: int = field(default=0, metadata={"help": "sampling seed (per query: independent of batches, processes)"})
@@ -64,6 +65,9 @@ def main(args: GPOBuildArguments, recipe: GPOPairSettings | None = None, setting
     with state.main_process_first():  # the main process builds (or reuses) the index, the others load it
         index = DenseIndex.cached(retriever, data.corpus, index_dir=args.index_dir, with_title=settings.with_title)
     gen, tok = load_generator(args.generator, torch_dtype=args.generator_dtype, device=str(state.device))
+    if hasattr(gen, "merge_and_unload"):  # a frozen adapter (an SFT start): merged, answers cost the base model's time
+        gen = gen.merge_and_unload()
+        gen.name_or_path = args.generator  # what stats.json records as the generator of the pairs
     builder = GenerationPreferenceBuilder(
         retriever, index, data.corpus, gen, tok, num_beams=recipe.num_beams, num_samples=recipe.num_samples,
         temperature=recipe.temperature, top_p=recipe.top_p, pairing=recipe.pairing, seed=args.seed,

@@ -17,7 +17,9 @@ What it adds around the stock trainer:
   ``--trust_remote_code``, ``--load_in_4bit`` / ``--load_in_8bit`` (QLoRA, through TRL's quantisation config; a clear
   error without CUDA);
 * the generator is loaded with ``load_generator`` (default SmolLM2-135M-Instruct, resolved offline to the packaged
-  copy);
+  copy); a LoRA adapter folder (``trl-bporag sft``'s) is merged into its base and GPO trains a new adapter on that
+  model, its reference; the saved folder is one adapter on the original base holding both updates
+  (:func:`~trl_bporag.trainers.adapters.stack_lora_adapters`), so it loads and pushes like any GPO adapter;
 * rows that do not fit ``--max_length`` are counted and dropped with a warning (TRL would drop some silently and cut
   the answers of others);
 * the saved adapter gets ``bporag_config.json`` and a model-card section naming the retriever and the settings of
@@ -36,10 +38,12 @@ from trl import DPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_co
 
 from trl_bporag import DEFAULT_GENERATOR, load_generator
 from trl_bporag.artifacts import PROMPT_SETTINGS, read_stage_config
+from trl_bporag.hub import push_folder_to_hub
 from trl_bporag.models import model_load_kwargs
 from trl_bporag.preferences import check_dpo_lengths, load_pairs
 from trl_bporag.scripts import finish_training, start_script
 from trl_bporag.trainers import GPOConfig, GPOTrainer, gpo_lora_config
+from trl_bporag.trainers.adapters import is_lora_adapter, stack_lora_adapters
 
 logger = logging.getLogger("gpo")
 
@@ -68,6 +72,9 @@ def main(script_args, training_args, model_args, bporag_config: dict | None = No
         bporag_config = read_stage_config(script_args.dataset_name) or {}
     generator = model_args.model_name_or_path or DEFAULT_GENERATOR
     model, tokenizer = load_generator(generator, **model_load_kwargs(model_args, "generator"))
+    start_adapter = generator if is_lora_adapter(generator) and model_args.use_peft else None
+    if start_adapter:  # GPO after SFT: a new adapter on the SFT model, which is also the reference
+        model = model.merge_and_unload()
     for split in list(dataset):
         dataset[split], _ = check_dpo_lengths(dataset[split], tokenizer, training_args.max_length)
     top = script_args.lora_top_layers
@@ -75,7 +82,8 @@ def main(script_args, training_args, model_args, bporag_config: dict | None = No
                    model_args.use_peft else get_peft_config(model_args))
     card = {key: bporag_config.get(key) for key in ("retriever", "retriever_hub_id", *PROMPT_SETTINGS, "num_beams",
                                                     "num_samples", "pairing")}
-    card.update(generator=generator, pairs=script_args.dataset_name, beta=training_args.beta,
+    card.update(generator=generator, start_adapter=start_adapter, pairs=script_args.dataset_name,
+                beta=training_args.beta,
                 loss_type=training_args.loss_type, learning_rate=training_args.learning_rate,
                 pairs_hub_id=None if os.path.isdir(script_args.dataset_name) else script_args.dataset_name,
                 adapter_hub_id=training_args.hub_model_id)
@@ -91,9 +99,18 @@ def main(script_args, training_args, model_args, bporag_config: dict | None = No
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.create_model_card(dataset_name=script_args.dataset_name)
+    if start_adapter:
+        if trainer.is_world_process_zero():  # one adapter on the original base: the SFT update plus GPO's
+            stack_lora_adapters(start_adapter, training_args.output_dir, training_args.output_dir)
+        trainer.accelerator.wait_for_everyone()
     trainer.accelerator.print(f"Generator adapter saved to {training_args.output_dir}.")
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+        if start_adapter:  # Trainer.push_to_hub would save (and push) the GPO adapter alone over the stacked one
+            if trainer.is_world_process_zero():
+                push_folder_to_hub(training_args.output_dir,
+                                   training_args.hub_model_id or os.path.basename(training_args.output_dir))
+        else:
+            trainer.push_to_hub(dataset_name=script_args.dataset_name)
     return trainer
 
 
