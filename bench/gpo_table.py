@@ -14,8 +14,10 @@ of 30 layers, no dropout) for one epoch. Rows:
 * ``oracle``: the base generator reading the gold passage(s) first, then the base top-k's other passages: the most any
   retriever can give this generator. ``rpo``: the README's Stage-1 retriever with the base generator.
   ``mnrl``: the sentence-transformers MNRL retriever on answer positives (``bench/rpo_table.py``'s ``mnrl-answers``).
-* ``sft-gold``: TRL's ``SFTTrainer``, completion-only loss on the first gold answer written after the answer prefix and
-  closed with ``"``, under the base retriever's top-k (lr 2e-4, TRL's LoRA-SFT value).
+* ``sft-gold``: ``trl-bporag sft`` (TRL's ``SFTTrainer``, ``GoldSFTConfig``), completion-only loss on the first gold
+  answer written after the answer prefix and closed with ``"``, under the base retriever's top-k (lr 2e-4, TRL's
+  LoRA-SFT value). The committed sft-gold files were made by this script's own SFTTrainer call before the stage
+  existed: the same rows, LoRA and SFTConfig values.
 * ``gpo-only``: the issue-12 recipe: GPO pairs from the base generator (greedy + 7 seeded samples, best vs worst F1),
   stock ``DPOTrainer`` with ``loss_type=[sigmoid, sft]`` (DPO + NLL), β 0.5, lr 5e-4.
 * ``gpo``: the recommended recipe, SFT then GPO: the ``sft-gold`` adapter merged into the generator, on-policy pairs
@@ -101,38 +103,28 @@ def builder_for(retriever_name: str, generator_path: str, args, seed: int):
     return builder, split
 
 
-def lora(model):
-    from trl_bporag.trainers import gpo_lora_config
-
-    return gpo_lora_config(r=16, alpha=32, top_layers=6, model=model)
-
-
 # -- training steps (each cached in the work folder) ---------------------------------------------------------------
 def sft(retriever_name: str, seed: int, args) -> str:
-    """``sft-gold`` under a retriever: an adapter folder."""
+    """``sft-gold`` under a retriever: ``trl-bporag sft``'s main (GoldSFTConfig, the GPO LoRA on the last 6 layers) on
+    the training questions, the prompts of the pairs; an adapter folder."""
     out = Path(args.work_dir) / f"sft-{retriever_name}-s{seed}"
     if (out / "adapter_config.json").is_file():
         return str(out)
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import ModelConfig
 
-    from trl_bporag.hardware import bf16_native
+    from trl_bporag.settings import RAGSettings
+    from trl_bporag.trainers.sft import GoldSFTConfig
 
-    builder, split = builder_for(retriever_name, BASE_GENERATOR, args, seed)
-    _, rows = builder.index.search(builder.retriever.encode_queries(split.questions), K)
-    prompts = [builder.fit_prompt(q, [builder.corpus.passage(int(r), True) for r in row if r >= 0][:K])[0]
-               for q, row in zip(split.questions, rows)]
-    data = Dataset.from_dict({"prompt": prompts, "completion": [a[0] + builder.stop for a in split.answers]})
-    config = SFTConfig(output_dir=str(out), num_train_epochs=1, per_device_train_batch_size=1, learning_rate=2e-4,
-                       max_length=MAX_LENGTH, completion_only_loss=True, bf16=bf16_native("cpu"), use_cpu=True,
-                       logging_steps=50, save_strategy="no", report_to="none", seed=seed,
-                       activation_checkpointing=False, gradient_checkpointing=None)
-    model, tok = builder.generator, builder.tokenizer
-    trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tok, peft_config=lora(model))
+    script = _example("sft")
     t0 = time.perf_counter()
-    trainer.train()
-    trainer.save_model(str(out))
-    _log(out, trainer, time.perf_counter() - t0, len(data))
+    trainer = script.main(
+        script.SFTScriptArguments(dataset=str(DATA / "squad-dev"), split="train",
+                                  retriever=retriever_path(retriever_name, args), max_queries=args.train_queries,
+                                  query_offset=args.train_offset, lora_top_layers=6),
+        GoldSFTConfig(output_dir=str(out), seed=seed, max_length=MAX_LENGTH, logging_steps=50),
+        ModelConfig(model_name_or_path=BASE_GENERATOR, **script.MODEL_DEFAULTS),
+        RAGSettings(k=K, max_passage_tokens=PASSAGE_TOKENS, max_new_tokens=NEW_TOKENS, answer_prefix=PREFIX))
+    _log(out, trainer, time.perf_counter() - t0, len(trainer.train_dataset))
     return str(out)
 
 
