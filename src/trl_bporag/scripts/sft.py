@@ -33,7 +33,7 @@ from trl_bporag.scripts import finish_training, start_script
 from trl_bporag.settings import DOCUMENT_PROMPT_HELP, QUERY_PROMPT_HELP, RAGSettings
 from trl_bporag.trainers import gpo_lora_config
 from trl_bporag.trainers.sft import GoldSFTConfig
-from trl_bporag.utils import check_positive_ints
+from trl_bporag.utils import check_positive_ints, distributed_state
 
 from .gpo import MODEL_DEFAULTS
 
@@ -63,7 +63,9 @@ def main(script_args: SFTScriptArguments, training_args: GoldSFTConfig, model_ar
     data = load_rag_dataset(script_args.dataset, script_args.split)
     retriever = Retriever(script_args.retriever, query_prompt=script_args.query_prompt,
                           passage_prompt=script_args.document_prompt)
-    index = DenseIndex.cached(retriever, data.corpus, index_dir=script_args.index_dir, with_title=settings.with_title)
+    with distributed_state().main_process_first():  # the main process builds (or reuses) the index, the others load it
+        index = DenseIndex.cached(retriever, data.corpus, index_dir=script_args.index_dir,
+                                  with_title=settings.with_title)
     generator = model_args.model_name_or_path or DEFAULT_GENERATOR
     model, tokenizer = load_generator(generator, **model_load_kwargs(model_args, "generator"))
     builder = GenerationPreferenceBuilder(retriever, index, data.corpus, model, tokenizer,
