@@ -114,6 +114,7 @@ def test_the_shipped_stage_configs_run_one_after_another(tmp_path, tiny_retrieve
                                                          monkeypatch):
     """Each shipped stage YAML runs as `--config <name>`, the models and sizes overridden by flags (tiny models, a
     tiny data set), every other value the file's: RPO pairs -> RPO -> GPO pairs under the tuned retriever -> GPO."""
+    import contextlib
     import functools
 
     import torch
@@ -145,14 +146,30 @@ def test_the_shipped_stage_configs_run_one_after_another(tmp_path, tiny_retrieve
     after = SentenceTransformer(str(out / "retriever-rpo"), device="cpu").state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the retriever trained
 
+    events = []
+
+    class Builder(GenerationPreferenceBuilder):
+        def build(self, *args, **kwargs):
+            events.append("build")
+            return super().build(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def recording():
+        events.append("large blocks mapped")
+        yield
+        events.append("heap again")
+
     monkeypatch.setattr(build_gpo_pairs, "GenerationPreferenceBuilder",  # the tiny generator never hits an answer
-                        functools.partial(GenerationPreferenceBuilder, judge=word_judge))
+                        functools.partial(Builder, judge=word_judge))
+    monkeypatch.setattr(build_gpo_pairs, "large_allocations_returned", recording)
     build_gpo_pairs.main(*build_gpo_pairs.parse([
         "--config", configs.path("build_gpo_pairs.yaml"), "--dataset", data, "--retriever", str(out / "retriever-rpo"),
         "--generator", tiny_generator_dir, "--output_dir", str(out / "gpo-pairs"), "--max_queries", "8",
         "--query_offset", "0", "--num_samples", "2", "--max_length", "256", "--max_new_tokens", "4"]))
     stats = json.loads((out / "gpo-pairs" / "stats.json").read_text())
     assert stats["config"]["pairing"] == "best_worst" and stats["stats"]["pairs"] >= 1
+    # the generation's KV caches come from their own memory maps (a heap they fragment grew to 4.2 GiB)
+    assert events == ["large blocks mapped", "build", "heap again"]
 
     trainer = gpo.main(*gpo.parse(["--config", configs.path("gpo.yaml"), "--dataset_name", str(out / "gpo-pairs"), "--output_dir",
                                    str(out / "generator-gpo"), "--model_name_or_path", tiny_generator_dir,

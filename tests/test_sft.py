@@ -8,10 +8,10 @@ import os
 
 import pytest
 import torch
-from test_gpo import make_split, word_judge
-from test_rpo_builder import make_corpus
 from trl import ModelConfig
 
+from test_gpo import make_split, word_judge
+from test_rpo_builder import make_corpus
 from trl_bporag import load_generator
 from trl_bporag.preferences import GenerationPreferenceBuilder
 from trl_bporag.retrieval import DenseIndex, Retriever
