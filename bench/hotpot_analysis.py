@@ -15,7 +15,8 @@ For the base and the tuned retriever (the base generator, the best prompt, k = 5
   generator's F1, the yardstick for the group "same top-5 set" below.
 
 One JSON line per measurement; the per-question F1 of every variant is written to ``--output``; variants already
-in that file (same question ids) are read from it, not generated again (delete it to recompute everything).
+in that file (same question ids, same retriever paths) are read from it, not generated again (delete it to recompute
+everything, e.g. after retraining the retriever in the same folder).
 """
 
 from __future__ import annotations
@@ -46,12 +47,13 @@ def main():
     data = load_rag_dataset(DATA / "hotpotqa-distractor", "test")
     split = data.split
     gen, tok = load_generator()
-    out: dict = {"ids": list(split.ids)}
+    retrievers = {"base": "sentence-transformers/all-MiniLM-L6-v2", "rpo": args.rpo_retriever}
+    out: dict = {"ids": list(split.ids), "retrievers": retrievers}
     previous = json.loads(Path(args.output).read_text()) if Path(args.output).exists() else {}
-    if previous.get("ids") != out["ids"]:
-        previous = {}
+    if any(previous.get(key) != out[key] for key in ("ids", "retrievers")):
+        previous = {}  # other questions or other retrievers: nothing to reuse
     ranked = {}
-    for name, path in (("base", "sentence-transformers/all-MiniLM-L6-v2"), ("rpo", args.rpo_retriever)):
+    for name, path in retrievers.items():
         r = Retriever(path)
         pipe = RAGPipeline(r, DenseIndex.cached(r, data.corpus), data.corpus, gen, tok, k=5, max_new_tokens=24,
                            max_passage_tokens=96, answer_prefix=PREFIX)

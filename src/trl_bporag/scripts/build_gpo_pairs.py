@@ -23,7 +23,6 @@ from trl import TrlParser
 
 from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, DenseIndex, Retriever, load_generator, load_rag_dataset
 from trl_bporag.hardware import DTYPE_CHOICES
-from trl_bporag.monitor import large_allocations_returned
 from trl_bporag.preferences import GenerationPreferenceBuilder
 from trl_bporag.scripts import start_script
 from trl_bporag.settings import DOCUMENT_PROMPT_HELP, QUERY_PROMPT_HELP, GPOPairSettings, RAGSettings
@@ -74,12 +73,8 @@ def main(args: GPOBuildArguments, recipe: GPOPairSettings | None = None, setting
         temperature=recipe.temperature, top_p=recipe.top_p, pairing=recipe.pairing, seed=args.seed,
         batch_size=args.batch_size, max_length=recipe.max_length, settings=settings,
     )
-    # the KV caches of a generation batch (~15 MiB a layer with 8 prompts x 7 samples) come and go at every step;
-    # from the heap they fragment it and the resident size grows with the number of queries (64 queries: 4.2 GiB
-    # instead of 2.3 on a 2-core Intel Xeon, docs/benchmarks.md), so large blocks go to their own memory maps
-    with large_allocations_returned():
-        pairs = builder.build(data.split.slice(args.query_offset), output_dir=args.output_dir,
-                              resume=not args.no_resume, max_queries=args.max_queries, push_to_hub=args.push_to_hub)
+    pairs = builder.build(data.split.slice(args.query_offset), output_dir=args.output_dir, resume=not args.no_resume,
+                          max_queries=args.max_queries, push_to_hub=args.push_to_hub)
     described = builder.describe()
     if state.is_main_process:
         print(json.dumps(described, indent=2))
