@@ -50,3 +50,16 @@ def test_the_pipeline_imports_no_training_data_builder():
     src = Path(__file__).resolve().parents[1] / "src" / "trl_bporag" / "pipeline.py"
     modules = [node.module or "" for node in ast.walk(ast.parse(src.read_text())) if isinstance(node, ast.ImportFrom)]
     assert modules and not [m for m in modules if "preferences" in m or "trainers" in m]
+
+
+def test_what_a_stage_writes_it_reads_back_without_a_warning(tmp_path, caplog):
+    # the GPO-after-SFT card records its start adapter: that key is part of the schema, so reading it warns nothing
+    write_bporag_config(tmp_path / "gpo", {"stage": "gpo", "retriever": "sentence-transformers/all-MiniLM-L6-v2",
+                                           "k": 5, "start_adapter": "runs/x/generator-sft"})
+    with caplog.at_level("WARNING"):
+        assert read_bporag_config(tmp_path / "gpo")["start_adapter"] == "runs/x/generator-sft"
+    assert "unknown key" not in caplog.text
+    # a key no reader knows is refused at write time, naming the key, instead of warning every later reader
+    with pytest.raises(ValueError, match=r"\['new_setting'\] are not in the schema"):
+        write_bporag_config(tmp_path / "other", {"k": 5, "new_setting": 1})
+    assert not (tmp_path / "other" / BPORAG_CONFIG_NAME).exists()

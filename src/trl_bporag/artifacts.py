@@ -50,7 +50,7 @@ def write_bporag_config(output_dir: str | os.PathLike, config: dict[str, Any]) -
         config["retriever_relative_to"] = "adapter folder"
         config["retriever_absolute"] = os.path.abspath(retriever)
     check_schema(out / BPORAG_CONFIG_NAME, config, BPORAG_CONFIG, "the BPO-RAG settings of a stage",
-                 warn_unknown=False)
+                 refuse_unknown=True)
     path = out / BPORAG_CONFIG_NAME
     path.write_text(json.dumps(config, indent=2))
     return path

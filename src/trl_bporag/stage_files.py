@@ -104,10 +104,17 @@ BPORAG_CONFIG = {
     "position_weights": Key(_list_of(_is_number()), "a list of finite numbers or null", nullable=True),
     "retriever": text(), "retriever_hub_id": text(), "retriever_relative_to": text(), "retriever_absolute": text(),
     "retriever_query_prompt": text(), "retriever_document_prompt": text(),
-    "generator": text(), "pairs": text(), "pairs_hub_id": text(), "adapter_hub_id": text(),
+    "generator": text(), "start_adapter": text(), "pairs": text(), "pairs_hub_id": text(), "adapter_hub_id": text(),
     "beta": number(positive=True), "learning_rate": number(positive=True), "loss_type": texts(),
     "num_beams": integer(1, nullable=True), "num_samples": integer(1, nullable=True), "pairing": text(),
     "metrics": Key(_is_dict, "an object", nullable=True),
+    # the GPO pair builder's configuration, which GPOTrainer's card usually carries
+    # (GenerationPreferenceBuilder.describe)
+    "temperature": number(), "top_p": number(), "top_k": integer(0, nullable=True), "judge": text(),
+    "seed": integer(0, nullable=True), "max_length": integer(1, nullable=True),
+    "conversational": boolean(nullable=True),
+    # what an SFT adapter was trained on (scripts/sft.py)
+    "dataset": text(), "split": text(), "query_offset": integer(0, nullable=True), "queries": integer(0, nullable=True),
 }
 
 #: ``stats.json`` beside a pairs folder: the builder's ``describe()``.
@@ -168,10 +175,12 @@ def read_json_object(path: str | os.PathLike, what: str) -> dict:
 _warned: set = set()
 
 
-def check_schema(path, data: dict, schema: dict[str, Key], what: str, warn_unknown: bool = True) -> dict:
+def check_schema(path, data: dict, schema: dict[str, Key], what: str, warn_unknown: bool = True,
+                 refuse_unknown: bool = False) -> dict:
     """``data`` (read from ``path``) checked against ``schema``; returns it unchanged. A missing required key or a
     value of the wrong type or range is a ``ValueError`` naming the file and the key; unknown keys (a newer version's)
-    give one warning per file and kind."""
+    give one warning per file and kind, or a ``ValueError`` with ``refuse_unknown`` (a writer: what this version
+    writes, this version must be able to read without a warning)."""
     for key, spec in schema.items():
         if key not in data:
             if spec.required:
@@ -182,6 +191,9 @@ def check_schema(path, data: dict, schema: dict[str, Key], what: str, warn_unkno
             raise ValueError(f"{path}: {key!r} is {found} ({type(data[key]).__name__}); expected {spec.expected} "
                              f"({what})")
     unknown = sorted(set(data) - set(schema))
+    if unknown and refuse_unknown:
+        raise ValueError(f"{path}: key(s) {unknown} are not in the schema of {what}; add them to "
+                         f"trl_bporag.stage_files before writing them")
     if unknown and warn_unknown and (str(path), what) not in _warned:
         _warned.add((str(path), what))
         logger.warning("%s: unknown key(s) %s (written by a newer version?); they are ignored", path, unknown)
