@@ -22,9 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from _common import PeakRSS, print_machine
+from _common import PeakRSS, print_machine, rss_bytes
 
-from trl_bporag.monitor import large_allocations_returned
+from trl_bporag.monitor import large_allocations_returned, peak_rss_bytes
 
 
 def worker(args) -> None:
@@ -38,15 +38,21 @@ def worker(args) -> None:
         pairs = pairs.select([i % len(pairs) for i in range(args.batch * args.steps)])  # seed 0: the same batches
 
     class StepTimes(TrainerCallback):
+        """Each step's time, and the process's resident memory after it and its high-water mark so far: where in
+        the epoch the peak is reached (one large batch, or a creep over the steps)."""
+
         def __init__(self):
-            self.times, self.start = [], None
+            self.times, self.start, self.rss, self.high = [], None, [], []
 
         def on_step_begin(self, *a, **k):
             self.start = time.perf_counter()
 
         def on_step_end(self, *a, **k):
             self.times.append(time.perf_counter() - self.start)
-            print(f"step {len(self.times)}: {self.times[-1]:.2f} s", file=sys.stderr, flush=True)
+            self.rss.append(round(rss_bytes() / 2**30, 2))
+            self.high.append(round(peak_rss_bytes() / 2**30, 2))
+            print(f"step {len(self.times)}: {self.times[-1]:.2f} s, rss {self.rss[-1]} GiB, high-water "
+                  f"{self.high[-1]} GiB", file=sys.stderr, flush=True)
 
     with PeakRSS() as mem, large_allocations_returned():  # as examples/rpo.py trains
         config = SetDPOConfig(output_dir=str(Path(args.out) / "model"), reference="free", beta=10.0,
@@ -59,7 +65,8 @@ def worker(args) -> None:
         trainer.train()
     loss = next(h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h)
     print(json.dumps({"batch": args.batch, "mini_batch_size": args.mini_batch_size, "steps": len(timer.times),
-                      "step_s": [round(t, 2) for t in timer.times],
+                      "step_s": [round(t, 2) for t in timer.times], "rss_after_step_gib": timer.rss,
+                      "high_water_after_step_gib": timer.high,
                       "median_step_s": round(statistics.median(timer.times[1:] or timer.times), 2),
                       "peak_rss_gib": round(mem.peak / 2**30, 2), "peak_resettable": mem.resettable,
                       "train_loss": round(loss, 5), "bf16": bool(config.bf16)}), flush=True)

@@ -33,7 +33,7 @@ def _lifetime_peak() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
-def _peak_so_far() -> int:
+def peak_rss_bytes() -> int:
     """The process's peak resident memory so far (the kernel's high-water mark, else ``ru_maxrss``)."""
     return _status("VmHWM") or _lifetime_peak()
 
@@ -129,7 +129,7 @@ class _Sampler:
         gc.collect()
         return_freed_memory()
         self.start = rss_bytes()
-        self.hwm_start = _peak_so_far()
+        self.hwm_start = peak_rss_bytes()
         self.peak = self.start
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -145,7 +145,7 @@ class _Sampler:
         self.seconds = time.perf_counter() - self._t0
         self._stop.set()
         self._thread.join()
-        hwm = _peak_so_far()
+        hwm = peak_rss_bytes()
         self.peak = max(self.peak, rss_bytes(), hwm if hwm > self.hwm_start else 0)
         return False
 
@@ -176,7 +176,7 @@ class StageLog:
     @staticmethod
     def peak_gib() -> float:
         """Peak resident memory of this process so far, in GiB."""
-        return round(_peak_so_far() / 2**30, 2)
+        return round(peak_rss_bytes() / 2**30, 2)
 
     def stage(self, name: str) -> _Stage:
         """A ``with`` block announced as stage ``name``; on success its figures are appended to :attr:`stages`."""
