@@ -58,9 +58,14 @@ def _logits(model, ids):
 
 
 def test_sft_script_trains_then_gpo_from_it_saves_one_adapter_equal_to_the_trained_model(
-        tmp_path, tiny_retriever_dir, tiny_generator_dir):
+        tmp_path, tiny_retriever_dir, tiny_generator_dir, monkeypatch):
+    import trl.trainer.utils as trl_utils
+
     from conftest import write_beir
     from trl_bporag.scripts import gpo, sft
+
+    device_test = trl_utils._use_triton
+    monkeypatch.setattr(trl_utils, "_use_triton", getattr(device_test, "__wrapped__", device_test))  # TRL's own
 
     corpus, split = make_corpus(), make_split(10)
     data = write_beir(tmp_path / "data", corpus, split, "train")
@@ -70,6 +75,7 @@ def test_sft_script_trains_then_gpo_from_it_saves_one_adapter_equal_to_the_train
         GoldSFTConfig(output_dir=str(sft_dir), max_steps=4, learning_rate=1e-2, bf16=False, max_length=256),
         ModelConfig(model_name_or_path=tiny_generator_dir, **TINY_LORA))
     assert sft_trainer.train_dataset.num_rows == 8
+    assert trl_utils._use_triton(torch.device("cpu"))  # the LM head projected the answer positions only
     # the loss is on the answer only: the labels of the prompt's tokens are masked (-100), the answer's are kept
     first = sft_trainer.train_dataset[0]
     target = [t for t in first["labels"] if t != -100]

@@ -32,6 +32,7 @@ from trl_bporag.preferences import GenerationPreferenceBuilder
 from trl_bporag.scripts import finish_training, start_script
 from trl_bporag.settings import DOCUMENT_PROMPT_HELP, QUERY_PROMPT_HELP, RAGSettings
 from trl_bporag.trainers import gpo_lora_config
+from trl_bporag.trainers.lm_head import project_labelled_positions_only
 from trl_bporag.trainers.sft import GoldSFTConfig
 from trl_bporag.utils import check_positive_ints, distributed_state
 
@@ -74,6 +75,7 @@ def main(script_args: SFTScriptArguments, training_args: GoldSFTConfig, model_ar
     top = script_args.lora_top_layers
     peft_config = (gpo_lora_config(model_args.lora_r, model_args.lora_alpha, top, model=model) if top and
                    model_args.use_peft else get_peft_config(model_args))
+    project_labelled_positions_only()  # the loss is on the answer: the LM head projects only its positions on a CPU too
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=rows.remove_columns(["query_id",
                                                                                             "passage_ids"]),
                          processing_class=tokenizer, peft_config=peft_config)

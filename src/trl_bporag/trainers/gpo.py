@@ -3,7 +3,8 @@ generator needs around it:
 
 * :class:`GPOConfig`: a ``DPOConfig`` whose defaults are the GPO recipe for LoRA DPO on a small generator (and work
   on a CPU-only machine, with bf16 only where the hardware computes it natively);
-* :class:`GPOTrainer`: ``DPOTrainer`` whose every model card (``save_model`` + ``create_model_card``, checkpoints,
+* :class:`GPOTrainer`: ``DPOTrainer`` (its fused LM head projecting only the answer positions on a CPU too:
+  :mod:`trl_bporag.trainers.lm_head`) whose every model card (``save_model`` + ``create_model_card``, checkpoints,
   ``push_to_hub``) gets a section naming the retriever and settings the generator was aligned under, with
   ``bporag_config.json`` beside the adapter, so that :meth:`~trl_bporag.RAGPipeline.from_pretrained` pairs the
   adapter with its retriever (the trainer is otherwise stock: no method but ``create_model_card`` is touched);
@@ -23,6 +24,7 @@ from trl import DPOConfig, DPOTrainer
 from ..artifacts import write_bporag_config
 from ..settings import GPO_DEFAULTS
 from .callbacks import StopOnNonFiniteGradients
+from .lm_head import project_labelled_positions_only
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +199,7 @@ class GPOTrainer(DPOTrainer):
             raise ValueError(f"bporag_config: missing {missing}; the card must name the retriever and k the generator "
                              "was aligned under")
         self.bporag_config = dict(bporag_config)
+        project_labelled_positions_only()  # the answer positions only on a CPU too (the reference pass included)
         super().__init__(*args, **kwargs)
         self.add_callback(StopOnNonFiniteGradients())  # a NaN gradient stops training before it reaches the adapter
 
