@@ -183,7 +183,10 @@ def add_results_to_card(output_dir: str | Path, table_markdown: str, note: str =
 
 
 class GPOTrainer(DPOTrainer):
-    """TRL's ``DPOTrainer`` that records the BPO-RAG settings in every model card it writes.
+    """TRL's ``DPOTrainer`` that records the BPO-RAG settings in every model card it writes. On a CPU its fused LM head
+    projects only the completion positions, as TRL does on CUDA
+    (:func:`~trl_bporag.trainers.project_labelled_positions_only`, turned on before the reference pass; the same
+    log-probabilities, about 2x faster steps).
 
     Args:
         bporag_config: at least ``retriever`` and ``k``; usually the pairs' builder configuration (the retriever, the
