@@ -30,7 +30,10 @@ of 30 layers, no dropout) for one epoch. Rows:
 The seed drives the sampling of the pairs, the LoRA initialisation and the training order. Each row x seed x data set
 writes ``bench/results/gpo/<row>[-s<seed>]-<data set>.json`` with ``row``, ``seed``, ``dataset``, ``ids``, ``f1``,
 ``em`` (one value per question, the same question order in every file of a data set) and ``predictions``. Work folders
-(adapters, pairs, merged models) go to ``--work_dir`` and are reused when present.
+(adapters, pairs, merged models) go to ``--work_dir`` and are reused when present. bf16 greedy answers depend on the
+CPU kind, so a row measured on another CPU than the committed ``vanilla`` needs a ``vanilla`` of its own CPU:
+``--row vanilla --file_tag amd-epyc`` writes ``vanilla@amd-epyc-<data set>.json``, and ``--table`` compares each row
+with the vanilla of its CPU (the ``hardware`` key of every file).
 """
 
 from __future__ import annotations
@@ -203,7 +206,8 @@ def evaluate(row: str, seed: int | None, retriever_name: str, generator: str, ar
         t0 = time.perf_counter()
         predictions = pipe.answer(split.questions, ids, progress=f"{row} {name}")
         m = per_query_metrics(ids, None, [pipe.passages(p) for p in ids], split.answers, predictions, ks=(K,))
-        path = results / f"{row}{'' if seed is None else f'-s{seed}'}-{name}.json"
+        tag = f"@{args.file_tag}" if args.file_tag else ""
+        path = results / f"{row}{'' if seed is None else f'-s{seed}'}{tag}-{name}.json"
         path.write_text(json.dumps({"row": row, "seed": seed, "dataset": f"{name}:{split_name}",
                                     "ids": list(split.ids), "f1": m["f1"], "em": m["exact_match"],
                                     "predictions": predictions, "retriever": retriever_name, "generator": generator,
@@ -237,6 +241,9 @@ def main():
     p.add_argument("--work_dir", default="runs/gpo-table")
     p.add_argument("--rpo_retriever", default="runs/readme/retriever-rpo")
     p.add_argument("--results_dir", default=str(RESULTS), help="where the per-question files go (and --table reads)")
+    p.add_argument("--file_tag", default=None,
+                   help="written into the file names (<row>[-s<seed>]@<tag>-<data set>.json): a row measured again on "
+                        "another CPU (--table compares each row with the vanilla of its own CPU)")
     p.add_argument("--test_queries", type=int, default=500)
     p.add_argument("--hotpot_queries", type=int, default=None, help="default: all 100")
     p.add_argument("--train_offset", type=int, default=1500)

@@ -1,0 +1,42 @@
+"""bench/gpo_tables.py: rows evaluated on another CPU are compared with the vanilla of that CPU."""
+
+import json
+
+import numpy as np
+import pytest
+
+gpo_tables = pytest.importorskip("gpo_tables")  # bench/ is on sys.path (conftest.py)
+
+
+def _write(folder, name, row, seed, f1, cpu):
+    entry = {"row": row, "seed": seed, "dataset": "toy:test", "ids": ["a", "b", "c", "d"], "f1": f1,
+             "em": [0.0] * 4, "hardware": {"cpu": cpu}}
+    (folder / f"{name}.json").write_text(json.dumps(entry))
+
+
+def test_each_row_is_compared_with_the_vanilla_of_its_cpu(tmp_path):
+    _write(tmp_path, "vanilla-toy", "vanilla", None, [0.0, 0.0, 0.0, 0.0], "Intel")
+    _write(tmp_path, "vanilla@amd-toy", "vanilla", None, [0.5, 0.5, 0.5, 0.5], "AMD")
+    _write(tmp_path, "gpo-s0-toy", "gpo", 0, [1.0, 1.0, 1.0, 1.0], "Intel")
+    _write(tmp_path, "bporag-s0-toy", "bporag", 0, [1.0, 1.0, 1.0, 0.6], "AMD")
+    _write(tmp_path, "bporag-s1-toy", "bporag", 1, [1.0, 1.0, 1.0, 1.0], "AMD")
+    rows = gpo_tables.load(tmp_path)["toy:test"]
+    assert set(rows) == {"vanilla", "vanilla (AMD)", "gpo", "bporag"}
+    assert gpo_tables.base_row("bporag", rows) == "vanilla (AMD)"
+    assert gpo_tables.base_row("gpo", rows) == "vanilla"
+    np.testing.assert_allclose(gpo_tables.pooled(rows["bporag"], "f1"), [1.0, 1.0, 1.0, 0.8])
+    table = gpo_tables.dataset_table("toy:test", rows)
+    lines = {line.split(" | ")[0].strip("| *"): line for line in table.splitlines() if line.startswith("|")}
+    # bporag pooled 0.95 against AMD's vanilla 0.5 (+0.450, +90 %), not against Intel's 0.0
+    assert "+0.450" in lines["bporag (pooled)"] and "+90 %" in lines["bporag (pooled)"]
+    assert "+1.000" in lines["gpo"]
+    assert "bporag − gpo (different CPUs)" in lines
+    assert lines["vanilla (AMD)"].endswith("|  |  |  |")  # a baseline is not compared with itself
+    assert "Evaluated on:" in table
+
+
+def test_two_files_for_one_row_and_seed_are_refused(tmp_path):
+    _write(tmp_path, "gpo-s0-toy", "gpo", 0, [1.0] * 4, "Intel")
+    _write(tmp_path, "gpo-s0-copy-toy", "gpo", 0, [1.0] * 4, "Intel")
+    with pytest.raises(ValueError, match="two files for row 'gpo' seed 0"):
+        gpo_tables.load(tmp_path)
