@@ -34,6 +34,11 @@ def cpu(entry: dict) -> str:
     return (entry.get("hardware") or {}).get("cpu", "")
 
 
+def row_cpus(seeds: dict) -> set:
+    """The CPUs a row's seeds were computed on."""
+    return {cpu(e) for e in seeds.values()}
+
+
 def load(results: Path) -> dict:
     """{dataset: {row: {seed: file}}}, checking that every file of a data set has the same questions in order.
 
@@ -65,9 +70,8 @@ def load(results: Path) -> dict:
 
 def base_row(row: str, rows: dict) -> str:
     """The ``vanilla`` a row is compared with: the one computed on the row's CPU where there is one."""
-    own = {cpu(e) for e in rows[row].values()}
     for name in rows:
-        if (name == "vanilla" or name.startswith("vanilla (")) and {cpu(e) for e in rows[name].values()} == own:
+        if (name == "vanilla" or name.startswith("vanilla (")) and row_cpus(rows[name]) == row_cpus(rows[row]):
             return name
     return "vanilla"
 
@@ -112,11 +116,11 @@ def dataset_table(dataset: str, rows: dict) -> str:
               "|---|---|---|"]
     for a, b in COMPARISONS:
         if a in rows and b in rows:
-            mixed = {cpu(e) for e in rows[a].values()} != {cpu(e) for e in rows[b].values()}
+            mixed = row_cpus(rows[a]) != row_cpus(rows[b])
             lines.append(f"| {a} − {b}{' (different CPUs)' if mixed else ''} | "
                          f"{_ci(pooled(rows[a], 'f1'), pooled(rows[b], 'f1'))} | "
                          f"{_ci(pooled(rows[a], 'em'), pooled(rows[b], 'em'))} |")
-    cpus = {row: sorted({cpu(e) for e in rows[row].values()}) for row in _ordered(rows)}
+    cpus = {row: sorted(row_cpus(rows[row])) for row in _ordered(rows)}
     if len({c for names in cpus.values() for c in names}) > 1:
         lines += ["", "Evaluated on: " + "; ".join(f"{row}: {', '.join(names) or '?'}" for row, names in cpus.items())
                   + ". Each row is compared with the vanilla of its own CPU where there is one."]
