@@ -1,6 +1,13 @@
 """trl-bporag: BPO-RAG (bi-level preference optimisation for retrieval-augmented generation) on top of TRL."""
 
+# ruff: noqa: E402  (the oneDNN cache bound below must be set before the imports that import torch)
+
 __version__ = "0.1.0"
+
+from .hardware import bound_onednn_primitive_cache
+
+bound_onednn_primitive_cache()  # before anything imports torch (see its docstring)
+
 
 from .data import Corpus, QASplit, RAGDataset, load_beir, load_hf, load_qa_dataset, load_rag_dataset
 from .evaluation import retrieval_evaluator
@@ -60,4 +67,5 @@ __all__ = [
     "GPOConfig",
     "GPOTrainer",
     "NonFiniteTrainingError",
+    "bound_onednn_primitive_cache",
 ]
