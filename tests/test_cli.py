@@ -91,7 +91,7 @@ def test_a_shipped_config_name_resolves_and_flags_override_it():
     argv = cli._shipped_configs(["--config", "rpo.yaml", "--learning_rate", "1e-5"])
     assert argv[1] == configs.path("rpo.yaml")
     (_, training_args, _) = _parse("rpo", argv)
-    assert training_args.learning_rate == 1e-5 and training_args.mini_batch_size == 32
+    assert training_args.learning_rate == 1e-5 and training_args.mini_batch_size == 16
 
 
 @pytest.mark.parametrize("name, kind", [("accelerate/ddp.yaml", "MULTI_GPU"),
@@ -142,7 +142,7 @@ def test_the_shipped_stage_configs_run_one_after_another(tmp_path, tiny_retrieve
     trainer = rpo.main(*rpo.parse(["--config", configs.path("rpo.yaml"), "--dataset_name", str(out / "rpo-pairs"), "--output_dir",
                                    str(out / "retriever-rpo"), "--model_name_or_path", tiny_retriever_dir,
                                    "--per_device_train_batch_size", "4", "--use_cpu", "true"]))
-    assert trainer.args.reference == "free" and trainer.args.mini_batch_size == 32 and trainer.args.beta == 10.0
+    assert trainer.args.reference == "free" and trainer.args.mini_batch_size == 16 and trainer.args.beta == 10.0
     before = SentenceTransformer(tiny_retriever_dir, device="cpu").state_dict()
     after = SentenceTransformer(str(out / "retriever-rpo"), device="cpu").state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the retriever trained

@@ -106,8 +106,10 @@ class BPORAGArguments:
         "help": "Hub namespace/prefix of the pushed artifacts, e.g. user/squad-bporag: user/squad-bporag-retriever, "
                 "-rpo-pairs, -generator-sft, -gpo-pairs, -generator (with --gpo_ablation separate also "
                 "-generator-sft-base-retriever, -gpo-pairs-base-retriever, -generator-base-retriever)"})
+    # The sizes (rpo_queries, gpo_queries, eval_queries) are the embedded default's: a smoke run of every stage that
+    # fits 10 minutes on 2 CPU cores without native bf16 (float32); docs/benchmarks.md has the stage times per CPU.
     # RPO pairs (build_rpo_pairs.py; defaults: trl_bporag.settings.RPO_DEFAULTS)
-    rpo_queries: int = field(default=300, metadata={"help": "training queries for RPO pairs"})
+    rpo_queries: int = field(default=100, metadata={"help": "training queries for RPO pairs"})
     rpo_judge: str = field(default=RPO_DEFAULTS.judge, metadata={
         "help": "answer_hit (fast) | answer_likelihood (graded, generator forward passes) | generator_f1 (paper)"})
     rpo_perturbations: str = field(default=RPO_DEFAULTS.perturbations, metadata={"help": "minimal | paper | mixed"})
@@ -134,7 +136,7 @@ class BPORAGArguments:
     sft_learning_rate: float = field(default=_default(GoldSFTConfig, "learning_rate"))
     sft_epochs: float = field(default=_default(GoldSFTConfig, "num_train_epochs"))
     # GPO pairs (build_gpo_pairs.py; defaults: trl_bporag.settings.GPO_DEFAULTS)
-    gpo_queries: int = field(default=64, metadata={"help": "training queries for GPO pairs"})
+    gpo_queries: int = field(default=16, metadata={"help": "training queries for GPO pairs"})
     gpo_query_offset: int = field(default=0, metadata={"help": "first training query used for GPO pairs"})
     num_beams: int = field(default=GPO_DEFAULTS.num_beams, metadata={"help": "beams of the beam candidate (1: greedy)"})
     num_samples: int = field(default=GPO_DEFAULTS.num_samples, metadata={"help": "sampled candidates per question"})
@@ -162,7 +164,7 @@ class BPORAGArguments:
         "help": "shared: the +GPO row uses the generator aligned under the tuned retriever; separate: train another "
                 "one under the base retriever"})
     # evaluation (evaluate.py)
-    eval_queries: int = field(default=50)
+    eval_queries: int = field(default=30, metadata={"help": "test questions per evaluation data set"})
     batch_size: int = field(default=8, metadata={"help": "generation batch size"})
     bootstrap_resamples: int = field(default=1000, metadata={"help": "paired bootstrap resamples for the 95%% CIs"})
     plot: bool = field(default=True, metadata={"help": "write results.png (needs matplotlib)"})

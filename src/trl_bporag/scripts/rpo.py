@@ -9,7 +9,7 @@ tuple (ScriptArguments, config, ModelConfig), ``--config yaml`` supported.
 The defaults are the measured best recipe (docs/benchmarks.md, "RPO against the label-free anchors") on the
 listwise rows ``build_rpo_pairs.py`` writes by default: ``--reference free``, ``--loss_type sigmoid`` (its
 Plackett-Luce form on listwise rows), β 10, one epoch of batch 16 (TRL's default of 3 epochs overfits), lr 2e-5,
-``--mini_batch_size 32`` (GradCache: memory flat in the batch size); bf16 only where the hardware computes it
+``--mini_batch_size 16`` (GradCache: memory flat in the batch size); bf16 only where the hardware computes it
 natively. TRL's model flags (``--model_revision``, ``--trust_remote_code``, ``--attn_implementation``, ``--dtype``)
 reach the retriever.
 
@@ -69,9 +69,9 @@ def retrieval_eval(model, script_args) -> dict[str, float]:
 
 #: The measured best recipe (docs/benchmarks.md, "RPO against the label-free anchors"): reference-free (the
 #: Plackett-Luce form on listwise rows), one epoch of batch 16 (TRL's 3 epochs overfit); GradCache in mini-batches of
-#: 32 texts, so the step's memory does not grow with the batch (bench/rpo_memory.py).
+#: 16 texts, so the step's memory does not grow with the batch (bench/rpo_memory.py: under 2.5 GiB at batch 16 and 64).
 RECIPE_DEFAULTS = {"reference": "free", "num_train_epochs": 1, "per_device_train_batch_size": 16,
-                   "mini_batch_size": 32, "report_to": "none"}
+                   "mini_batch_size": 16, "report_to": "none"}
 
 
 def main(script_args, training_args, model_args):
