@@ -51,7 +51,7 @@ def bound_onednn_primitive_cache(capacity: int = ONEDNN_PRIMITIVE_CACHE_CAPACITY
     On a CPU, torch runs bf16 matrix products through oneDNN, which builds one primitive per tensor shape and keeps
     up to 1,024 of them, each with its own buffers: in RPO training every batch has other sequence lengths, and the
     process grew by ~14 MiB a step, about 1 GiB over the README's Stage-1 epoch (measured: 200 bf16 linear layers
-    of distinct shapes, forward and backward, grow the process by 3.7 GiB with the default and by 0.4 GiB with 16;
+    of distinct shapes, forward and backward, grow the process by 3.7 GiB with the default and by 0.4-0.65 GiB with 16;
     docs/benchmarks.md). A primitive that fell out of the cache is rebuilt in well under a millisecond; the steps were
     not slower. torch reads the variable when it is imported, so this is called first thing when ``trl_bporag`` is
     imported; imported after torch, the cap only partly applies. A value you set yourself is kept.
