@@ -1,6 +1,9 @@
 """The compute dtype is asked of the hardware: bf16 only where it is native, an explicit bf16 request on a CPU without
 it honoured with one warning, and every default of the library going through that one choice."""
 
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -114,8 +117,6 @@ def test_hardware_summary_names_the_cpu_and_capability(cpu, monkeypatch):
 
 
 def _fresh_env(**extra):
-    import os
-
     env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
     return {**env, **extra}
 
@@ -123,9 +124,6 @@ def _fresh_env(**extra):
 def test_importing_the_package_bounds_the_onednn_cache_before_torch_and_keeps_a_users_value():
     """The cap must be in the environment before torch is imported (torch reads it then): a fresh interpreter that
     imports trl_bporag first sees 16 and has torch loaded only afterwards; a value the user set is left alone."""
-    import subprocess
-    import sys
-
     code = ("import os, sys; import trl_bporag; "
             "print(os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY'), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], env=_fresh_env(), capture_output=True, text=True, check=True)
@@ -139,11 +137,9 @@ def test_bound_onednn_primitive_cache_says_whether_it_fully_applies(monkeypatch)
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     # torch is already imported in this process: the variable is set, but only partly applies
     assert hardware.bound_onednn_primitive_cache(7) is False
-    import os
-
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "7"
     assert hardware.bound_onednn_primitive_cache(9) is False  # set already: kept
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "7"
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
-    monkeypatch.delitem(__import__("sys").modules, "torch")  # as before torch is imported
+    monkeypatch.delitem(sys.modules, "torch")  # as before torch is imported
     assert hardware.bound_onednn_primitive_cache(7) is True

@@ -8,7 +8,6 @@ from .hardware import bound_onednn_primitive_cache
 
 bound_onednn_primitive_cache()  # before anything imports torch (see its docstring)
 
-
 from .data import Corpus, QASplit, RAGDataset, load_beir, load_hf, load_qa_dataset, load_rag_dataset
 from .evaluation import retrieval_evaluator
 from .losses import ContrastiveSetLoss, ListwiseSetDPOLoss, SetDPOLoss
