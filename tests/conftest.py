@@ -23,6 +23,17 @@ SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "dat
 _DEFAULT_THREADS = None
 
 
+def require_packaged(*which: str) -> None:
+    """Skip unless the packaged copies are installed ("retriever", "generator", "reader"); wheels are located with
+    find_spec, never imported."""
+    from trl_bporag import models
+
+    ids = {"retriever": models.DEFAULT_RETRIEVER, "generator": models.DEFAULT_GENERATOR, "reader": models.READER}
+    missing = [w for w in which if not models.PACKAGED_MODELS[ids[w]].installed()]
+    if missing:
+        pytest.skip(f"packaged copies not installed: {missing}")
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads(request):
     """Tiny-model tests run on one torch thread (their ops are too small to gain from more, and a second thread only

