@@ -12,6 +12,8 @@ difference from the base [paired bootstrap 95% CI], and a second table gives the
     python bench/rpo_table.py --row lsr --train_queries 500   # anchor (b): REPLUG-LSR answer-likelihood distillation
     python bench/rpo_table.py --row rpo --name rpo-free-sft --loss_type sigmoid,sft --reference free
     python bench/rpo_table.py --row rpo --name rpo-listwise --pairing listwise --reference free
+    python bench/rpo_table.py --row rpo --name rpo-reader-f1 --pairing listwise --reference free \
+        --judge generator_f1 --generator reader --judge_passage_tokens 256      # the paper's judge, a reader that reads
     python bench/rpo_table.py --table
 
 Run one at a time with nothing else on the machine: the seconds in the rows are wall times.
@@ -124,14 +126,15 @@ def lsr_row(args, out: Path) -> dict:
 
     t0 = time.perf_counter()
     corpus, split, tops = train_top(args.train_queries, args.lsr_top_m)
-    gen, tok = load_generator()
+    gen, tok = load_generator(args.generator)
     questions, windows, answers = [], [], []
     for q, a, top in zip(split.questions, split.answers, tops):
         for j in top:
             questions.append(q)
             windows.append([corpus.passage(j, True)])
             answers.append(a)
-    scores = answer_log_likelihood(gen, tok, questions, windows, answers, max_passage_tokens=96, progress=True)
+    scores = answer_log_likelihood(gen, tok, questions, windows, answers, max_passage_tokens=args.judge_passage_tokens,
+                                   progress=True)
     m = args.lsr_top_m
     data = {"query": list(split.questions)}
     for i in range(m):
@@ -186,13 +189,13 @@ def rpo_row(args, out: Path) -> dict:
         r = Retriever(load_retriever())
         index = DenseIndex.from_corpus(r, train.corpus)
         builder_kwargs = {}
-        if args.judge == "answer_likelihood":
+        if args.judge in ("answer_likelihood", "generator_f1"):
             from trl_bporag.models import load_generator
 
-            builder_kwargs["generator"], builder_kwargs["tokenizer"] = load_generator()
+            builder_kwargs["generator"], builder_kwargs["tokenizer"] = load_generator(args.generator)
         builder = RetrievalPreferenceBuilder(r, index, train.corpus, judge=args.judge, k=5, perturbations="minimal",
-                                             num_perturbations=args.num_perturbations, pairing=args.pairing, max_passage_tokens=96,
-                                             **builder_kwargs)
+                                             num_perturbations=args.num_perturbations, pairing=args.pairing,
+                                             max_passage_tokens=args.judge_passage_tokens, **builder_kwargs)
         pairs = builder.build(train.split.head(args.train_queries), output_dir=pairs_dir, resume=False)
         stats = builder.describe()["stats"]
         t_data = time.perf_counter() - t0
@@ -291,6 +294,10 @@ def main():
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--judge", default="answer_hit")
+    p.add_argument("--generator", default="HuggingFaceTB/SmolLM2-135M-Instruct",
+                   help="the generator of the generator_f1 / answer_likelihood judges and of lsr (e.g. reader)")
+    p.add_argument("--judge_passage_tokens", type=int, default=96,
+                   help="passages the judging generator reads are cut to this many tokens (the reader: 256)")
     p.add_argument("--pairs_dir", default=None, help="reuse the pairs of an earlier rpo row")
     p.add_argument("--loss_type", default="sigmoid")
     p.add_argument("--loss_weights", default=None)
