@@ -57,6 +57,29 @@ def tiny_retriever_dir(tmp_path_factory):
 
 
 @pytest.fixture
+def fake_gguf_reading(monkeypatch, tiny_generator_dir):
+    """transformers' GGUF reading replaced by the tiny generator; returns the list of GGUF files it was asked for."""
+    import hashlib
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    reads = []
+    for cls in (AutoModelForCausalLM, AutoTokenizer):
+        real = cls.from_pretrained
+
+        def from_pretrained(path, *args, gguf_file=None, _real=real, **kwargs):
+            if gguf_file is None:
+                return _real(path, *args, **kwargs)
+            gguf = Path(path) / gguf_file
+            reads.append((gguf_file, hashlib.sha256(gguf.read_bytes()).hexdigest()))
+            return _real(tiny_generator_dir)
+
+        monkeypatch.setattr(cls, "from_pretrained", from_pretrained)
+    return reads
+
+
+@pytest.fixture
 def tiny_st(tiny_retriever_dir):
     from sentence_transformers import SentenceTransformer
 

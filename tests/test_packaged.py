@@ -77,26 +77,6 @@ def test_missing_or_truncated_part_is_named_with_the_install_line(split_copy, tm
     assert not split_copy.converted_folder().exists()  # nothing was converted
 
 
-@pytest.fixture
-def fake_gguf_reading(monkeypatch, tiny_generator_dir):
-    """transformers' GGUF reading replaced by the tiny generator; returns the list of GGUF files it was asked for."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    reads = []
-    for cls in (AutoModelForCausalLM, AutoTokenizer):
-        real = cls.from_pretrained
-
-        def from_pretrained(path, *args, gguf_file=None, _real=real, **kwargs):
-            if gguf_file is None:
-                return _real(path, *args, **kwargs)
-            gguf = Path(path) / gguf_file
-            reads.append((gguf_file, hashlib.sha256(gguf.read_bytes()).hexdigest()))
-            return _real(tiny_generator_dir)
-
-        monkeypatch.setattr(cls, "from_pretrained", from_pretrained)
-    return reads
-
-
 def test_split_copy_is_converted_once_and_a_damaged_conversion_rebuilt(split_copy, fake_gguf_reading, caplog):
     folder = split_copy.verified_folder()
     assert folder == split_copy.converted_folder()
