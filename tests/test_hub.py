@@ -263,7 +263,10 @@ def test_the_whole_run_loads_by_hub_id_on_a_machine_that_never_saw_its_folders(
     (tmp_path / "machine-b").mkdir()
     monkeypatch.chdir(tmp_path / "machine-b")
     monkeypatch.setenv("TRL_BPORAG_CACHE", str(tmp_path / "cache-b"))
+    before = len(fake_hub.calls)
     remote = RAGPipeline.from_pretrained(generator="user/gpo", corpus=toy_corpus)
+    downloads = [kw["repo_id"] for name, kw in fake_hub.calls[before:] if name == "snapshot_download"]
+    assert sorted(downloads) == ["user/gpo", "user/retriever-rpo"]  # each model resolved once, at the door
     assert remote.retriever.model_id == "user/retriever-rpo"
     assert remote.settings == local.settings and remote.k == 2 and remote.settings.answer_prefix == "Answer: "
     got_ids, _ = remote.retrieve(questions)
