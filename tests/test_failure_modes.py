@@ -169,6 +169,21 @@ def test_empty_pair_set_reads_back_and_training_refuses_it(tiny_st, toy_corpus, 
         load_pairs(str(out))
 
 
+def test_one_pair_with_a_held_out_fraction_is_a_clear_error(tmp_path):
+    from datasets import Dataset
+
+    one = tmp_path / "one-pair"
+    Dataset.from_list([{"prompt": "q", "chosen": "a", "rejected": "b"}]).save_to_disk(str(one))
+    with pytest.raises(ValueError, match=r"one-pair: 1 preference pair\(s\) with --eval_fraction 0.1 leave no pair "
+                                         r"to train on.*--eval_fraction 0"):
+        load_pairs(str(one), need_eval=True, eval_fraction=0.1)
+    assert len(load_pairs(str(one), need_eval=False)["train"]) == 1
+    two = tmp_path / "two-pairs"
+    Dataset.from_list([{"prompt": "q", "chosen": "a", "rejected": "b"}] * 2).save_to_disk(str(two))
+    parts = load_pairs(str(two), need_eval=True, eval_fraction=0.1)
+    assert (len(parts["train"]), len(parts["test"])) == (1, 1)
+
+
 # --- bad input: data ------------------------------------------------------------------------------------------------
 @pytest.fixture
 def beir(tmp_path, toy_corpus, toy_split):

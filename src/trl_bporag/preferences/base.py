@@ -220,6 +220,11 @@ def load_pairs(name: str | os.PathLike, config: str | None = None, train_split: 
                          f"queries, more perturbations or samples) before training")
     if isinstance(data, Dataset):
         if need_eval:
+            import math
+
+            if len(data) - math.ceil(eval_fraction * len(data)) < 1:  # datasets rounds the held-out part up
+                raise ValueError(f"{name}: {len(data)} preference pair(s) with --eval_fraction {eval_fraction} leave "
+                                 "no pair to train on; build more pairs, or pass --eval_fraction 0 (hold none out)")
             parts = data.train_test_split(test_size=eval_fraction, seed=0)
             data = DatasetDict({train_split: parts["train"], test_split: parts["test"]})
         else:
