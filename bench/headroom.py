@@ -8,7 +8,8 @@ Rows, on the first ``--test_queries`` (500) squad-dev test questions and all 100
 
 * ``closed-book``: the question alone, no passage (what the generator knows by itself);
 * ``vanilla``: the base retriever's (all-MiniLM-L6-v2) top k = 5 passages;
-* ``oracle``: the gold passage(s) first, then the base top k's other passages (the most a retriever can give).
+* ``oracle``: the gold passage(s) first, then the base top k's other passages (the most a retriever can give);
+* ``rpo``: the top k of a tuned retriever (``--retriever``, default the README's Stage-1 folder): the paper's +RPO row.
 
 Both generators read the same prompt: the project's (default system prompt, the reply started with ``The answer is
 "``, which also helps the reader: oracle F1 0.546 against 0.503 without it on 40 squad-dev *dev* questions,
@@ -39,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "reader"
 EVAL_SETS = (("squad-dev", "test"), ("hotpotqa-distractor", "test"))
 ROWS = ("closed-book", "vanilla", "oracle")
+RETRIEVER_ROWS = ("rpo",)  # the base generator under another retriever (--retriever): the paper's +RPO row
 K = 5
 #: generator tag -> (model id, the settings it reads with)
 GENERATORS = {
@@ -62,7 +64,10 @@ def run(row: str, tag: str, args) -> None:
 
     model_id, settings = GENERATORS[tag]
     gen, tok = load_generator(model_id)
-    retriever = Retriever("sentence-transformers/all-MiniLM-L6-v2")
+    retriever_id = args.retriever if row in RETRIEVER_ROWS else "sentence-transformers/all-MiniLM-L6-v2"
+    if row in RETRIEVER_ROWS and not os.path.isdir(retriever_id):
+        sys.exit(f"--retriever {retriever_id}: train it first (the README's Stage 1 commands)")
+    retriever = Retriever(retriever_id)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name, split_name in EVAL_SETS:
         data = load_rag_dataset(DATA / name, split_name)
@@ -76,7 +81,7 @@ def run(row: str, tag: str, args) -> None:
         seconds = time.perf_counter() - t0
         m = per_query_metrics(ids, None, [pipe.passages(p) for p in ids], split.answers, predictions, ks=(K,))
         out = {"row": row, "seed": None, "dataset": f"{name}:{split_name}", "ids": list(split.ids), "f1": m["f1"],
-               "em": m["exact_match"], "predictions": predictions, "generator": model_id,
+               "em": m["exact_match"], "predictions": predictions, "generator": model_id, "retriever": retriever_id,
                "settings": pipe.settings.to_dict(), "seconds": round(seconds, 1), "hardware": hardware_summary()}
         (RESULTS / f"{row}@{tag}-{name}.json").write_text(json.dumps(out))
         print(json.dumps({"row": row, "generator": tag, "dataset": name, "f1": round(sum(m["f1"]) / len(split), 4),
@@ -90,7 +95,7 @@ def load(results: Path = RESULTS) -> dict:
     for path in sorted(results.glob("*@*-*.json")):
         row, rest = path.stem.split("@", 1)
         tag, name = rest.split("-", 1)
-        if row in ROWS and tag in GENERATORS:
+        if row in ROWS + RETRIEVER_ROWS and tag in GENERATORS:
             found[(row, tag, name)] = json.loads(path.read_text())
     return found
 
@@ -130,6 +135,14 @@ def table(results: Path = RESULTS) -> str:
             a, b = tags[1], tags[0]
             lines.append(f"| {a} − {b} | " + " | ".join(
                 _ci(found[(r, a, name)]["f1"], found[(r, b, name)]["f1"]) for r in ROWS) + " | | | |")
+        lines.append("")
+        for t in tags:
+            if ("rpo", t, name) in found:
+                rpo, van = found[("rpo", t, name)], found[("vanilla", t, name)]
+                assert rpo["ids"] == van["ids"], "question orders differ"
+                lines.append(f"- +RPO ({rpo['retriever']}'s top {K}), {GENERATORS[t][0].split('/')[-1]}: F1 "
+                             f"{np.mean(rpo['f1']):.3f} / EM {np.mean(rpo['em']):.3f}; − vanilla: F1 "
+                             f"{_ci(rpo['f1'], van['f1'])}, EM {_ci(rpo['em'], van['em'])}")
         lines.append("")
     return "\n".join(lines)
 
@@ -183,7 +196,8 @@ def answer_positions() -> None:
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--generator", choices=tuple(GENERATORS), default="reader")
-    p.add_argument("--row", choices=ROWS)
+    p.add_argument("--row", choices=ROWS + RETRIEVER_ROWS)
+    p.add_argument("--retriever", default="runs/readme/retriever-rpo", help="the retriever of the rpo row")
     p.add_argument("--table", action="store_true")
     p.add_argument("--choose_prompt", action="store_true", help="the reader's prompt on squad-dev dev questions")
     p.add_argument("--test_queries", type=int, default=500)

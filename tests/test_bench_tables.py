@@ -40,3 +40,28 @@ def test_two_files_for_one_row_and_seed_are_refused(tmp_path):
     _write(tmp_path, "gpo-s0-copy-toy", "gpo", 0, [1.0] * 4, "Intel")
     with pytest.raises(ValueError, match="two files for row 'gpo' seed 0"):
         gpo_tables.load(tmp_path)
+
+
+def test_headroom_table_pairs_rows_by_question(tmp_path):
+    """bench/headroom.py --table: each generator's three rows with the paired CIs of what retrieval gives, and the
+    reader against SmolLM2 row by row."""
+    headroom = pytest.importorskip("headroom")
+    ids = [f"q{i}" for i in range(8)]
+    f1 = {("smollm2", "closed-book"): [0.0] * 8, ("smollm2", "vanilla"): [0.0] * 7 + [1.0],
+          ("smollm2", "oracle"): [0.0] * 6 + [1.0] * 2, ("reader", "closed-book"): [0.0] * 8,
+          ("reader", "vanilla"): [1.0] * 6 + [0.0] * 2, ("reader", "oracle"): [1.0] * 8}
+    for (tag, row), values in f1.items():
+        (tmp_path / f"{row}@{tag}-squad-dev.json").write_text(json.dumps(
+            {"row": row, "dataset": "squad-dev:test", "ids": ids, "f1": values, "em": values}))
+    (tmp_path / "rpo@reader-squad-dev.json").write_text(json.dumps(
+        {"row": "rpo", "dataset": "squad-dev:test", "ids": ids, "f1": [1.0] * 7 + [0.0], "em": [1.0] * 7 + [0.0],
+         "retriever": "runs/tuned"}))
+    table = headroom.table(tmp_path)
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    reader = next(line for line in lines if line.startswith("| Qwen2.5-Coder-0.5B-Instruct"))
+    assert "| 0.000 / 0.000 | 0.750 / 0.750 | 1.000 / 1.000 |" in reader
+    assert "**+0.750 [" in reader and "+0.250 [" in reader and "**+1.000 [+1.000, +1.000]**" in reader
+    smol = next(line for line in lines if line.startswith("| SmolLM2-135M-Instruct"))
+    assert "| 0.000 / 0.000 | 0.125 / 0.125 | 0.250 / 0.250 |" in smol
+    assert next(line for line in lines if line.startswith("| reader − smollm2")).count("[") == 3
+    assert "+RPO (runs/tuned's top 5), Qwen2.5-Coder-0.5B-Instruct: F1 0.875" in table
