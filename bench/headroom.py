@@ -17,8 +17,9 @@ Both generators read the same prompt: the project's (default system prompt, the 
 27 % of the squad-dev dev gold passages lose the answer's start (3.4 % at 192, 0.9 % at 256; ``--answer_positions``),
 so the oracle row would not hold the answer. ``--choose_prompt`` reruns the prompt comparison. Every row x data set writes
 ``bench/results/reader/<row>@<generator>-<data set>.json`` with ``row``, ``seed`` (null), ``dataset``, ``ids``,
-``f1``, ``em`` (one value per question, the same order in every file), ``predictions``, ``generator``, ``settings``
-and ``hardware``. ``--table`` prints the mean F1 / EM of every row and the paired bootstrap 95% CI of each difference.
+``f1``, ``em`` (one value per question, the same order in every file), ``predictions``, ``generator``, ``settings``,
+``dtype`` and ``hardware``. The generator computes in float32 by default (``--dtype``), so that rows made on CPUs with
+and without native bf16 compare. ``--table`` prints the mean F1 / EM of every row and the paired bootstrap 95% CI of each difference.
 """
 
 from __future__ import annotations
@@ -63,13 +64,15 @@ def run(row: str, tag: str, args) -> None:
     from trl_bporag.metrics import per_query_metrics
 
     model_id, settings = GENERATORS[tag]
-    gen, tok = load_generator(model_id)
+    gen, tok = load_generator(model_id, torch_dtype=args.dtype)
     retriever_id = args.retriever if row in RETRIEVER_ROWS else "sentence-transformers/all-MiniLM-L6-v2"
     if row in RETRIEVER_ROWS and not os.path.isdir(retriever_id):
         sys.exit(f"--retriever {retriever_id}: train it first (the README's Stage 1 commands)")
     retriever = Retriever(retriever_id)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name, split_name in EVAL_SETS:
+        if name not in args.datasets.split(","):
+            continue
         data = load_rag_dataset(DATA / name, split_name)
         split = data.split.head(args.test_queries if name == "squad-dev" else args.hotpot_queries)
         pipe = RAGPipeline(retriever, DenseIndex.cached(retriever, data.corpus), data.corpus, gen, tok, k=K,
@@ -82,7 +85,7 @@ def run(row: str, tag: str, args) -> None:
         m = per_query_metrics(ids, None, [pipe.passages(p) for p in ids], split.answers, predictions, ks=(K,))
         out = {"row": row, "seed": None, "dataset": f"{name}:{split_name}", "ids": list(split.ids), "f1": m["f1"],
                "em": m["exact_match"], "predictions": predictions, "generator": model_id, "retriever": retriever_id,
-               "settings": pipe.settings.to_dict(), "seconds": round(seconds, 1), "hardware": hardware_summary()}
+               "settings": pipe.settings.to_dict(), "dtype": str(gen.dtype).removeprefix("torch."), "seconds": round(seconds, 1), "hardware": hardware_summary()}
         (RESULTS / f"{row}@{tag}-{name}.json").write_text(json.dumps(out))
         print(json.dumps({"row": row, "generator": tag, "dataset": name, "f1": round(sum(m["f1"]) / len(split), 4),
                           "em": round(sum(m["exact_match"]) / len(split), 4),
@@ -205,6 +208,8 @@ def main():
     p.add_argument("--dev_queries", type=int, default=40)
     p.add_argument("--answer_positions", action="store_true", help="answer starts in dev gold passages (tokens)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--datasets", default=",".join(n for n, _ in EVAL_SETS), help="comma-separated: which data sets")
+    p.add_argument("--dtype", default="float32", help="the generator's compute dtype ('auto': bf16 where native)")
     args = p.parse_args()
     import torch
 
