@@ -65,3 +65,13 @@ def test_headroom_table_pairs_rows_by_question(tmp_path):
     assert "| 0.000 / 0.000 | 0.125 / 0.125 | 0.250 / 0.250 |" in smol
     assert next(line for line in lines if line.startswith("| reader − smollm2")).count("[") == 3
     assert "+RPO (runs/tuned's top 5), Qwen2.5-Coder-0.5B-Instruct: F1 0.875" in table
+
+
+def test_judge_agreement_counts_ordered_window_pairs():
+    judges = pytest.importorskip("judge_agreement")
+    # question 1: a orders (0>1, 0>2, 1=2 skipped); b agrees on 0>1, ties 0 vs 2. Question 2: a orders 1 pair, b reverses
+    a = [[1.0, 0.0, 0.0], [0.2, 0.8]]
+    b = [[0.5, 0.1, 0.5], [0.9, 0.3]]
+    assert judges.agreement(a, b) == {"pairs": 3, "same": 0.333, "tie": 0.333, "reversed": 0.333}
+    assert judges.agreement(a, a) == {"pairs": 3, "same": 1.0, "tie": 0.0, "reversed": 0.0}
+    assert judges.agreement([[0.0, 0.0]], [[1.0, 0.0]])["pairs"] == 0  # all ties under a: nothing to compare
