@@ -14,7 +14,7 @@ Rows, on the first ``--test_queries`` (500) squad-dev test questions and all 100
 Both generators read the same prompt: the project's (default system prompt, the reply started with ``The answer is
 "``, which also helps the reader: oracle F1 0.546 against 0.503 without it on 40 squad-dev *dev* questions,
 ``bench/results/reader/prompt_choice.log``), but passages cut to **256** tokens instead of the default 96: cut to 96,
-27 % of the squad-dev dev gold passages lose the answer's start (3.4 % at 192, 0.9 % at 256; ``--answer_positions``),
+27 % of the squad-dev dev gold passages lose the answer's start (3.4 % at 192, 0.7 % at 256, of 1,745; ``--answer_positions``),
 so the oracle row would not hold the answer. ``--choose_prompt`` reruns the prompt comparison. Every row x data set writes
 ``bench/results/reader/<row>@<generator>-<data set>.json`` with ``row``, ``seed`` (null), ``dataset``, ``ids``,
 ``f1``, ``em`` (one value per question, the same order in every file), ``predictions``, ``generator``, ``settings``,
