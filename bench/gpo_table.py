@@ -3,10 +3,11 @@
     python bench/gpo_table.py --row vanilla                 # untrained rows: vanilla, oracle, rpo, mnrl
     python bench/gpo_table.py --row sft-gold --seed 0       # trained rows: sft-gold, gpo-only, gpo, gpo+rpo, bporag, simple
     python bench/gpo_table.py --table                       # every table of docs/benchmarks.md, from the saved files
+    python bench/gpo_table.py --generator reader --row gpo --seed 0   # the same rows with the reader (issue 35)
 
 Every row answers the same questions: the first ``--test_queries`` (500) squad-dev test questions and all 100
 hotpotqa-distractor questions; the prompt is the best one found (``The answer is "``, the default system prompt, k = 5
-passages cut to 96 tokens, greedy, 24 new tokens). Every trained row trains on squad-dev **train** questions
+passages cut to 96 tokens (the reader, ``--generator reader``: 256), greedy, 24 new tokens). Every trained row trains on squad-dev **train** questions
 1,500-2,299 (``--train_offset`` / ``--train_queries``; not the RPO questions) with the same LoRA (r 16, α 32, the last 6
 of 30 layers, no dropout) for one epoch. Rows:
 
@@ -61,6 +62,13 @@ PREFIX = 'The answer is "'
 K, PASSAGE_TOKENS, NEW_TOKENS, MAX_LENGTH = 5, 96, 24, 640
 BASE_RETRIEVER = "sentence-transformers/all-MiniLM-L6-v2"
 BASE_GENERATOR = "HuggingFaceTB/SmolLM2-135M-Instruct"
+#: --generator -> (model id, passage budget, SFT / DPO max_length, results folder, work folder). The reader reads 256-token
+#: passages (at 96, 27 % of the squad-dev gold passages lose the answer's start: bench/headroom.py --answer_positions)
+GENERATORS = {
+    "smollm2": (BASE_GENERATOR, PASSAGE_TOKENS, MAX_LENGTH, RESULTS, "runs/gpo-table"),
+    "reader": ("Qwen/Qwen2.5-Coder-0.5B-Instruct", 256, 1536, REPO / "bench" / "results" / "reader_rows",
+               "runs/gpo-table-reader"),
+}
 
 
 # -- models and data -----------------------------------------------------------------------------------------------
@@ -102,7 +110,7 @@ def builder_for(retriever_name: str, generator_path: str, args, seed: int):
     builder = GenerationPreferenceBuilder(
         r, DenseIndex.cached(r, corpus), corpus, gen, tok, k=K, num_beams=1, num_samples=args.num_samples,
         temperature=1.0, top_p=0.95, pairing="best_worst", seed=seed, max_new_tokens=NEW_TOKENS,
-        max_passage_tokens=PASSAGE_TOKENS, max_length=MAX_LENGTH, answer_prefix=PREFIX)
+        max_passage_tokens=args.passage_tokens, max_length=args.max_length, answer_prefix=PREFIX)
     return builder, split
 
 
@@ -124,9 +132,9 @@ def sft(retriever_name: str, seed: int, args) -> str:
         script.SFTScriptArguments(dataset=str(DATA / "squad-dev"), split="train",
                                   retriever=retriever_path(retriever_name, args), max_queries=args.train_queries,
                                   query_offset=args.train_offset, lora_top_layers=6),
-        GoldSFTConfig(output_dir=str(out), seed=seed, max_length=MAX_LENGTH, logging_steps=50),
-        ModelConfig(model_name_or_path=BASE_GENERATOR, **script.MODEL_DEFAULTS),
-        RAGSettings(k=K, max_passage_tokens=PASSAGE_TOKENS, max_new_tokens=NEW_TOKENS, answer_prefix=PREFIX))
+        GoldSFTConfig(output_dir=str(out), seed=seed, max_length=args.max_length, logging_steps=50),
+        ModelConfig(model_name_or_path=args.base_generator, **script.MODEL_DEFAULTS),
+        RAGSettings(k=K, max_passage_tokens=args.passage_tokens, max_new_tokens=NEW_TOKENS, answer_prefix=PREFIX))
     _log(out, trainer, time.perf_counter() - t0, len(trainer.train_dataset))
     return str(out)
 
@@ -164,8 +172,9 @@ def dpo(pairs_dir: str, generator: str, seed: int, args) -> str:
     from trl_bporag.trainers import GPOConfig
 
     gpo = _example("gpo")
-    # GPOConfig's defaults are the issue-12 recipe: DPO + NLL, beta 0.5, lr 5e-4, batch 1, max_length 640
-    config = GPOConfig(output_dir=str(out), num_train_epochs=1, seed=seed, logging_steps=50, eval_strategy="no")
+    # GPOConfig's defaults are the issue-12 recipe: DPO + NLL, beta 0.5, lr 5e-4, batch 1 (max_length: the generator's)
+    config = GPOConfig(output_dir=str(out), num_train_epochs=1, seed=seed, logging_steps=50, eval_strategy="no",
+                       max_length=args.max_length)
     t0 = time.perf_counter()
     trainer = gpo.main(gpo.GPOScriptArguments(dataset_name=pairs_dir, eval_fraction=0.0, lora_top_layers=6), config,
                        ModelConfig(model_name_or_path=generator, **gpo.MODEL_DEFAULTS))
@@ -199,7 +208,7 @@ def evaluate(row: str, seed: int | None, retriever_name: str, generator: str, ar
         data = load_rag_dataset(DATA / name, split_name)
         split = data.split.head(args.test_queries if name == "squad-dev" else args.hotpot_queries)
         pipe = RAGPipeline(r, DenseIndex.cached(r, data.corpus), data.corpus, gen, tok, k=K,
-                           max_new_tokens=NEW_TOKENS, max_passage_tokens=PASSAGE_TOKENS, answer_prefix=PREFIX)
+                           max_new_tokens=NEW_TOKENS, max_passage_tokens=args.passage_tokens, answer_prefix=PREFIX)
         ids, _ = pipe.retrieve(split.questions, k=K)
         if oracle:  # the gold passages first, then the retrieved ones that are not gold
             ids = [(list(g) + [p for p in top if p not in g])[:max(K, len(g))] for g, top in zip(split.gold_ids, ids)]
@@ -219,14 +228,14 @@ def evaluate(row: str, seed: int | None, retriever_name: str, generator: str, ar
 def run_row(row: str, seed: int, args) -> None:
     if row in UNTRAINED:
         retriever = {"vanilla": "base", "oracle": "base"}.get(row, row)
-        return evaluate(row, None, retriever, BASE_GENERATOR, args, oracle=row == "oracle")
+        return evaluate(row, None, retriever, args.base_generator, args, oracle=row == "oracle")
     if row == "sft-gold":
         return evaluate(row, seed, "base", sft("base", seed, args), args)
     if row == "simple":
         return evaluate(row, seed, "mnrl", sft("mnrl", seed, args), args)
     if row == "gpo-only":
-        return evaluate(row, seed, "base", dpo(pairs(BASE_GENERATOR, "base", seed, args), BASE_GENERATOR, seed,
-                                               args), args)
+        return evaluate(row, seed, "base", dpo(pairs(args.base_generator, "base", seed, args), args.base_generator,
+                                               seed, args), args)
     retriever = "rpo" if row == "bporag" else "base"  # the retriever the generator is aligned under
     start = merged(sft(retriever, seed, args))
     generator = dpo(pairs(start, retriever, seed, args), start, seed, args)
@@ -238,9 +247,13 @@ def main():
     p.add_argument("--row", choices=UNTRAINED + TRAINED)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--table", action="store_true", help="print the tables from bench/results/gpo/")
-    p.add_argument("--work_dir", default="runs/gpo-table")
+    p.add_argument("--generator", choices=tuple(GENERATORS), default="smollm2",
+                   help="the base generator of every row: smollm2 (results in bench/results/gpo/) or the reader "
+                        "(256-token passages, max_length 1536; results in bench/results/reader_rows/)")
+    p.add_argument("--work_dir", default=None, help="default: runs/gpo-table[-reader]")
     p.add_argument("--rpo_retriever", default="runs/readme/retriever-rpo")
-    p.add_argument("--results_dir", default=str(RESULTS), help="where the per-question files go (and --table reads)")
+    p.add_argument("--results_dir", default=None, help="where the per-question files go (and --table reads); "
+                   "default: the generator's folder")
     p.add_argument("--file_tag", default=None,
                    help="written into the file names (<row>[-s<seed>]@<tag>-<data set>.json): a row measured again on "
                         "another CPU (--table compares each row with the vanilla of its own CPU)")
@@ -251,6 +264,8 @@ def main():
     p.add_argument("--num_samples", type=int, default=7)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
+    args.base_generator, args.passage_tokens, args.max_length, results, work = GENERATORS[args.generator]
+    args.results_dir, args.work_dir = args.results_dir or str(results), args.work_dir or work
     if args.threads:
         import torch
 
