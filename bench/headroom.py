@@ -9,7 +9,9 @@ Rows, on the first ``--test_queries`` (500) squad-dev test questions and all 100
 * ``closed-book``: the question alone, no passage (what the generator knows by itself);
 * ``vanilla``: the base retriever's (all-MiniLM-L6-v2) top k = 5 passages;
 * ``oracle``: the gold passage(s) first, then the base top k's other passages (the most a retriever can give);
-* ``rpo``: the top k of a tuned retriever (``--retriever``, default the README's Stage-1 folder): the paper's +RPO row.
+* ``rpo``: the top k of a tuned retriever (``--retriever``, default the README's Stage-1 folder): the paper's +RPO row;
+  ``--name rpo-<recipe>`` keeps one file per retriever (e.g. the ``retriever/`` that ``bench/rpo_table.py`` saves in
+  ``runs/rpo-table/work/<row>/``), each compared with vanilla in ``--table``.
 
 Both generators read the same prompt: the project's (default system prompt, the reply started with ``The answer is
 "``, which also helps the reader: oracle F1 0.546 against 0.503 without it on 40 squad-dev *dev* questions,
@@ -86,7 +88,7 @@ def run(row: str, tag: str, args) -> None:
         out = {"row": row, "seed": None, "dataset": f"{name}:{split_name}", "ids": list(split.ids), "f1": m["f1"],
                "em": m["exact_match"], "predictions": predictions, "generator": model_id, "retriever": retriever_id,
                "settings": pipe.settings.to_dict(), "dtype": str(gen.dtype).removeprefix("torch."), "seconds": round(seconds, 1), "hardware": hardware_summary()}
-        (RESULTS / f"{row}@{tag}-{name}.json").write_text(json.dumps(out))
+        (RESULTS / f"{args.name or row}@{tag}-{name}.json").write_text(json.dumps(out))
         print(json.dumps({"row": row, "generator": tag, "dataset": name, "f1": round(sum(m["f1"]) / len(split), 4),
                           "em": round(sum(m["exact_match"]) / len(split), 4),
                           "s_per_question": round(seconds / len(split), 2)}), flush=True)
@@ -98,7 +100,7 @@ def load(results: Path = RESULTS) -> dict:
     for path in sorted(results.glob("*@*-*.json")):
         row, rest = path.stem.split("@", 1)
         tag, name = rest.split("-", 1)
-        if row in ROWS + RETRIEVER_ROWS and tag in GENERATORS:
+        if (row in ROWS or row.split("-")[0] in RETRIEVER_ROWS) and tag in GENERATORS:
             found[(row, tag, name)] = json.loads(path.read_text())
     return found
 
@@ -139,9 +141,9 @@ def table(results: Path = RESULTS) -> str:
             lines.append(f"| {a} − {b} | " + " | ".join(
                 _ci(found[(r, a, name)]["f1"], found[(r, b, name)]["f1"]) for r in ROWS) + " | | | |")
         lines.append("")
-        for t in tags:
-            if ("rpo", t, name) in found:
-                rpo, van = found[("rpo", t, name)], found[("vanilla", t, name)]
+        for row, t, _ in sorted(k for k in found if k[2] == name and k[0].split("-")[0] in RETRIEVER_ROWS):
+            if t in tags:
+                rpo, van = found[(row, t, name)], found[("vanilla", t, name)]
                 assert rpo["ids"] == van["ids"], "question orders differ"
                 lines.append(f"- +RPO ({rpo['retriever']}'s top {K}), {GENERATORS[t][0].split('/')[-1]}: F1 "
                              f"{np.mean(rpo['f1']):.3f} / EM {np.mean(rpo['em']):.3f}; − vanilla: F1 "
@@ -201,6 +203,7 @@ def main():
     p.add_argument("--generator", choices=tuple(GENERATORS), default="reader")
     p.add_argument("--row", choices=ROWS + RETRIEVER_ROWS)
     p.add_argument("--retriever", default="runs/readme/retriever-rpo", help="the retriever of the rpo row")
+    p.add_argument("--name", default=None, help="the rpo row's file name, rpo-<recipe> (default: rpo)")
     p.add_argument("--table", action="store_true")
     p.add_argument("--choose_prompt", action="store_true", help="the reader's prompt on squad-dev dev questions")
     p.add_argument("--test_queries", type=int, default=500)

@@ -325,6 +325,8 @@ def main():
         else:
             info = rpo_row(args, work)
         model = info.pop("model")
+        if args.row != "base":  # kept for the +RPO row's answers: bench/headroom.py --row rpo --retriever <it>
+            model.save_pretrained(str(work / "retriever"))
         if args.smoke:
             print(json.dumps({"row": name, "smoke": True, "info": info}), flush=True)
             return

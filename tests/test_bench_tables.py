@@ -56,6 +56,9 @@ def test_headroom_table_pairs_rows_by_question(tmp_path):
     (tmp_path / "rpo@reader-squad-dev.json").write_text(json.dumps(
         {"row": "rpo", "dataset": "squad-dev:test", "ids": ids, "f1": [1.0] * 7 + [0.0], "em": [1.0] * 7 + [0.0],
          "retriever": "runs/tuned"}))
+    (tmp_path / "rpo-f1@reader-squad-dev.json").write_text(json.dumps(  # a second tuned retriever, by --name
+        {"row": "rpo", "dataset": "squad-dev:test", "ids": ids, "f1": [0.0] * 8, "em": [0.0] * 8,
+         "retriever": "runs/f1"}))
     table = headroom.table(tmp_path)
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     reader = next(line for line in lines if line.startswith("| Qwen2.5-Coder-0.5B-Instruct"))
@@ -65,6 +68,7 @@ def test_headroom_table_pairs_rows_by_question(tmp_path):
     assert "| 0.000 / 0.000 | 0.125 / 0.125 | 0.250 / 0.250 |" in smol
     assert next(line for line in lines if line.startswith("| reader − smollm2")).count("[") == 3
     assert "+RPO (runs/tuned's top 5), Qwen2.5-Coder-0.5B-Instruct: F1 0.875" in table
+    assert "+RPO (runs/f1's top 5), Qwen2.5-Coder-0.5B-Instruct: F1 0.000" in table
 
 
 def test_judge_agreement_counts_ordered_window_pairs():
