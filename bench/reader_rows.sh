@@ -6,9 +6,9 @@
 #   SEEDS="0" bash bench/reader_rows.sh       # one seed of the trained generator rows
 #   RPO_RETRIEVER=runs/rpo-table/work/rpo-reader-f1/retriever bash bench/reader_rows.sh   # BPO-RAG on that Stage 1
 #
-# Every step writes per-question files (bench/results/rpo_stage1-style rows under runs/rpo-table/, the +RPO answers in
-# bench/results/reader/, the generator rows in bench/results/reader_rows/) and is skipped when its files exist; the
-# work folders (pairs, adapters) are reused by the bench scripts themselves. The tables come last.
+# Every step writes per-question files (the Stage-1 rows in runs/rpo-table/, copied to bench/results/reader_stage1/ at
+# the end; the +RPO answers in bench/results/reader/; the generator rows in bench/results/reader_rows/) and is skipped
+# when its files exist; the work folders (pairs, adapters) are reused by the bench scripts themselves. Tables last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEEDS="${SEEDS:-0 1 2}"
@@ -52,6 +52,8 @@ for seed in $SEEDS; do
     done
 done
 
+mkdir -p bench/results/reader_stage1
+cp runs/rpo-table/{base,rpo-answer-hit,rpo-reader-f1,mnrl-answers,lsr}.json bench/results/reader_stage1/
 python bench/rpo_table.py --table --compare rpo-reader-f1:rpo-answer-hit,rpo-reader-f1:mnrl-answers,rpo-reader-f1:lsr
 python bench/headroom.py --table
 python bench/gpo_table.py --generator reader --table
