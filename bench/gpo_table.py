@@ -53,6 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import DATA, hardware_summary, print_machine  # noqa: E402
 
+from trl_bporag.packaged import READER  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "gpo"
 EVAL_SETS = (("squad-dev", "test"), ("hotpotqa-distractor", "test"))
@@ -66,7 +68,7 @@ BASE_GENERATOR = "HuggingFaceTB/SmolLM2-135M-Instruct"
 #: passages (at 96, 27 % of the squad-dev gold passages lose the answer's start: bench/headroom.py --answer_positions)
 GENERATORS = {
     "smollm2": (BASE_GENERATOR, PASSAGE_TOKENS, MAX_LENGTH, RESULTS, "runs/gpo-table"),
-    "reader": ("Qwen/Qwen2.5-Coder-0.5B-Instruct", 256, 1536, REPO / "bench" / "results" / "reader_rows",
+    "reader": (READER, 256, 1536, REPO / "bench" / "results" / "reader_rows",
                "runs/gpo-table-reader"),
 }
 

@@ -39,6 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import DATA, hardware_summary, print_machine  # noqa: E402
 
+from trl_bporag import DEFAULT_GENERATOR  # noqa: E402
+from trl_bporag.packaged import READER  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "reader"
 EVAL_SETS = (("squad-dev", "test"), ("hotpotqa-distractor", "test"))
@@ -47,9 +50,14 @@ RETRIEVER_ROWS = ("rpo",)  # the base generator under another retriever (--retri
 K = 5
 #: generator tag -> (model id, the settings it reads with)
 GENERATORS = {
-    "smollm2": ("HuggingFaceTB/SmolLM2-135M-Instruct", {"max_passage_tokens": 256}),
-    "reader": ("Qwen/Qwen2.5-Coder-0.5B-Instruct", {"max_passage_tokens": 256}),
+    "smollm2": (DEFAULT_GENERATOR, {"max_passage_tokens": 256}),
+    "reader": (READER, {"max_passage_tokens": 256}),
 }
+
+
+def is_retriever_row(row: str) -> bool:
+    """Whether a file's row is an ``rpo`` row (``rpo`` or ``rpo-<recipe>``, by ``--name``)."""
+    return row.split("-")[0] in RETRIEVER_ROWS
 
 
 def contexts(row: str, top: list[list[str]], gold: list[list[str]]) -> list[list[str]]:
@@ -87,7 +95,8 @@ def run(row: str, tag: str, args) -> None:
         m = per_query_metrics(ids, None, [pipe.passages(p) for p in ids], split.answers, predictions, ks=(K,))
         out = {"row": row, "seed": None, "dataset": f"{name}:{split_name}", "ids": list(split.ids), "f1": m["f1"],
                "em": m["exact_match"], "predictions": predictions, "generator": model_id, "retriever": retriever_id,
-               "settings": pipe.settings.to_dict(), "dtype": str(gen.dtype).removeprefix("torch."), "seconds": round(seconds, 1), "hardware": hardware_summary()}
+               "settings": pipe.settings.to_dict(), "dtype": str(gen.dtype).removeprefix("torch."),
+               "seconds": round(seconds, 1), "hardware": hardware_summary()}
         (RESULTS / f"{args.name or row}@{tag}-{name}.json").write_text(json.dumps(out))
         print(json.dumps({"row": row, "generator": tag, "dataset": name, "f1": round(sum(m["f1"]) / len(split), 4),
                           "em": round(sum(m["exact_match"]) / len(split), 4),
@@ -100,7 +109,7 @@ def load(results: Path = RESULTS) -> dict:
     for path in sorted(results.glob("*@*-*.json")):
         row, rest = path.stem.split("@", 1)
         tag, name = rest.split("-", 1)
-        if (row in ROWS or row.split("-")[0] in RETRIEVER_ROWS) and tag in GENERATORS:
+        if (row in ROWS or is_retriever_row(row)) and tag in GENERATORS:
             found[(row, tag, name)] = json.loads(path.read_text())
     return found
 
@@ -141,7 +150,7 @@ def table(results: Path = RESULTS) -> str:
             lines.append(f"| {a} − {b} | " + " | ".join(
                 _ci(found[(r, a, name)]["f1"], found[(r, b, name)]["f1"]) for r in ROWS) + " | | | |")
         lines.append("")
-        for row, t, _ in sorted(k for k in found if k[2] == name and k[0].split("-")[0] in RETRIEVER_ROWS):
+        for row, t, _ in sorted(k for k in found if k[2] == name and is_retriever_row(k[0])):
             if t in tags:
                 rpo, van = found[(row, t, name)], found[("vanilla", t, name)]
                 assert rpo["ids"] == van["ids"], "question orders differ"
@@ -214,6 +223,9 @@ def main():
     p.add_argument("--datasets", default=",".join(n for n, _ in EVAL_SETS), help="comma-separated: which data sets")
     p.add_argument("--dtype", default="float32", help="the generator's compute dtype ('auto': bf16 where native)")
     args = p.parse_args()
+    if args.name is not None and not (args.row in RETRIEVER_ROWS and is_retriever_row(args.name)):
+        p.error(f"--name {args.name!r}: names an rpo row's file and must start with 'rpo-' (with --row rpo); "
+                "--table reads no other name")
     import torch
 
     torch.set_num_threads(args.threads)

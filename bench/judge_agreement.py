@@ -35,12 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import DATA, hardware_summary, print_machine  # noqa: E402
 
+from trl_bporag import DEFAULT_GENERATOR  # noqa: E402
+from trl_bporag.packaged import READER  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results" / "reader"
 #: judge tag -> (RetrievalPreferenceBuilder judge, generator id or None)
 JUDGES = {
     "answer_hit": ("answer_hit", None),
-    "reader": ("generator_f1", "Qwen/Qwen2.5-Coder-0.5B-Instruct"),
-    "smollm2": ("generator_f1", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    "reader": ("generator_f1", READER),
+    "smollm2": ("generator_f1", DEFAULT_GENERATOR),
 }
 
 
@@ -59,7 +62,7 @@ def judge_all(tag: str, split, retriever, index, corpus, args) -> tuple[list[lis
     for qid, question, answers, ranked in zip(split.ids, split.questions, split.answers, rows):
         lists, seen = [], set()
         for name, lst in builder.candidate_lists(qid, [int(r) for r in ranked if r >= 0], []):
-            window = frozenset(lst[: builder.k])  # the builder's distinct windows (order does not matter)
+            window = builder._window_key(lst[: builder.k])  # the builder's own notion of a distinct window
             if window not in seen:
                 seen.add(window)
                 lists.append((name, lst[: builder.k]))

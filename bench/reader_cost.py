@@ -31,7 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATA  # noqa: E402
 from lm_head import _timer, _with_timer  # noqa: E402
 
-GENERATORS = {"reader": "Qwen/Qwen2.5-Coder-0.5B-Instruct", "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+from trl_bporag import DEFAULT_GENERATOR  # noqa: E402
+from trl_bporag.packaged import READER  # noqa: E402
+
+GENERATORS = {"reader": READER, "smollm2": DEFAULT_GENERATOR}
 
 
 def worker(args) -> None:

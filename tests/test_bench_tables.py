@@ -79,3 +79,13 @@ def test_judge_agreement_counts_ordered_window_pairs():
     assert judges.agreement(a, b) == {"pairs": 3, "same": 0.333, "tie": 0.333, "reversed": 0.333}
     assert judges.agreement(a, a) == {"pairs": 3, "same": 1.0, "tie": 0.0, "reversed": 0.0}
     assert judges.agreement([[0.0, 0.0]], [[1.0, 0.0]])["pairs"] == 0  # all ties under a: nothing to compare
+
+
+@pytest.mark.parametrize("argv", [["--row", "vanilla", "--name", "rpo-x"], ["--row", "rpo", "--name", "custom"]])
+def test_headroom_refuses_a_name_its_table_would_not_read(monkeypatch, capsys, argv):
+    headroom = pytest.importorskip("headroom")
+    monkeypatch.setattr("sys.argv", ["headroom.py", *argv])
+    with pytest.raises(SystemExit):
+        headroom.main()
+    assert "--name" in capsys.readouterr().err
+    assert headroom.is_retriever_row("rpo-reader-f1") and not headroom.is_retriever_row("closed-book")
