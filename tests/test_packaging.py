@@ -31,4 +31,4 @@ def test_a_missing_faiss_names_both_extras(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss raises ImportError
     with pytest.raises(ImportError, match=r"trl-bporag\[cpu\]' \(faiss-cpu\) or 'trl-bporag\[gpu\]' \(faiss-gpu\)"):
-        index._faiss()
+        index.load_faiss()

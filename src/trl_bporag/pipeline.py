@@ -66,6 +66,7 @@ class RAGPipeline(UsesRAGSettings):
         settings: RAGSettings | None = None,
         batch_size: int = 8,
         overwrite_index: bool | None = None,
+        index_options: dict | None = None,
         **overrides,
     ) -> RAGPipeline:
         """Build from ids/folders: a retriever (e.g. an RPO-tuned sentence-transformers folder) and a generator (a
@@ -89,7 +90,10 @@ class RAGPipeline(UsesRAGSettings):
         float32 on a CPU with AVX512-BF16 / AMX; answers can differ from float32 in rare near-ties), else float32
         (:func:`trl_bporag.hardware.compute_dtype`); pass ``"bfloat16"`` / ``"float32"`` to choose, or None for the
         model's own dtype. The retriever encodes the same way (``Retriever(dtype="auto")``). ``overwrite_index``
-        replaces an index of another model in ``index_dir`` (see :meth:`~trl_bporag.retrieval.DenseIndex.cached`)."""
+        replaces an index of another model in ``index_dir`` (see :meth:`~trl_bporag.retrieval.DenseIndex.cached`).
+        ``index_type`` may be a FAISS ``index_factory`` string (``"IVF4096,PQ48"``); ``index_options`` go to
+        :meth:`~trl_bporag.retrieval.DenseIndex.from_corpus` (``rescore``, ``nprobe``, ``ef_search``,
+        ``train_sample``, ``shard_size``, ``encode_devices``)."""
         import os
 
         from .artifacts import read_bporag_config, stage_settings
@@ -121,7 +125,7 @@ class RAGPipeline(UsesRAGSettings):
         ret = Retriever(retriever, score=score, query_prompt=query_prompt, passage_prompt=document_prompt)
         resolved = resolve_settings(base, **overrides)
         build = DenseIndex.cached if cache_index else DenseIndex.from_corpus
-        extra = {} if overwrite_index is None else {"overwrite": overwrite_index}
+        extra = {**(index_options or {}), **({} if overwrite_index is None else {"overwrite": overwrite_index})}
         index = build(ret, corpus, index_dir=index_dir, index_type=index_type, with_title=resolved.with_title, **extra)
         gen, tok = load_generator(gen_source, torch_dtype=generator_dtype) if gen_source else (None, None)
         return cls(ret, index, corpus, gen, tok, settings=resolved, batch_size=batch_size)

@@ -293,4 +293,7 @@ def apply_retriever_prompts(model, query_prompt: str | None = None, document_pro
 
 
 QUERY_PROMPT_HELP = "prompt before every query (e5: 'query: '); default: the retriever's own, saved with it"
+INDEX_TYPE_HELP = ("flat (exact), hnsw, ivf, or a FAISS index_factory string for a compressed index ('IVF4096,PQ48', "
+                   "'HNSW32,SQ8'); an --index_dir built with another type is refused")
+RESCORE_HELP = "re-score the index's top-N candidates exactly with the stored float32 vectors (a compressed index)"
 DOCUMENT_PROMPT_HELP = "prompt before every passage (e5: 'passage: '); default: the retriever's own, saved with it"

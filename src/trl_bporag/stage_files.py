@@ -136,13 +136,15 @@ PAIRS_CONFIG = {
 #: ``metadata.json`` of a saved :class:`~trl_bporag.retrieval.DenseIndex`.
 INDEX_METADATA = {
     "format_version": integer(1),
-    "index_type": choice("flat", "hnsw", "ivf", required=True),
+    "index_type": text(required=True, nullable=False),  # flat / hnsw / ivf, or a FAISS index_factory string
     "params": Key(lambda v: _is_dict(v) and all(x is None or _is_int(1)(x) for x in v.values()),
-                  "an object of positive integers (hnsw_m, ef_construction, ef_search, nlist, nprobe)", required=True),
+                  "an object of positive integers (hnsw_m, ef_construction, ef_search, nlist, nprobe, train_sample, "
+                  "rescore)", required=True),
     "dim": integer(1, required=True),
     "num_passages": integer(0),
     "index_sha256": text(),
-    "ids": Key(_list_of(_is_str), "a list of passage id strings", required=True),
+    "ids": Key(_list_of(_is_str), "a list of passage id strings"),  # absent when the ids stay in the shards
+    "shards_fingerprint": text(),
     "model_id": text(), "model_fingerprint": text(), "corpus_fingerprint": text(),
     "score": choice("cos", "dot", nullable=True), "normalized": boolean(nullable=True),
     "encode_dtype": choice("bfloat16", "float32", nullable=True), "with_title": boolean(nullable=True),

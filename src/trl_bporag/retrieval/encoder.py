@@ -187,12 +187,14 @@ class Retriever:
         return torch.autocast(self.model.device.type, dtype=getattr(torch, self.dtype))
 
     def encode(self, texts: Sequence[str], batch_size: int | None = None, show_progress_bar: bool | None = None,
-               prompt: str | None = None, kind: str | None = None) -> np.ndarray:
+               prompt: str | None = None, kind: str | None = None, pool: dict | None = None) -> np.ndarray:
         """Embeddings ``[n, d]`` (float32; L2-normalised for ``score="cos"``). Each distinct text is encoded once.
 
         ``kind`` ``"query"`` / ``"document"`` encodes through the model's own ``encode_query`` / ``encode_document``
         (its saved ``prompts`` and, for a Router model, its query / document route), as training does; ``prompt``,
-        when given, replaces the model's prompt. ``kind=None``: plain ``model.encode``."""
+        when given, replaces the model's prompt. ``kind=None``: plain ``model.encode``. ``pool``: a
+        sentence-transformers multi-process pool (``model.start_multi_process_pool``) to encode with; its workers
+        encode in float32."""
         if isinstance(texts, str):
             raise ValueError("texts: expected a list of strings, got a single string")
         if kind not in (None, "query", "document"):
@@ -215,6 +217,7 @@ class Retriever:
                     show_progress_bar=show,
                     convert_to_numpy=True,
                     normalize_embeddings=self.normalize,
+                    **({"pool": pool} if pool is not None else {}),
                 ).astype(np.float32, copy=False)
             self.num_encoded += len(missing)
             new = dict(zip(missing, emb))

@@ -10,33 +10,39 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .storage import INDEX_FILE, META_FILE, folder_lock, read_meta, sha256, temp_name
+from .factory import (
+    BUILTIN_TYPES,
+    array_chunks,
+    build_index,
+    check_train_sample,
+    is_factory,
+    ivf_lists,
+    load_faiss,
+    new_index,
+    rescore,
+    set_search_params,
+)
+from .index_hub import IndexHubMixin
+from .passages import is_corpus, passage_fingerprint
+from .shards import DEFAULT_SHARD_SIZE, ShardIds, ShardSet, encode_shards
+from .storage import INDEX_FILE, META_FILE, VECTORS_FILE, check_meta, folder_lock, read_meta, sha256, temp_name
 
 logger = logging.getLogger(__name__)
 
-INDEX_TYPES = ("flat", "hnsw", "ivf")
+INDEX_TYPES = BUILTIN_TYPES
 FORMAT_VERSION = 1
 
 
-def _faiss():
-    try:
-        import faiss
-    except ImportError as err:
-        raise ImportError("DenseIndex needs FAISS, which comes in one of two builds: pip install 'trl-bporag[cpu]' "
-                          "(faiss-cpu) or 'trl-bporag[gpu]' (faiss-gpu), not both (they ship the same module)") from err
-    return faiss
-
-
 def gpu_available() -> bool:
-    faiss = _faiss()
+    faiss = load_faiss()
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
@@ -45,91 +51,123 @@ def default_index_dir(retriever, corpus, index_type: str = "flat", with_title: b
     from trl_bporag.models import cache_dir
 
     precision = f"-{retriever.dtype}" if getattr(retriever, "dtype", None) else ""
+    kind = re.sub(r"[^A-Za-z0-9]+", "_", index_type)  # "IVF4096,PQ48" -> "IVF4096_PQ48"
     return cache_dir() / "indexes" / (
-        f"{corpus.fingerprint(with_title)[:12]}-{retriever.passage_fingerprint()[:12]}-{index_type}{precision}"
+        f"{passage_fingerprint(corpus, with_title)[:12]}-{retriever.passage_fingerprint()[:12]}-{kind}{precision}"
     )
 
 
-class DenseIndex:
+class DenseIndex(IndexHubMixin):
     """Inner-product search over passage embeddings.
 
     Args:
-        embeddings: ``[n, d]`` float32 passage embeddings (normalised for cosine retrieval).
-        ids: the ``n`` passage ids, in row order.
-        index_type: ``"flat"`` (exact, default), ``"hnsw"`` or ``"ivf"``.
+        embeddings: ``[n, d]`` float32 passage embeddings (normalised for cosine retrieval), or a
+            :class:`~trl_bporag.retrieval.shards.ShardSet` (vectors memory-mapped on disk, added shard by shard).
+        ids: the ``n`` passage ids, in row order (default for a ShardSet: its ids).
+        index_type: ``"flat"`` (exact, default), ``"hnsw"``, ``"ivf"``, or any FAISS ``index_factory`` string
+            (``"IVF4096,PQ48"``, ``"OPQ48,IVF16384,PQ48"``, ``"HNSW32,SQ8"``...) for a compressed index.
         hnsw_m: HNSW graph degree.
         ef_construction: HNSW beam width while building.
-        ef_search: HNSW beam width while searching.
-        nlist: IVF lists (default ``4*sqrt(n)``, at most ``n/39``).
-        nprobe: IVF lists probed per query.
-        use_gpu: move a flat / IVF index to the GPU (default: when faiss-gpu sees a GPU). HNSW stays on the CPU.
+        ef_search: HNSW beam width while searching (also inside a factory index).
+        nlist: IVF lists (default ``4*sqrt(n)``, at most ``n/39``; a factory string names its own).
+        nprobe: IVF lists probed per query (also inside a factory index).
+        train_sample: vectors a trained index learns from (default: all of them for ``"ivf"``; for a factory
+            string, max(100,000, 64 per IVF list) or the corpus if smaller); more than the corpus is a ``ValueError``.
+        rescore: re-score the compressed index's top-``rescore`` candidates exactly with the stored float32 vectors
+            (kept in memory for an array, memory-mapped for shards / a saved ``vectors.npy``) and return the best k.
+        use_gpu: move the index to the GPU (default: when faiss-gpu sees a GPU). HNSW stays on the CPU.
         metadata: extra fields stored in ``metadata.json`` (model id, fingerprints, ...).
     """
 
     def __init__(
         self,
-        embeddings: np.ndarray,
-        ids: Sequence[str],
+        embeddings,
+        ids: Sequence[str] | None = None,
         index_type: str = "flat",
         hnsw_m: int = 32,
         ef_construction: int = 200,
         ef_search: int = 128,
         nlist: int | None = None,
         nprobe: int = 16,
+        train_sample: int | None = None,
+        rescore: int | None = None,
         use_gpu: bool | None = None,
         metadata: dict | None = None,
         _index=None,
+        _vectors=None,
     ):
-        if index_type not in INDEX_TYPES:
-            raise ValueError(f"index_type: expected one of {INDEX_TYPES}, got {index_type!r}")
-        faiss = _faiss()
-        self.ids = list(ids)
+        faiss = load_faiss()
+        if not isinstance(index_type, str) or not index_type.strip():
+            raise ValueError(f"index_type: expected one of {INDEX_TYPES} or a FAISS index_factory string, got "
+                             f"{index_type!r}")
+        shards = embeddings if isinstance(embeddings, ShardSet) else None
+        if ids is None:
+            if shards is None:
+                raise ValueError("ids: the passage ids are required (one per row of embeddings)")
+            ids = shards.ids
+        self.ids = ids if isinstance(ids, ShardIds) else list(ids)
         self.index_type = index_type
-        self.params = {"hnsw_m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search, "nprobe": nprobe}
+        self.params = {"hnsw_m": hnsw_m, "ef_construction": ef_construction, "ef_search": ef_search, "nprobe": nprobe,
+                       "train_sample": None, "rescore": None}
         self.metadata = dict(metadata or {})
+        self._shards = shards
+        self._vectors = _vectors  # rows -> their float32 vectors (for exact re-scoring)
         if _index is None:
-            emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-            if emb.ndim != 2 or emb.shape[0] != len(self.ids):
-                raise ValueError(f"embeddings: expected shape [{len(self.ids)}, d] (one row per id), got {emb.shape}")
-            if len(set(self.ids)) != len(self.ids):
-                raise ValueError("ids: passage ids must be unique")
-            if not np.isfinite(emb).all():
-                raise ValueError("embeddings: contain NaN or inf")
-            n, d = emb.shape
-            if index_type == "flat":
-                index = faiss.IndexFlatIP(d)
-            elif index_type == "hnsw":
-                index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-                index.hnsw.efConstruction = ef_construction
+            if shards is not None:
+                n, d, chunks, self._vectors = len(shards), shards.dim, shards.chunks, shards.vectors
+                if len(self.ids) != n:
+                    raise ValueError(f"ids: {len(self.ids)} ids for {n} vectors in {shards.folder}")
             else:
-                nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
-                if n < nlist:
-                    raise ValueError(f"index_type='ivf': training {nlist} IVF lists needs at least {nlist} passages, "
-                                     f"got {n}; use index_type='flat' for a corpus this small (or a smaller nlist)")
-                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-                index.train(emb)
-            index.add(emb)
-            self.params["nlist"] = nlist if index_type == "ivf" else None
+                emb = np.ascontiguousarray(embeddings, dtype=np.float32)
+                if emb.ndim != 2 or emb.shape[0] != len(self.ids):
+                    raise ValueError(f"embeddings: expected shape [{len(self.ids)}, d] (one row per id), got "
+                                     f"{emb.shape}")
+                if not np.isfinite(emb).all():
+                    raise ValueError("embeddings: contain NaN or inf")
+                n, d, chunks = *emb.shape, array_chunks(emb)
+                if rescore:
+                    self._vectors = emb.__getitem__
+            if not isinstance(self.ids, ShardIds) and len(set(self.ids)) != len(self.ids):
+                raise ValueError("ids: passage ids must be unique")
+            index, trained_on, nlist = build_index(index_type, d, chunks, n, hnsw_m, ef_construction, nlist,
+                                                   train_sample, use_gpu=bool(use_gpu) and gpu_available())
+            self.params.update(nlist=nlist, train_sample=trained_on or None)
         else:
             index = _index
-            self.params["nlist"] = getattr(index, "nlist", None)
-        self._apply_search_params(index)
+            self.params["nlist"] = ivf_lists(index)
+            self.params["train_sample"] = train_sample
         self.dim = index.d
         self._cpu_index = index
         self._index = index
+        self.configure(rescore=rescore)
         self.on_gpu = False
-        if (use_gpu or (use_gpu is None and gpu_available())) and index_type != "hnsw":
+        if (use_gpu or (use_gpu is None and gpu_available())) and "hnsw" not in type(index).__name__.lower():
             if not gpu_available():
                 raise ValueError("use_gpu=True but FAISS sees no GPU (install faiss-gpu on a machine with a GPU)")
             self._gpu_res = faiss.StandardGpuResources()
             self._index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
             self.on_gpu = True
 
-    def _apply_search_params(self, index) -> None:
+    def configure(self, nprobe: int | None = None, ef_search: int | None = None, rescore: int | None = None) -> None:
+        """Set the search parameters: IVF lists probed, HNSW beam width, exact re-scoring depth (0 turns it off)."""
+        for name, value in (("nprobe", nprobe), ("ef_search", ef_search), ("rescore", rescore)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if rescore is not None:
+            if rescore and self._vectors is None:
+                raise ValueError("rescore: this index keeps no float32 vectors to re-score with (build it with "
+                                 "rescore=..., or from shards)")
+            self.params["rescore"] = rescore or None
+        self.params.update({k: v for k, v in (("nprobe", nprobe), ("ef_search", ef_search)) if v is not None})
+        index = self._cpu_index
         if self.index_type == "hnsw":
             index.hnsw.efSearch = self.params["ef_search"]
         elif self.index_type == "ivf":
             index.nprobe = self.params["nprobe"]
+        elif is_factory(self.index_type):
+            set_search_params(index, self.params["nprobe"], self.params["ef_search"])
+        if getattr(self, "on_gpu", False) and self.params.get("nlist"):
+            self._index.nprobe = self.params["nprobe"]
 
     def __len__(self) -> int:
         return self._index.ntotal
@@ -154,23 +192,42 @@ class DenseIndex:
         of *another* model, corpus or index type is refused with a ``ValueError`` (the user's data is not
         overwritten) unless ``overwrite=True``. Processes building into the same folder take turns (a file lock): the
         first builds and saves, the others load its result.
+
+        ``corpus`` may also be read lazily (a ``corpus.jsonl`` / BEIR folder, an Arrow folder or a ``Dataset``), and
+        ``shard_size`` / ``encode_devices`` ask for the streaming encoder: the passages are then encoded shard by shard
+        into ``index_dir/shards`` (resumable; :func:`~trl_bporag.retrieval.shards.encode_shards`, with a
+        sentence-transformers multi-process pool on ``encode_devices``) and the index filled from the memory-mapped
+        shards, which also serve ``rescore``. The search parameters ``nprobe`` / ``ef_search`` / ``rescore`` given
+        here apply to a reused index too.
         """
-        corpus_fp = corpus.fingerprint(with_title)
+        shard_size, devices = kwargs.pop("shard_size", None), kwargs.pop("encode_devices", None)
+        if not is_corpus(corpus) and index_dir is None:
+            raise ValueError("index_dir: a corpus read lazily is encoded in shards on disk; pass the folder to keep "
+                             "them and the index in (--output_dir)")
         expect = {
             "model_fingerprint": retriever.passage_fingerprint(),
-            "corpus_fingerprint": corpus_fp,
+            "corpus_fingerprint": passage_fingerprint(corpus, with_title),
             "index_type": index_type,
             "score": retriever.score,
-            "encode_dtype": getattr(retriever, "dtype", None),
+            "encode_dtype": None if devices else getattr(retriever, "dtype", None),
         }
+        sharded = index_dir is not None and (shard_size is not None or devices is not None or not is_corpus(corpus))
+        shard_args = {"shard_size": shard_size or DEFAULT_SHARD_SIZE, "devices": devices, "overwrite": overwrite,
+                      "folder": Path(index_dir or ".") / "shards"} if sharded else None
+        search = {key: kwargs[key] for key in ("nprobe", "ef_search", "rescore") if key in kwargs}
+        if is_factory(index_type):  # a bad string or sample is refused before any passage is encoded
+            empty = new_index(index_type, retriever.dim)
+            if is_corpus(corpus):
+                check_train_sample(empty, index_type, len(corpus), kwargs.get("train_sample"))
         if index_dir is None:
-            return cls._build(retriever, corpus, expect, with_title, index_type, **kwargs)
+            return cls._build(retriever, corpus, expect, with_title, index_type, shard_args, **kwargs)
         with folder_lock(Path(index_dir)):  # one process builds; the others wait, then load what it saved
             meta = read_meta(Path(index_dir))
             if isinstance(meta, dict) and all(meta.get(key) == value for key, value in expect.items()):
                 try:
                     index = cls.load(index_dir, retriever=retriever, corpus=corpus, with_title=with_title,
                                      use_gpu=kwargs.get("use_gpu"))
+                    index.configure(**search)
                     logger.info("Reusing the index in %s (model and corpus unchanged)", index_dir)
                     return index
                 except ValueError as err:
@@ -187,7 +244,7 @@ class DenseIndex:
                                      f"to replace it")
                 logger.warning("The index in %s was built for another %s: replacing it", index_dir,
                                "/".join(k.split("_")[0] for k in differs))
-            index = cls._build(retriever, corpus, expect, with_title, index_type, **kwargs)
+            index = cls._build(retriever, corpus, expect, with_title, index_type, shard_args, **kwargs)
             try:
                 index.save(index_dir)
             except OSError as err:  # read-only or full disk: the index is still right, only not kept
@@ -196,9 +253,14 @@ class DenseIndex:
             return index
 
     @classmethod
-    def _build(cls, retriever, corpus, expect: dict, with_title: bool, index_type: str, **kwargs) -> DenseIndex:
+    def _build(cls, retriever, corpus, expect: dict, with_title: bool, index_type: str, shard_args: dict | None,
+               **kwargs) -> DenseIndex:
         start = time.perf_counter()
-        emb = retriever.encode_passages(corpus.passages(with_title))
+        if shard_args is not None:
+            emb = encode_shards(retriever, corpus, with_title=with_title, **shard_args)
+            ids = emb.ids
+        else:
+            emb, ids = retriever.encode_passages(corpus.passages(with_title)), corpus.ids
         metadata = {
             "model_id": retriever.model_id,
             "model_fingerprint": expect["model_fingerprint"],
@@ -209,7 +271,7 @@ class DenseIndex:
             "with_title": with_title,
             "encode_seconds": round(time.perf_counter() - start, 3),
         }
-        return cls(emb, corpus.ids, index_type=index_type, metadata=metadata, **kwargs)
+        return cls(emb, ids, index_type=index_type, metadata=metadata, **kwargs)
 
     @classmethod
     def cached(
@@ -247,7 +309,10 @@ class DenseIndex:
             raise ValueError(f"query_embeddings: row(s) {bad[:5].tolist()} hold NaN or inf (an encoder that overflowed?"
                              "); no passage can be ranked for them")
         k_eff = min(k, len(self))
-        scores, rows = self._index.search(q, k_eff)
+        depth = min(max(k_eff, self.params["rescore"] or 0), len(self))
+        scores, rows = self._index.search(q, depth)
+        if self.params["rescore"]:  # exact inner products of the compressed index's candidates
+            scores, rows = rescore(q, rows, self._vectors, k_eff)
         return scores, rows
 
     def search_ids(self, query_embeddings: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
@@ -257,14 +322,19 @@ class DenseIndex:
 
     def embeddings(self) -> np.ndarray:
         """The stored passage vectors ``[n, d]`` (reconstructed from the FAISS index)."""
+        if self._vectors is not None:
+            return np.asarray(self._vectors(np.arange(len(self))), dtype=np.float32)
         index = self._cpu_index
-        if self.index_type == "ivf":
-            index.make_direct_map()
+        if ivf_lists(index):
+            self._faiss_ivf().make_direct_map()
         return index.reconstruct_n(0, index.ntotal)
+
+    def _faiss_ivf(self):
+        return load_faiss().extract_index_ivf(self._cpu_index)
 
     # -- persistence --------------------------------------------------------------------------------------------
     def save(self, index_dir: str | os.PathLike) -> Path:
-        faiss = _faiss()
+        faiss = load_faiss()
         out = Path(index_dir)
         out.mkdir(parents=True, exist_ok=True)
         tmp_index = temp_name(out, INDEX_FILE)
@@ -280,8 +350,14 @@ class DenseIndex:
                 "dim": self.dim,
                 "num_passages": len(self.ids),
                 "index_sha256": sha,
-                "ids": self.ids,
             }
+            shards = self._shards
+            if shards is not None and (out / "shards").resolve() == shards.folder.resolve():
+                meta["shards_fingerprint"] = shards.fingerprint  # the ids and vectors stay in the shards
+            else:
+                meta["ids"] = list(self.ids)
+                if self.params["rescore"]:
+                    self._save_vectors(out)
             tmp_meta.write_text(json.dumps(meta))
             # index first, then the metadata that vouches for it: a reader between the two sees a sha mismatch
             # (rebuilt by from_corpus), never a wrong index accepted
@@ -292,100 +368,27 @@ class DenseIndex:
                 tmp.unlink(missing_ok=True)
         return out
 
-    # -- compatibility --------------------------------------------------------------------------------------------
-    @staticmethod
-    def _check_meta(where, meta: dict, retriever=None, corpus=None, with_title: bool | None = None,
-                    num_passages: int | None = None) -> None:
-        if retriever is not None:
-            dim = retriever.dim
-            if meta.get("dim") is not None and dim != meta["dim"]:
-                raise ValueError(
-                    f"{where}: index dim {meta['dim']} (model {meta.get('model_id')!r}) does not match the retriever's "
-                    f"dim {dim} (model {retriever.model_id!r})"
-                )
-            if meta.get("score") and meta["score"] != retriever.score:
-                raise ValueError(f"{where}: index built for score {meta['score']!r}, retriever uses "
-                                 f"{retriever.score!r}")
-            if meta.get("model_fingerprint") and meta["model_fingerprint"] != retriever.passage_fingerprint():
-                raise ValueError(
-                    f"{where}: index built with model {meta.get('model_id')!r} (fingerprint "
-                    f"{meta['model_fingerprint'][:12]}), not with this retriever {retriever.model_id!r} (fingerprint "
-                    f"{retriever.passage_fingerprint()[:12]}); rebuild it with DenseIndex.from_corpus"
-                )
-        if corpus is not None:
-            n = num_passages if num_passages is not None else len(meta.get("ids", ()))
-            if n != len(corpus):
-                raise ValueError(f"{where}: index built for another corpus: index holds {n} passages but the corpus "
-                                 f"has {len(corpus)}")
-            ids = meta.get("ids")
-            if ids is not None and list(ids) != list(corpus.ids):
-                row = next(i for i, (a, b) in enumerate(zip(ids, corpus.ids)) if a != b)
-                raise ValueError(
-                    f"{where}: index passage ids differ from the corpus ids (row {row}: index {ids[row]!r}, corpus "
-                    f"{corpus.ids[row]!r}); the index must be built from this corpus, in this order"
-                )
-            wt = meta.get("with_title", True) if with_title is None else with_title
-            if meta.get("corpus_fingerprint") and meta["corpus_fingerprint"] != corpus.fingerprint(wt):
-                raise ValueError(f"{where}: index built for another corpus (corpus fingerprint differs); rebuild it")
+    def _save_vectors(self, out: Path) -> None:
+        """Write the float32 vectors used for re-scoring to ``out/vectors.npy``, chunk by chunk."""
+        tmp = temp_name(out, VECTORS_FILE)
+        try:
+            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(self), self.dim))
+            for start in range(0, len(self), 65_536):
+                rows = np.arange(start, min(start + 65_536, len(self)))
+                array[rows] = self._vectors(rows)
+            array.flush()
+            del array
+            os.replace(tmp, out / VECTORS_FILE)
+        finally:
+            tmp.unlink(missing_ok=True)
 
+    # -- compatibility --------------------------------------------------------------------------------------------
     def check_compatible(self, retriever=None, corpus=None, with_title: bool | None = None) -> None:
         """Raise ``ValueError`` unless this index can serve ``retriever`` over ``corpus``: same number of passages and
         passage ids in the same order, and, where the metadata records them (indexes from :meth:`from_corpus`), the
         same embedding dimension, score, retriever weights (fingerprint) and corpus texts (fingerprint)."""
         meta = {**self.metadata, "dim": self.dim, "ids": self.ids}
-        self._check_meta("index", meta, retriever, corpus, with_title, num_passages=len(self))
-
-    def card(self, repo_id: str | None = None) -> str:
-        """The ``README.md`` pushed with the index (:func:`trl_bporag.hub.index_card`)."""
-        from trl_bporag.hub import index_card
-
-        return index_card(self, repo_id)
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        repo_type: str = "dataset",
-        private: bool | None = None,
-        token: str | None = None,
-        revision: str | None = None,
-        commit_message: str | None = None,
-    ) -> str:
-        """Upload the index to a Hub repo (a dataset repo by default): ``index.faiss``, ``metadata.json`` (as
-        :meth:`save` writes them) and a ``README.md`` card. Returns the commit URL. Read it back with
-        :meth:`from_pretrained`."""
-        import tempfile
-
-        from trl_bporag.hub import push_folder_to_hub
-
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save(tmp)
-            (Path(tmp) / "README.md").write_text(self.card(repo_id))
-            return push_folder_to_hub(
-                tmp, repo_id, repo_type=repo_type, private=private, token=token, revision=revision,
-                commit_message=commit_message or f"Upload a {self.index_type} index of {len(self)} passages",
-            )
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        repo_id_or_path: str | os.PathLike,
-        *,
-        repo_type: str = "dataset",
-        revision: str | None = None,
-        token: str | None = None,
-        **load_kwargs,
-    ) -> DenseIndex:
-        """Load an index from a local folder or a Hub repo id (downloaded with ``huggingface_hub.snapshot_download``).
-
-        ``load_kwargs`` go to :meth:`load` (``retriever=``, ``corpus=``, ``use_gpu=``, ...), so the same checks apply:
-        a corrupt file, or an index built for another retriever or corpus, is refused.
-        """
-        from trl_bporag.hub import snapshot
-
-        folder = snapshot(repo_id_or_path, repo_type=repo_type, revision=revision, token=token,
-                          allow_patterns=[INDEX_FILE, META_FILE, "README.md"])
-        return cls.load(folder, **load_kwargs)
+        check_meta("index", meta, retriever, corpus, with_title, num_passages=len(self))
 
     @classmethod
     def load(
@@ -401,7 +404,7 @@ class DenseIndex:
 
         ``verify`` checks the FAISS file's sha256 against the metadata (a truncated or corrupt file is refused).
         """
-        faiss = _faiss()
+        faiss = load_faiss()
         root = Path(index_dir)
         meta_path, index_path = root / META_FILE, root / INDEX_FILE
         if not meta_path.is_file() or not index_path.is_file():
@@ -411,33 +414,51 @@ class DenseIndex:
             raise ValueError(meta if str(meta_path) in meta else f"{meta_path}: corrupt metadata ({meta})")
         if verify and meta.get("index_sha256") and sha256(index_path) != meta["index_sha256"]:
             raise ValueError(f"{index_path}: the file does not match the sha256 in {META_FILE} (truncated or corrupt)")
-        cls._check_meta(root, meta, retriever, corpus, with_title)
+        check_meta(root, meta, retriever, corpus, with_title)
         try:
             index = faiss.read_index(str(index_path))
         except RuntimeError as err:
             raise ValueError(f"{index_path}: cannot read the FAISS index ({str(err).splitlines()[0][:200]})") from None
         kind = "hnsw" if hasattr(index, "hnsw") else "ivf" if hasattr(index, "nlist") else "flat"
-        if kind != meta["index_type"]:
+        if not is_factory(meta["index_type"]) and kind != meta["index_type"]:
             raise ValueError(f"{index_path}: holds a {kind} index, but {META_FILE} says index_type "
                              f"{meta['index_type']!r}")
-        if index.ntotal != len(meta["ids"]) or index.d != meta["dim"]:
+        shards, vectors, ids = None, None, meta.get("ids")
+        if meta.get("shards_fingerprint"):
+            shards = ShardSet(root / "shards")
+            if shards.fingerprint != meta["shards_fingerprint"]:
+                raise ValueError(f"{root / 'shards'}: these shards are not the ones the index was built from "
+                                 f"(another corpus, retriever or shard size); rebuild the index")
+            ids, vectors = shards.ids, shards.vectors
+        elif (root / VECTORS_FILE).is_file():
+            stored = np.load(root / VECTORS_FILE, mmap_mode="r")
+            if stored.shape != (index.ntotal, index.d) or stored.dtype != np.float32:
+                raise ValueError(f"{root / VECTORS_FILE}: holds {stored.shape} {stored.dtype}, expected "
+                                 f"({index.ntotal}, {index.d}) float32 (truncated or from another index)")
+            vectors = stored.__getitem__
+        if ids is None:
+            raise ValueError(f"{meta_path}: holds no passage ids and no shards_fingerprint")
+        if index.ntotal != len(ids) or index.d != meta["dim"]:
             raise ValueError(
-                f"{index_path}: holds {index.ntotal} vectors of dim {index.d}, metadata says {len(meta['ids'])} of "
+                f"{index_path}: holds {index.ntotal} vectors of dim {index.d}, metadata says {len(ids)} of "
                 f"dim {meta['dim']}"
             )
         params = meta["params"]
         extra = {k: v for k, v in meta.items() if k not in {"ids", "params", "index_type", "dim", "format_version",
-                                                            "num_passages", "index_sha256"}}
+                                                            "num_passages", "index_sha256", "shards_fingerprint"}}
         return cls(
-            None,
-            meta["ids"],
+            shards,
+            ids,
             index_type=meta["index_type"],
             hnsw_m=params.get("hnsw_m", 32),
             ef_construction=params.get("ef_construction", 200),
             ef_search=params.get("ef_search", 128),
             nlist=params.get("nlist"),
             nprobe=params.get("nprobe", 16),
+            train_sample=params.get("train_sample"),
+            rescore=params.get("rescore"),
             use_gpu=use_gpu,
             metadata=extra,
             _index=index,
+            _vectors=vectors,
         )

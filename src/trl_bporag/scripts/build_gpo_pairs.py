@@ -25,7 +25,14 @@ from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, DenseIndex, Retriev
 from trl_bporag.hardware import DTYPE_CHOICES
 from trl_bporag.preferences import GenerationPreferenceBuilder
 from trl_bporag.scripts import start_script
-from trl_bporag.settings import DOCUMENT_PROMPT_HELP, QUERY_PROMPT_HELP, GPOPairSettings, RAGSettings
+from trl_bporag.settings import (
+    DOCUMENT_PROMPT_HELP,
+    INDEX_TYPE_HELP,
+    QUERY_PROMPT_HELP,
+    RESCORE_HELP,
+    GPOPairSettings,
+    RAGSettings,
+)
 from trl_bporag.utils import check_positive_ints, distributed_state
 
 
@@ -47,6 +54,8 @@ class GPOBuildArguments:
         "help": "auto (bf16 where the hardware computes it natively, else float32) | bfloat16 | float32",
         "choices": list(DTYPE_CHOICES)})
     index_dir: str | None = field(default=None)
+    index_type: str = field(default="flat", metadata={"help": INDEX_TYPE_HELP})
+    rescore: int | None = field(default=None, metadata={"help": RESCORE_HELP})
     no_resume: bool = field(default=False, metadata={"help": "start over instead of resuming"})
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub dataset repo id"})
 
@@ -63,7 +72,8 @@ def main(args: GPOBuildArguments, recipe: GPOPairSettings | None = None, setting
     data = load_rag_dataset(args.dataset, args.split)
     retriever = Retriever(args.retriever, query_prompt=args.query_prompt, passage_prompt=args.document_prompt)
     with state.main_process_first():  # the main process builds (or reuses) the index, the others load it
-        index = DenseIndex.cached(retriever, data.corpus, index_dir=args.index_dir, with_title=settings.with_title)
+        index = DenseIndex.cached(retriever, data.corpus, index_dir=args.index_dir, index_type=args.index_type,
+                                  rescore=args.rescore, with_title=settings.with_title)
     gen, tok = load_generator(args.generator, torch_dtype=args.generator_dtype, device=str(state.device))
     if hasattr(gen, "merge_and_unload"):  # a frozen adapter (an SFT start): merged, answers cost the base model's time
         gen = gen.merge_and_unload()

@@ -28,7 +28,15 @@ from trl_bporag import DEFAULT_GENERATOR, DEFAULT_RETRIEVER, DenseIndex, Retriev
 from trl_bporag.hardware import DTYPE_CHOICES
 from trl_bporag.preferences import GENERATOR_JUDGES, RetrievalPreferenceBuilder
 from trl_bporag.scripts import start_script
-from trl_bporag.settings import DOCUMENT_PROMPT_HELP, PASSAGE_JUDGES, QUERY_PROMPT_HELP, RAGSettings, RPOPairSettings
+from trl_bporag.settings import (
+    DOCUMENT_PROMPT_HELP,
+    INDEX_TYPE_HELP,
+    PASSAGE_JUDGES,
+    QUERY_PROMPT_HELP,
+    RESCORE_HELP,
+    RAGSettings,
+    RPOPairSettings,
+)
 from trl_bporag.utils import check_positive_ints, distributed_state
 
 
@@ -53,6 +61,8 @@ class BuildArguments:
         "help": "auto (bf16 where the hardware computes it natively, else float32) | bfloat16 | float32",
         "choices": list(DTYPE_CHOICES)})
     index_dir: str | None = field(default=None)
+    index_type: str = field(default="flat", metadata={"help": INDEX_TYPE_HELP})
+    rescore: int | None = field(default=None, metadata={"help": RESCORE_HELP})
     no_resume: bool = field(default=False, metadata={"help": "start over instead of resuming"})
     push_to_hub: str | None = field(default=None, metadata={"help": "Hub dataset repo id"})
 
@@ -70,7 +80,8 @@ def main(args: BuildArguments, recipe: RPOPairSettings | None = None, settings: 
     data = load_rag_dataset(args.dataset, args.split, require_answers=recipe.judge not in PASSAGE_JUDGES)
     retriever = Retriever(args.retriever, query_prompt=args.query_prompt, passage_prompt=args.document_prompt)
     with state.main_process_first():  # the main process builds (or reuses) the index, the others load it
-        index = DenseIndex.cached(retriever, data.corpus, index_dir=args.index_dir, with_title=settings.with_title)
+        index = DenseIndex.cached(retriever, data.corpus, index_dir=args.index_dir, index_type=args.index_type,
+                                  rescore=args.rescore, with_title=settings.with_title)
     gen = tok = None
     if recipe.judge in GENERATOR_JUDGES:
         gen, tok = load_generator(args.generator, torch_dtype=args.generator_dtype, device=str(state.device))

@@ -24,7 +24,13 @@ from trl_bporag import DEFAULT_GENERATOR, RAGPipeline, load_rag_dataset
 from trl_bporag.hardware import DTYPE_CHOICES
 from trl_bporag.retrieval.index import default_index_dir
 from trl_bporag.scripts import start_script
-from trl_bporag.settings import DOCUMENT_PROMPT_HELP, QUERY_PROMPT_HELP, RAGSettingsOverrides
+from trl_bporag.settings import (
+    DOCUMENT_PROMPT_HELP,
+    INDEX_TYPE_HELP,
+    QUERY_PROMPT_HELP,
+    RESCORE_HELP,
+    RAGSettingsOverrides,
+)
 from trl_bporag.utils import check_positive_ints
 
 
@@ -44,7 +50,8 @@ class EvalArguments:
         "help": "cos | dot (default: the retriever's own similarity function, as it was trained)"})
     query_prompt: str | None = field(default=None, metadata={"help": QUERY_PROMPT_HELP})
     document_prompt: str | None = field(default=None, metadata={"help": DOCUMENT_PROMPT_HELP})
-    index_type: str = field(default="flat", metadata={"help": "flat (exact), hnsw or ivf"})
+    index_type: str = field(default="flat", metadata={"help": INDEX_TYPE_HELP})
+    rescore: int | None = field(default=None, metadata={"help": RESCORE_HELP})
     index_dir: str | None = field(default=None, metadata={"help": "index cache folder (default: under the cache dir)"})
     overwrite_index: bool = field(default=False, metadata={
         "help": "replace an index of another model/corpus/type in --index_dir (refused otherwise)"})
@@ -95,7 +102,8 @@ def main(args: EvalArguments, settings: RAGSettingsOverrides | None = None, answ
         retriever=args.retriever, generator=None if args.retrieval_only else args.generator, corpus=data.corpus,
         index_dir=args.index_dir, index_type=args.index_type, score=args.score, query_prompt=args.query_prompt,
         document_prompt=args.document_prompt, generator_dtype=args.generator_dtype,
-        batch_size=args.batch_size, overwrite_index=args.overwrite_index or args.index_dir is None, **overrides)
+        batch_size=args.batch_size, overwrite_index=args.overwrite_index or args.index_dir is None,
+        index_options={"rescore": args.rescore}, **overrides)
     encoded = pipe.retriever.num_encoded
     index_dir = args.index_dir or str(default_index_dir(pipe.retriever, data.corpus, args.index_type,
                                                         pipe.settings.with_title))

@@ -30,7 +30,7 @@ from trl_bporag.artifacts import write_bporag_config
 from trl_bporag.models import model_load_kwargs
 from trl_bporag.preferences import GenerationPreferenceBuilder
 from trl_bporag.scripts import finish_training, start_script
-from trl_bporag.settings import DOCUMENT_PROMPT_HELP, QUERY_PROMPT_HELP, RAGSettings
+from trl_bporag.settings import DOCUMENT_PROMPT_HELP, INDEX_TYPE_HELP, QUERY_PROMPT_HELP, RESCORE_HELP, RAGSettings
 from trl_bporag.trainers import gpo_lora_config
 from trl_bporag.trainers.lm_head import project_labelled_positions_only
 from trl_bporag.trainers.sft import GoldSFTConfig
@@ -49,6 +49,8 @@ class SFTScriptArguments:
     max_queries: int | None = field(default=None)
     query_offset: int = field(default=0, metadata={"help": "first query of the split used (e.g. after the RPO ones)"})
     index_dir: str | None = field(default=None)
+    index_type: str = field(default="flat", metadata={"help": INDEX_TYPE_HELP})
+    rescore: int | None = field(default=None, metadata={"help": RESCORE_HELP})
     lora_top_layers: int | None = field(default=6, metadata={
         "help": "LoRA (--lora_r, --lora_alpha) on the last N decoder layers only (0: --use_peft's own placement)"})
 
@@ -66,6 +68,7 @@ def main(script_args: SFTScriptArguments, training_args: GoldSFTConfig, model_ar
                           passage_prompt=script_args.document_prompt)
     with distributed_state().main_process_first():  # the main process builds (or reuses) the index, the others load it
         index = DenseIndex.cached(retriever, data.corpus, index_dir=script_args.index_dir,
+                                  index_type=script_args.index_type, rescore=script_args.rescore,
                                   with_title=settings.with_title)
     generator = model_args.model_name_or_path or DEFAULT_GENERATOR
     model, tokenizer = load_generator(generator, **model_load_kwargs(model_args, "generator"))
