@@ -89,3 +89,21 @@ def test_headroom_refuses_a_name_its_table_would_not_read(monkeypatch, capsys, a
         headroom.main()
     assert "--name" in capsys.readouterr().err
     assert headroom.is_retriever_row("rpo-reader-f1") and not headroom.is_retriever_row("closed-book")
+
+
+def test_large_index_bench_streams_the_exact_top_10_and_writes_readable_shards(tmp_path, monkeypatch):
+    large_index = pytest.importorskip("large_index")
+    from trl_bporag.retrieval.shards import ShardSet
+
+    monkeypatch.setattr(large_index, "CHUNK", 700)
+    large_index.write_synthetic_shards(tmp_path / "s", 2000)
+    shards = ShardSet(tmp_path / "s")
+    assert len(shards) == 2000 and shards.dim == 384 and shards.ids[1999] == "s1999"
+    everything = np.concatenate(list(shards.chunks()))
+    np.testing.assert_allclose(np.linalg.norm(everything, axis=1), 1, atol=1e-5)
+    np.testing.assert_array_equal(everything[700:1400], large_index.synthetic_block(700, 700))  # deterministic
+    queries = large_index.synthetic_block(10**9, 20)
+    expected = np.argsort(-(queries @ everything.T), axis=1)[:, :10]
+    np.testing.assert_array_equal(large_index.exact_top(shards, queries), expected)
+    assert large_index.recall_at(expected, expected) == 1.0
+    assert large_index.recall_at(expected[:, ::-1][:, :5].repeat(2, axis=1), expected) == 0.5

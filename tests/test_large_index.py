@@ -80,6 +80,9 @@ def test_bad_factory_string_and_oversized_sample_name_their_flag():
         DenseIndex(emb, ids, index_type="IVF16,PQ8", train_sample=301)
     with pytest.raises(ValueError, match=r"train_sample \(--train_sample\): 'IVF64,PQ8' has 64 IVF lists"):
         DenseIndex(emb, ids, index_type="IVF64,PQ8", train_sample=40)
+    with pytest.raises(ValueError, match=r"train_sample \(--train_sample\): FAISS cannot train 'IVF4,PQ8' on 100 "
+                                         r"vectors \(Number of training points \(100\) should be at least"):
+        DenseIndex(emb, ids, index_type="IVF4,PQ8", train_sample=100)  # 8-bit PQ codes: 256 centroids
     with pytest.raises(ValueError, match="rescore: this index keeps no float32 vectors"):
         DenseIndex(emb, ids, index_type="IVF16,PQ8").configure(rescore=20)
 
@@ -236,3 +239,38 @@ def test_index_command_streams_a_corpus_file_into_shards(tmp_path, tiny_retrieve
     assert again.metadata["corpus_fingerprint"] == corpus.fingerprint()
     with pytest.raises(ValueError, match="--dataset / --corpus: pass exactly one"):
         main(*parse(flags + ["--dataset", str(tmp_path)]))
+
+
+def test_builders_and_pipeline_run_unchanged_on_a_sharded_compressed_index(tmp_path, retriever):
+    from test_rpo_builder import make_corpus
+
+    from trl_bporag import RAGPipeline
+    from trl_bporag.data import QASplit
+    from trl_bporag.preferences import RetrievalPreferenceBuilder
+
+    corpus = make_corpus(60)
+    split = QASplit(ids=["q0", "q1"], questions=["what is the capital of france", "what is the capital of italy"],
+                    answers=[["paris"], ["rome"]], gold_ids=[["p00"], ["p01"]])
+    flat = DenseIndex.from_corpus(retriever, corpus)
+    sharded = DenseIndex.from_corpus(retriever, corpus, index_dir=tmp_path / "ix", index_type="IVF4,PQ4x4",
+                                     shard_size=25, rescore=60, nprobe=4)
+    pairs = {}
+    for name, index in (("flat", flat), ("sharded", sharded)):
+        builder = RetrievalPreferenceBuilder(retriever, index, corpus, judge="answer_hit", k=3, top_n=50,
+                                             num_perturbations=4, seed=0)
+        pairs[name] = builder.build(split).to_list()
+    assert pairs["sharded"] == pairs["flat"] and pairs["flat"]  # re-scored top-50 = exact top-50 here
+    pipe = RAGPipeline(retriever, DenseIndex.load(tmp_path / "ix", retriever=retriever, corpus=corpus), corpus, k=3)
+    assert pipe.retrieve(split.questions)[0] == RAGPipeline(retriever, flat, corpus, k=3).retrieve(split.questions)[0]
+
+
+def test_rescoring_in_query_batches_gives_the_same_lists(monkeypatch):
+    from trl_bporag.retrieval import index as index_module
+
+    emb, queries = clustered(1500, seed=2), clustered(30, seed=3)
+    index = DenseIndex(emb, [f"p{i}" for i in range(1500)], index_type="IVF8,PQ8", nprobe=8, rescore=50)
+    whole = index.search(queries, 10)
+    monkeypatch.setattr(index_module, "RESCORE_ROWS", 120)  # 2 queries per batch
+    batched = index.search(queries, 10)
+    np.testing.assert_array_equal(batched[1], whole[1])
+    np.testing.assert_allclose(batched[0], whole[0], atol=1e-6)

@@ -124,12 +124,17 @@ def build(spec: str, dim: int, chunks: ChunkSource, n: int, train_sample: int | 
     if not index.is_trained:
         train = sample_rows(chunks, n, sample, seed)
         logger.info("Training %s on %d of %d vectors", spec, len(train), n)
-        if use_gpu:
-            gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-            gpu.train(train)
-            index = faiss.index_gpu_to_cpu(gpu)
-        else:
-            index.train(train)
+        try:
+            if use_gpu:
+                gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+                gpu.train(train)
+                index = faiss.index_gpu_to_cpu(gpu)
+            else:
+                index.train(train)
+        except RuntimeError as err:  # e.g. PQ codes of 8 bits need 256 training vectors
+            reason = str(err).split(" failed: ", 1)[-1].split(" at /", 1)[0].strip()
+            raise ValueError(f"train_sample (--train_sample): FAISS cannot train {spec!r} on {len(train)} vectors "
+                             f"({reason[:200]}); use a larger sample or corpus, or a smaller index") from None
         trained_on = len(train)
         del train
     added = 0

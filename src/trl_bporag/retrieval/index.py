@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 INDEX_TYPES = BUILTIN_TYPES
 FORMAT_VERSION = 1
+RESCORE_ROWS = 100_000  # candidate vectors gathered at once when re-scoring
 
 
 def gpu_available() -> bool:
@@ -130,7 +131,7 @@ class DenseIndex(IndexHubMixin):
             if not isinstance(self.ids, ShardIds) and len(set(self.ids)) != len(self.ids):
                 raise ValueError("ids: passage ids must be unique")
             index, trained_on, nlist = build_index(index_type, d, chunks, n, hnsw_m, ef_construction, nlist,
-                                                   train_sample, use_gpu=bool(use_gpu) and gpu_available())
+                                                   train_sample, use_gpu=use_gpu is not False and gpu_available())
             self.params.update(nlist=nlist, train_sample=trained_on or None)
         else:
             index = _index
@@ -145,8 +146,14 @@ class DenseIndex(IndexHubMixin):
             if not gpu_available():
                 raise ValueError("use_gpu=True but FAISS sees no GPU (install faiss-gpu on a machine with a GPU)")
             self._gpu_res = faiss.StandardGpuResources()
-            self._index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
-            self.on_gpu = True
+            try:
+                self._index = faiss.index_cpu_to_gpu(self._gpu_res, 0, index)
+                self.on_gpu = True
+            except RuntimeError as err:  # a factory index FAISS has no GPU version of: search it on the CPU
+                if use_gpu:
+                    raise ValueError(f"use_gpu=True: FAISS cannot move {index_type!r} to the GPU "
+                                     f"({str(err).splitlines()[0][:160]})") from None
+                logger.warning("FAISS cannot move %r to the GPU; searching it on the CPU", index_type)
 
     def configure(self, nprobe: int | None = None, ef_search: int | None = None, rescore: int | None = None) -> None:
         """Set the search parameters: IVF lists probed, HNSW beam width, exact re-scoring depth (0 turns it off)."""
@@ -309,11 +316,15 @@ class DenseIndex(IndexHubMixin):
             raise ValueError(f"query_embeddings: row(s) {bad[:5].tolist()} hold NaN or inf (an encoder that overflowed?"
                              "); no passage can be ranked for them")
         k_eff = min(k, len(self))
-        depth = min(max(k_eff, self.params["rescore"] or 0), len(self))
-        scores, rows = self._index.search(q, depth)
-        if self.params["rescore"]:  # exact inner products of the compressed index's candidates
-            scores, rows = rescore(q, rows, self._vectors, k_eff)
-        return scores, rows
+        if not self.params["rescore"]:
+            return self._index.search(q, k_eff)
+        # exact inner products of the compressed index's candidates, a batch of queries at a time so that the
+        # gathered float32 vectors stay near RESCORE_ROWS rows (150 MB at 384 dimensions)
+        depth = min(max(k_eff, self.params["rescore"]), len(self))
+        step = max(1, RESCORE_ROWS // depth)
+        parts = [rescore(q[i:i + step], self._index.search(q[i:i + step], depth)[1], self._vectors, k_eff)
+                 for i in range(0, len(q), step)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def search_ids(self, query_embeddings: np.ndarray, k: int) -> tuple[np.ndarray, list[list[str]]]:
         """Top-``k`` passage ids per query (and their scores)."""

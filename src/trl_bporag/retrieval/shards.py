@@ -246,27 +246,25 @@ class ShardSet:
         return block_hash([m["model_fingerprint"], str(m["shard_size"]), str(m["encode_dtype"])],
                           [m["corpus_fingerprint"], str(len(self)), str(m["with_title"])])
 
-    def array(self, j: int) -> np.ndarray:
-        if ("v", j) not in self._maps:
-            self._maps[("v", j)] = np.load(_shard_files(self.folder, j)[0], mmap_mode="r")
-        return self._maps[("v", j)]
-
     def id_array(self, j: int) -> np.ndarray:
-        if ("i", j) not in self._maps:
-            self._maps[("i", j)] = np.load(_shard_files(self.folder, j)[1], mmap_mode="r")
-        return self._maps[("i", j)]
+        if j not in self._maps:
+            self._maps[j] = np.load(_shard_files(self.folder, j)[1], mmap_mode="r")
+        return self._maps[j]
 
     def chunks(self):
-        """Yield each shard's ``[m, d]`` vectors (memory-mapped) in row order."""
+        """Yield each shard's ``[m, d]`` vectors in row order, one shard in memory at a time."""
         for j in range(len(self.records)):
-            yield self.array(j)
+            yield np.load(_shard_files(self.folder, j)[0])
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
-        """The float32 vectors of ``rows`` (sorted, unique), read from the memory-mapped shards."""
+        """The float32 vectors of ``rows`` (sorted, unique), gathered from the shard files. Each shard is mapped only
+        for the gather, so the pages read do not stay in this process's resident memory."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         shard = np.searchsorted(self.offsets, rows, side="right") - 1
         for j in np.unique(shard):
             mask = shard == j
-            out[mask] = self.array(int(j))[rows[mask] - self.offsets[j]]
+            mapped = np.load(_shard_files(self.folder, int(j))[0], mmap_mode="r")
+            out[mask] = mapped[rows[mask] - self.offsets[j]]
+            del mapped
         return out
