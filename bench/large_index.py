@@ -3,6 +3,7 @@
     python bench/large_index.py synthetic --n 1000000 --specs Flat HNSW32,SQ8 IVF4096,PQ48
     python bench/large_index.py synthetic --n 10000000 --specs IVF4096,PQ48
     python bench/large_index.py real            # recall on real embeddings, squad-dev end to end, encoding pool
+    python bench/large_index.py encoder_memory  # peak RSS of the streaming encoder at 10,000 and 100,000 passages
     python bench/large_index.py table           # the markdown table of docs/benchmarks.md from the results
 
 ``synthetic``: 384-d vectors that are *synthetic* (1,000 Gaussian clusters in a 64-dimensional subspace, unit norm;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -222,6 +224,58 @@ def table() -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+def encode_child(args) -> None:
+    """Child process: encode a corpus.jsonl into shards with the packaged MiniLM; report time and peak RSS."""
+    from trl_bporag import DEFAULT_RETRIEVER, Retriever
+    from trl_bporag.retrieval.shards import encode_shards
+
+    retriever = Retriever(DEFAULT_RETRIEVER)
+    start = time.perf_counter()
+    shards = encode_shards(retriever, args.corpus, args.folder, shard_size=args.shard_size)
+    print("ROW " + json.dumps({"n": len(shards), "seconds": round(time.perf_counter() - start, 1),
+                               "encoded": shards.encoded,
+                               "shards": len(shards.records), "peak_rss_bytes": _vmhwm(),
+                               "dtype": retriever.dtype or "float32"}), flush=True)
+
+
+def encoder_memory(args) -> None:
+    """Peak RSS of the streaming encoder at two corpus sizes (short synthetic passages, to keep the run short)."""
+    print_machine()
+    words = "the of and in to a is was for on as by with from at his an which were are city river war music art".split()
+    rows = []
+    for n in args.sizes:
+        work = Path(args.work) / f"encode-{n}"
+        work.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        with (work / "corpus.jsonl").open("w") as fh:
+            for i in range(n):
+                fh.write(json.dumps({"_id": f"p{i}", "title": "", "text": " ".join(rng.choice(words, 12))}) + "\n")
+        shutil.rmtree(work / "shards", ignore_errors=True)  # a fresh encoding; the second run finds it finished
+        runs = []
+        for _ in range(2):
+            res = subprocess.run([sys.executable, __file__, "_encode", "--corpus", str(work / "corpus.jsonl"),
+                                  "--folder", str(work / "shards"), "--shard_size", str(args.shard_size)],
+                                 capture_output=True, text=True)
+            line = next((x for x in res.stdout.splitlines() if x.startswith("ROW ")), None)
+            if line is None:
+                raise SystemExit(res.stderr[-3000:])
+            runs.append(json.loads(line[4:]))
+        rows.append({**runs[0], "rerun_seconds": runs[1]["seconds"], "rerun_encoded": runs[1]["encoded"]})
+        print(f"{n:,} passages, shards of {args.shard_size:,}: {rows[-1]['seconds']} s, peak RSS "
+              f"{mb(rows[-1]['peak_rss_bytes'])} MiB ({rows[-1]['dtype']}); run again: {runs[1]['encoded']} shards "
+              f"encoded in {runs[1]['seconds']} s", flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / "encoder-memory.json"  # rows of other sizes from earlier runs are kept
+    earlier = json.loads(path.read_text())["rows"] if path.is_file() else []
+    rows = sorted([r for r in earlier if r["n"] not in {row["n"] for row in rows}] + rows, key=lambda r: r["n"])
+    path.write_text(json.dumps({"rows": rows, "shard_size": args.shard_size,
+                                                         "machine": rows and __import__(
+                                                             "trl_bporag.hardware", fromlist=["x"]).describe_hardware()},
+                                                        indent=1))
+    print(f"ratio peak RSS {rows[-1]['n']:,} / {rows[0]['n']:,} passages: "
+          f"{rows[-1]['peak_rss_bytes'] / rows[0]['peak_rss_bytes']:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -243,6 +297,14 @@ def main() -> None:
         one.add_argument(f"--{flag}", type=int, nargs="+", required=True)
     one.add_argument("--train_sample", type=int, default=None)
     sub.add_parser("table")
+    e = sub.add_parser("encoder_memory")
+    e.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    e.add_argument("--shard_size", type=int, default=5_000)
+    e.add_argument("--work", default="runs/large-index")
+    child = sub.add_parser("_encode")
+    child.add_argument("--corpus", required=True)
+    child.add_argument("--folder", required=True)
+    child.add_argument("--shard_size", type=int, required=True)
     r = sub.add_parser("real")
     r.add_argument("--specs", nargs="+", default=["IVF64,PQ48", "OPQ48,IVF64,PQ48", "HNSW32,SQ8", "IVF64,SQ8"])
     r.add_argument("--rescore", type=int, default=100)
@@ -256,6 +318,10 @@ def main() -> None:
         one_build(args)
     elif args.cmd == "table":
         table()
+    elif args.cmd == "encoder_memory":
+        encoder_memory(args)
+    elif args.cmd == "_encode":
+        encode_child(args)
     else:
         from large_index_real import real
 

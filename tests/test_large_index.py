@@ -65,7 +65,7 @@ def test_streamed_sources_hash_and_read_like_the_corpus(tmp_path):
         assert [len(ids) for ids, _ in blocks] == [5, 5, 2]
         assert sum((texts for _, texts in blocks), []) == corpus.passages()
     jsonl.write_text('{"_id": "a", "text": 3}\n')
-    with pytest.raises(ValueError, match="line 1: field 'text' of passage 'a'"):
+    with pytest.raises(ValueError, match=r"corpus.jsonl:1: field 'text' of passage 'a'"):
         passage_fingerprint(jsonl)
 
 
@@ -243,7 +243,6 @@ def test_index_command_streams_a_corpus_file_into_shards(tmp_path, tiny_retrieve
 
 def test_builders_and_pipeline_run_unchanged_on_a_sharded_compressed_index(tmp_path, retriever):
     from test_rpo_builder import make_corpus
-
     from trl_bporag import RAGPipeline
     from trl_bporag.data import QASplit
     from trl_bporag.preferences import RetrievalPreferenceBuilder

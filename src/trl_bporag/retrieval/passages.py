@@ -8,7 +8,6 @@ and the same corpus loaded in memory share one index.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,18 +24,10 @@ def _passage(title: str, text: str, with_title: bool) -> str:  # as Corpus.passa
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, str, str]]:
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {line_no} is not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}: line {line_no} holds a JSON {type(row).__name__}, expected an object with "
-                                 f"'_id', 'text' and optional 'title'")
-            yield _checked(row, f"{path}: line {line_no}")
+    from trl_bporag.data import _read_jsonl  # the BEIR reader's own line-by-line parser and its checks
+
+    for line_no, row in _read_jsonl(path, ("_id", "text")):
+        yield _checked(row, f"{path}:{line_no}")
 
 
 def _checked(row: dict, where: str) -> tuple[str, str, str]:
