@@ -19,7 +19,7 @@ from trl_bporag import DenseIndex, Retriever, load_beir, load_generator, load_ra
 from trl_bporag.data import Corpus, QASplit
 from trl_bporag.pipeline import RAGPipeline
 from trl_bporag.preferences import RetrievalPreferenceBuilder, check_dpo_lengths, load_pairs
-from trl_bporag.retrieval.index import INDEX_FILE, META_FILE
+from trl_bporag.retrieval.storage import INDEX_FILE, META_FILE
 from trl_bporag.settings import RAGSettings
 
 REPO = Path(__file__).resolve().parents[1]
