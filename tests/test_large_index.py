@@ -83,8 +83,11 @@ def test_bad_factory_string_and_oversized_sample_name_their_flag():
     with pytest.raises(ValueError, match=r"train_sample \(--train_sample\): FAISS cannot train 'IVF4,PQ8' on 100 "
                                          r"vectors \(Number of training points \(100\) should be at least"):
         DenseIndex(emb, ids, index_type="IVF4,PQ8", train_sample=100)  # 8-bit PQ codes: 256 centroids
+    index = DenseIndex(emb, ids, index_type="IVF16,PQ8")
     with pytest.raises(ValueError, match="rescore: this index keeps no float32 vectors"):
-        DenseIndex(emb, ids, index_type="IVF16,PQ8").configure(rescore=20)
+        index.configure(rescore=20)
+    with pytest.raises(ValueError, match=r"nprobe \(--nprobe\): expected an integer >= 1, got 0"):
+        index.configure(nprobe=0)
 
 
 def test_compressed_index_with_rescoring_returns_exact_scores(tmp_path):

@@ -156,9 +156,9 @@ class DenseIndex(IndexFilesMixin, IndexHubMixin):
 
     def configure(self, nprobe: int | None = None, ef_search: int | None = None, rescore: int | None = None) -> None:
         """Set the search parameters: IVF lists probed, HNSW beam width, exact re-scoring depth (0 turns it off)."""
-        for name, value in (("nprobe", nprobe), ("ef_search", ef_search), ("rescore", rescore)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        for name, value, least in (("nprobe", nprobe, 1), ("ef_search", ef_search, 1), ("rescore", rescore, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ValueError(f"{name} (--{name}): expected an integer >= {least}, got {value!r}")
         if rescore is not None:
             if rescore and self._vectors is None:
                 raise ValueError("rescore: this index keeps no float32 vectors to re-score with (build it with "
