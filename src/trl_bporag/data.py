@@ -36,6 +36,36 @@ def passage_id(title: str, text: str) -> str:
     return hashlib.sha1(f"{title}\n{text}".encode()).hexdigest()[:16]
 
 
+def passage_text(title: str, text: str, with_title: bool = True) -> str:
+    """What the retriever encodes for one passage: ``title + " " + text`` (``text`` alone without a title or with
+    ``with_title=False``)."""
+    return f"{title} {text}" if with_title and title else text
+
+
+class CorpusHash:
+    """The corpus fingerprint, fed block by block: sha256 over ids and passage texts, order included. Equal digests
+    mean equal embedding inputs (:meth:`Corpus.fingerprint`; a corpus read lazily is hashed the same way)."""
+
+    def __init__(self):
+        self._h = hashlib.sha256()
+
+    def update(self, ids: Sequence[str], texts: Sequence[str]) -> None:
+        for pid, text in zip(ids, texts):
+            self._h.update(pid.encode())
+            self._h.update(b"\0")
+            self._h.update(text.encode())
+            self._h.update(b"\1")
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def first_duplicate(ids: Sequence[str]) -> str | None:
+    """The first id that repeats an earlier one, or None."""
+    seen: set[str] = set()
+    return next((pid for pid in ids if pid in seen or seen.add(pid)), None)
+
+
 @dataclass
 class Corpus:
     """Passages with stable ids. ``passages()`` is what the retriever encodes: ``title + " " + text`` by default."""
@@ -66,9 +96,7 @@ class Corpus:
                                          f"lone surrogate from a '\\ud800' escape)") from None
         self._index = {pid: i for i, pid in enumerate(self.ids)}
         if len(self._index) != len(self.ids):
-            seen: set[str] = set()
-            dup = next(pid for pid in self.ids if pid in seen or seen.add(pid))
-            raise ValueError(f"Corpus: duplicate passage id {dup!r} in field '_id'")
+            raise ValueError(f"Corpus: duplicate passage id {first_duplicate(self.ids)!r} in field '_id'")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -83,20 +111,15 @@ class Corpus:
             raise ValueError(f"Unknown passage id {pid!r}: not in the corpus ({len(self)} passages)") from None
 
     def passage(self, i: int, with_title: bool = True) -> str:
-        title, text = self.titles[i], self.texts[i]
-        return f"{title} {text}" if with_title and title else text
+        return passage_text(self.titles[i], self.texts[i], with_title)
 
     def passages(self, with_title: bool = True) -> list[str]:
         return [self.passage(i, with_title) for i in range(len(self))]
 
     def fingerprint(self, with_title: bool = True) -> str:
         """sha256 over ids and passage texts, order included: equal fingerprints mean equal embeddings inputs."""
-        h = hashlib.sha256()
-        for i, pid in enumerate(self.ids):
-            h.update(pid.encode())
-            h.update(b"\0")
-            h.update(self.passage(i, with_title).encode())
-            h.update(b"\1")
+        h = CorpusHash()
+        h.update(self.ids, (self.passage(i, with_title) for i in range(len(self))))
         return h.hexdigest()
 
 

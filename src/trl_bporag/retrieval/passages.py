@@ -7,25 +7,18 @@ and the same corpus loaded in memory share one index.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..data import Corpus, CorpusHash, _read_jsonl, first_duplicate, passage_text
+
 
 def is_corpus(source) -> bool:
-    from trl_bporag.data import Corpus
-
     return isinstance(source, Corpus)
 
 
-def _passage(title: str, text: str, with_title: bool) -> str:  # as Corpus.passage
-    return f"{title} {text}" if with_title and title else text
-
-
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, str, str]]:
-    from trl_bporag.data import _read_jsonl  # the BEIR reader's own line-by-line parser and its checks
-
     for line_no, row in _read_jsonl(path, ("_id", "text")):
         yield _checked(row, f"{path}:{line_no}")
 
@@ -89,16 +82,15 @@ def iter_passages(source, with_title: bool = True) -> Iterator[tuple[str, str]]:
         raise ValueError(f"corpus: expected a Corpus, a corpus.jsonl path, an Arrow folder or a datasets.Dataset, got "
                          f"{type(source).__name__}")
     for pid, title, text in rows:
-        yield pid, _passage(title, text, with_title)
+        yield pid, passage_text(title, text, with_title)
 
 
 def iter_blocks(source, size: int, with_title: bool = True) -> Iterator[tuple[list[str], list[str]]]:
     """``(ids, texts)`` blocks of ``size`` passages (the last may be shorter); a passage id repeated inside a block is
     a ``ValueError`` (across blocks, the index's id lookup would need every id in memory)."""
     def checked(ids, texts):
-        if len(set(ids)) != len(ids):
-            seen: set[str] = set()
-            dup = next(pid for pid in ids if pid in seen or seen.add(pid))
+        dup = first_duplicate(ids)
+        if dup is not None:
             raise ValueError(f"corpus {describe(source)}: duplicate passage id {dup!r} in field '_id'")
         return ids, texts
 
@@ -113,26 +105,9 @@ def iter_blocks(source, size: int, with_title: bool = True) -> Iterator[tuple[li
         yield checked(ids, texts)
 
 
-class Fingerprint:
-    """Incremental :meth:`Corpus.fingerprint`: ``update(ids, texts)`` block by block, ``hexdigest()`` at the end."""
-
-    def __init__(self):
-        self._h = hashlib.sha256()
-
-    def update(self, ids, texts) -> None:
-        for pid, text in zip(ids, texts):
-            self._h.update(pid.encode())
-            self._h.update(b"\0")
-            self._h.update(text.encode())
-            self._h.update(b"\1")
-
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
-
-
 def block_hash(ids, texts) -> str:
     """sha256 of one block's ids and texts (what a shard was encoded from)."""
-    fp = Fingerprint()
+    fp = CorpusHash()
     fp.update(ids, texts)
     return fp.hexdigest()
 
@@ -141,7 +116,7 @@ def passage_fingerprint(source, with_title: bool = True) -> str:
     """The corpus fingerprint of ``source``: equal to ``Corpus.fingerprint(with_title)`` of the same passages."""
     if is_corpus(source):
         return source.fingerprint(with_title)
-    fp = Fingerprint()
+    fp = CorpusHash()
     for ids, texts in iter_blocks(source, 10_000, with_title):
         fp.update(ids, texts)
     return fp.hexdigest()

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .passages import Fingerprint, block_hash, describe, iter_blocks
+from ..data import CorpusHash
+from .passages import block_hash, describe, iter_blocks
 from .storage import folder_lock, temp_name
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def encode_shards(
             manifest = {"format_version": FORMAT_VERSION, "model_id": retriever.model_id, **identity, "dim": dim,
                         "shards": [], "complete": False}
         records = manifest["shards"]
-        fingerprint, pool, encoded, reused, seconds, streamed = Fingerprint(), None, 0, 0, 0.0, 0
+        fingerprint, pool, encoded, reused, seconds, streamed = CorpusHash(), None, 0, 0, 0.0, 0
         try:
             for j, (ids, texts) in enumerate(iter_blocks(corpus, shard_size, with_title)):
                 streamed = j + 1
