@@ -12,7 +12,7 @@ import numpy as np
 
 from .factory import is_factory, load_faiss
 from .shards import ShardSet
-from .storage import INDEX_FILE, META_FILE, VECTORS_FILE, check_meta, read_meta, sha256, temp_name
+from .storage import INDEX_FILE, META_FILE, VECTORS_FILE, check_meta, read_meta, replaced, sha256, temp_name
 
 FORMAT_VERSION = 1
 
@@ -58,17 +58,13 @@ class IndexFilesMixin:
 
     def _save_vectors(self, out: Path) -> None:
         """Write the float32 vectors used for re-scoring to ``out/vectors.npy``, chunk by chunk."""
-        tmp = temp_name(out, VECTORS_FILE)
-        try:
+        with replaced(out / VECTORS_FILE) as tmp:
             array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(self), self.dim))
             for start in range(0, len(self), 65_536):
                 rows = np.arange(start, min(start + 65_536, len(self)))
                 array[rows] = self._vectors(rows)
             array.flush()
             del array
-            os.replace(tmp, out / VECTORS_FILE)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..data import CorpusHash
 from .passages import block_hash, describe, iter_blocks
-from .storage import folder_lock, temp_name
+from .storage import folder_lock, replaced
 
 logger = logging.getLogger(__name__)
 
@@ -44,22 +44,13 @@ def _shard_files(folder: Path, j: int) -> tuple[Path, Path]:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = temp_name(path.parent, path.name)
-    try:
-        with tmp.open("wb") as fh:
-            np.save(fh, array)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with replaced(path) as tmp, tmp.open("wb") as fh:
+        np.save(fh, array)
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:
-    tmp = temp_name(folder, MANIFEST)
-    try:
+    with replaced(folder / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, folder / MANIFEST)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read_manifest(folder: Path) -> dict | str | None:

@@ -3,6 +3,7 @@ unique temporary file renamed into place; processes building into one folder tak
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,10 +25,20 @@ def temp_name(folder: Path, name: str) -> Path:
     return Path(tmp)
 
 
+@contextlib.contextmanager
+def replaced(path: Path):
+    """Write ``path`` whole or not at all: yields a fresh temporary file next to it, renamed onto ``path`` when the
+    block ends without an error (a reader never sees a half-written file); removed otherwise."""
+    tmp = temp_name(path.parent, path.name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def folder_lock(folder: Path):
     """An inter-process lock on ``folder`` (``folder/.lock``); a no-op where the folder cannot be written."""
-    import contextlib
-
     from filelock import FileLock
 
     try:
