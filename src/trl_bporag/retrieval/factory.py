@@ -4,7 +4,7 @@ have to be in memory at once: only the index itself and one chunk are.
 
 The vectors come from a *chunk source*: a callable that yields ``[m, d]`` float32 blocks in row order each time it is
 called (an in-memory array cut in blocks, or the shards of :mod:`trl_bporag.retrieval.shards`). Training reads the
-sample rows from it in one pass; filling reads it once more.
+sample rows from it in one pass; filling reads it once more. :func:`build_index` does both for every kind of index.
 """
 
 from __future__ import annotations
@@ -52,9 +52,8 @@ def new_index(spec: str, dim: int, flag: str = "index_type (--index_type)"):
     try:
         return faiss.index_factory(int(dim), spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
-        reason = str(err).split(" failed: ", 1)[-1].split(" at /", 1)[0].strip() or "unknown"
         raise ValueError(f"{flag}: FAISS cannot build the index_factory string {spec!r} for {dim}-dimensional "
-                         f"vectors ({reason[:160]}); see {FACTORY_DOCS}") from None
+                         f"vectors ({_faiss_reason(err)[:160]}); see {FACTORY_DOCS}") from None
 
 
 def ivf_lists(index) -> int | None:
@@ -111,47 +110,13 @@ def sample_rows(chunks: ChunkSource, n: int, size: int, seed: int = 0) -> np.nda
     return np.ascontiguousarray(np.concatenate(parts)) if parts else np.zeros((0, 0), np.float32)
 
 
-def build(spec: str, dim: int, chunks: ChunkSource, n: int, train_sample: int | None = None, seed: int = 0,
-          use_gpu: bool = False, flag: str = "index_type (--index_type)"):
-    """Create, train (on ``train_sample`` rows, see :func:`check_train_sample`) and fill an index chunk by chunk.
-
-    Returns ``(index, rows_trained_on)``. With ``use_gpu`` the training of an IVF index's coarse quantizer runs on the
-    GPU (FAISS's ``index_cpu_to_gpu`` / ``index_gpu_to_cpu``); the returned index is a CPU index."""
-    faiss = load_faiss()
-    index = new_index(spec, dim, flag)
-    sample = check_train_sample(index, spec, n, train_sample)
-    trained_on = 0
-    if not index.is_trained:
-        train = sample_rows(chunks, n, sample, seed)
-        logger.info("Training %s on %d of %d vectors", spec, len(train), n)
-        try:
-            if use_gpu:
-                gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-                gpu.train(train)
-                index = faiss.index_gpu_to_cpu(gpu)
-            else:
-                index.train(train)
-        except RuntimeError as err:  # e.g. PQ codes of 8 bits need 256 training vectors
-            reason = str(err).split(" failed: ", 1)[-1].split(" at /", 1)[0].strip()
-            raise ValueError(f"train_sample (--train_sample): FAISS cannot train {spec!r} on {len(train)} vectors "
-                             f"({reason[:200]}); use a larger sample or corpus, or a smaller index") from None
-        trained_on = len(train)
-        del train
-    added = 0
-    for block in chunks():
-        index.add(np.ascontiguousarray(block, dtype=np.float32))
-        added += len(block)
-    if added != n:
-        raise ValueError(f"the vector source gave {added} vectors, expected {n}")
-    return index, trained_on
-
-
 def set_search_params(index, nprobe: int | None = None, ef_search: int | None = None) -> None:
     """Set ``nprobe`` (IVF) and ``efSearch`` (HNSW) wherever they sit inside a factory-built index."""
-    space = load_faiss().ParameterSpace()
+    faiss = load_faiss()
+    space = faiss.ParameterSpace()
     if nprobe is not None and ivf_lists(index):
         space.set_index_parameter(index, "nprobe", int(nprobe))
-    if ef_search is not None and "HNSW" in type(load_faiss().downcast_index(index)).__name__:
+    if ef_search is not None and "HNSW" in type(faiss.downcast_index(index)).__name__:
         space.set_index_parameter(index, "efSearch", int(ef_search))
 
 
@@ -183,31 +148,63 @@ def rescore(query: np.ndarray, candidates: np.ndarray, vectors, k: int) -> tuple
     return top_scores, top_rows
 
 
-def build_index(index_type: str, dim: int, chunks: ChunkSource, n: int, hnsw_m: int = 32, ef_construction: int = 200,
-                nlist: int | None = None, train_sample: int | None = None, use_gpu: bool = False):
-    """One of :data:`BUILTIN_TYPES` or a factory string, filled chunk by chunk. Returns ``(index, rows trained on,
-    nlist)``. The built-in ``"ivf"`` trains on every vector unless ``train_sample`` says otherwise."""
-    faiss = load_faiss()
+def _faiss_reason(err: RuntimeError) -> str:
+    """The human part of a FAISS error ("could not parse code description PQ7x"), without its C++ location."""
+    return str(err).split(" failed: ", 1)[-1].split(" at /", 1)[0].strip() or "unknown"
+
+
+def _empty_index(index_type: str, dim: int, n: int, hnsw_m: int, ef_construction: int, nlist: int | None):
+    """A new inner-product index of one of :data:`BUILTIN_TYPES` or a factory string, and its IVF lists (or None)."""
     if is_factory(index_type):
-        index, trained_on = build(index_type, dim, chunks, n, train_sample, use_gpu=use_gpu)
-        return index, trained_on, ivf_lists(index)
+        index = new_index(index_type, dim)
+        return index, ivf_lists(index)
+    faiss = load_faiss()
     if index_type == "flat":
-        index = faiss.IndexFlatIP(dim)
-    elif index_type == "hnsw":
+        return faiss.IndexFlatIP(dim), None
+    if index_type == "hnsw":
         index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
-    else:
-        nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
-        if n < nlist:
-            raise ValueError(f"index_type='ivf': training {nlist} IVF lists needs at least {nlist} passages, "
-                             f"got {n}; use index_type='flat' for a corpus this small (or a smaller nlist)")
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        return index, None
+    nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
+    if n < nlist:
+        raise ValueError(f"index_type='ivf': training {nlist} IVF lists needs at least {nlist} passages, "
+                         f"got {n}; use index_type='flat' for a corpus this small (or a smaller nlist)")
+    return faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT), nlist
+
+
+def build_index(index_type: str, dim: int, chunks: ChunkSource, n: int, hnsw_m: int = 32, ef_construction: int = 200,
+                nlist: int | None = None, train_sample: int | None = None, use_gpu: bool = False, seed: int = 0):
+    """One of :data:`BUILTIN_TYPES` or a factory string, trained on a sample (see :func:`check_train_sample`; the
+    built-in ``"ivf"`` trains on every vector unless ``train_sample`` says otherwise) and filled chunk by chunk.
+
+    Returns ``(index, rows trained on, nlist)``. With ``use_gpu`` a factory index trains on the GPU (FAISS's
+    ``index_cpu_to_gpu`` / ``index_gpu_to_cpu``); the returned index is a CPU index."""
+    faiss = load_faiss()
+    index, nlist = _empty_index(index_type, dim, n, hnsw_m, ef_construction, nlist)
     trained_on = 0
+    if is_factory(index_type) or not index.is_trained:
+        size = n if index_type == "ivf" and train_sample is None else check_train_sample(index, index_type, n,
+                                                                                         train_sample)
     if not index.is_trained:
-        size = n if train_sample is None else check_train_sample(index, "ivf", n, train_sample)
-        train = sample_rows(chunks, n, size)
-        index.train(train)
+        train = sample_rows(chunks, n, size, seed)
+        logger.info("Training %s on %d of %d vectors", index_type, len(train), n)
+        try:
+            if use_gpu and is_factory(index_type):
+                gpu = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+                gpu.train(train)
+                index = faiss.index_gpu_to_cpu(gpu)
+            else:
+                index.train(train)
+        except RuntimeError as err:  # e.g. PQ codes of 8 bits need 256 training vectors
+            raise ValueError(f"train_sample (--train_sample): FAISS cannot train {index_type!r} on {len(train)} "
+                             f"vectors ({_faiss_reason(err)[:200]}); use a larger sample or corpus, or a smaller "
+                             f"index") from None
         trained_on = len(train)
+        del train
+    added = 0
     for block in chunks():
         index.add(np.ascontiguousarray(block, dtype=np.float32))
-    return index, trained_on, nlist if index_type == "ivf" else None
+        added += len(block)
+    if added != n:
+        raise ValueError(f"the vector source gave {added} vectors, expected {n}")
+    return index, trained_on, nlist
