@@ -231,8 +231,9 @@ class DenseIndex(IndexFilesMixin, IndexHubMixin):
             meta = read_meta(Path(index_dir))
             if isinstance(meta, dict) and all(meta.get(key) == value for key, value in expect.items()):
                 try:
-                    index = cls.load(index_dir, retriever=retriever, corpus=corpus, with_title=with_title,
-                                     use_gpu=kwargs.get("use_gpu"))
+                    # a corpus read lazily matched by fingerprint just above: not hashed a second time by load
+                    index = cls.load(index_dir, retriever=retriever, corpus=corpus if is_corpus(corpus) else None,
+                                     with_title=with_title, use_gpu=kwargs.get("use_gpu"))
                     index.configure(**search)
                     logger.info("Reusing the index in %s (model and corpus unchanged)", index_dir)
                     return index
