@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from trl_bporag.hardware import describe_hardware, hardware_summary  # noqa: E402, F401  (re-exported)
-from trl_bporag.monitor import PeakRSS, rss_bytes  # noqa: E402, F401  (re-exported for the benches)
+from trl_bporag.monitor import PeakRSS, peak_rss_bytes, rss_bytes  # noqa: E402, F401  (re-exported for the benches)
 
 
 def print_machine() -> None:

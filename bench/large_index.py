@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, PeakRSS, mb, print_machine  # noqa: E402
+from _common import DATA, PeakRSS, mb, peak_rss_bytes, print_machine  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "large_index"
 DIM, SUBSPACE, CLUSTERS, CHUNK = 384, 64, 1000, 100_000
@@ -116,16 +116,9 @@ def one_build(args) -> None:
                 row["search"].append({"nprobe": nprobe, "ef_search": ef, "rescore": depth,
                                       "s_per_1000q": round((time.perf_counter() - start) * 1000 / len(queries), 3),
                                       "recall10": round(recall_at(rows, truth), 4)})
-    row["peak_rss_bytes"] = int(_vmhwm())
+    row["peak_rss_bytes"] = peak_rss_bytes()
     (folder / "index.faiss").unlink()
     print("ROW " + json.dumps(row), flush=True)
-
-
-def _vmhwm() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def synthetic(args) -> None:
@@ -234,7 +227,7 @@ def encode_child(args) -> None:
     shards = encode_shards(retriever, args.corpus, args.folder, shard_size=args.shard_size)
     print("ROW " + json.dumps({"n": len(shards), "seconds": round(time.perf_counter() - start, 1),
                                "encoded": shards.encoded,
-                               "shards": len(shards.records), "peak_rss_bytes": _vmhwm(),
+                               "shards": len(shards.records), "peak_rss_bytes": peak_rss_bytes(),
                                "dtype": retriever.dtype or "float32"}), flush=True)
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import mb, print_machine
+from _common import mb, peak_rss_bytes, print_machine
 
 
 def _all_data(data: Path):
@@ -121,6 +121,5 @@ def real(args, data: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "real.json").write_text(json.dumps(result, indent=1))
     (out / "squad-test-recall.json").write_text(json.dumps({"ids": squad.split.ids, "rows": per}))
-    print(f"peak memory so far: {mb(int(Path('/proc/self/status').read_text().split('VmHWM:')[1].split()[0]) * 1024)}"
-          " MiB")
+    print(f"peak memory so far: {mb(peak_rss_bytes())} MiB")
     print(f"ratio pool / one process (throughput): {one_s / pool_s:.2f}")
