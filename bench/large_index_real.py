@@ -37,12 +37,9 @@ def _all_data(data: Path):
     return Corpus(ids=ids, texts=texts, titles=titles), queries
 
 
-def _recall(found, truth, k=10):
-    return float(np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found, truth)]))
-
-
 def real(args, data: Path, out: Path) -> None:
     import torch
+    from large_index import recall_at  # the synthetic part's measure (bench/ is on sys.path)
 
     from trl_bporag import DEFAULT_RETRIEVER, DenseIndex, Retriever, load_rag_dataset
     from trl_bporag.metrics import paired_bootstrap_ci, per_query_metrics
@@ -82,7 +79,7 @@ def real(args, data: Path, out: Path) -> None:
                 index.configure(nprobe=nprobe, rescore=depth)
                 start = time.perf_counter()
                 _, rows = index.search(q, 10)
-                rows_of_spec.append({"nprobe": nprobe, "rescore": depth, "recall10": round(_recall(rows, truth), 4),
+                rows_of_spec.append({"nprobe": nprobe, "rescore": depth, "recall10": round(recall_at(rows, truth), 4),
                                      "s_per_1000q": round((time.perf_counter() - start) * 1000 / len(q), 3)})
                 print(f"{spec:>20} nprobe {nprobe} rescore {depth}: R@10 of the exact top-10 "
                       f"{rows_of_spec[-1]['recall10']}", flush=True)
