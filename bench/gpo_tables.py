@@ -26,7 +26,7 @@ ROW_ORDER = ("vanilla", "oracle", "rpo", "mnrl", "sft-gold", "gpo-only", "gpo", 
 COMPARISONS = (("gpo", "sft-gold"), ("gpo", "gpo-only"), ("gpo-only", "sft-gold"), ("gpo+rpo", "gpo"),
                ("bporag", "simple"),
                ("bporag", "gpo"), ("bporag", "gpo+rpo"), ("bporag", "sft-gold"), ("simple", "sft-gold"), ("rpo", "vanilla"),
-               ("oracle", "vanilla"))
+               ("rpo", "mnrl"), ("oracle", "vanilla"))
 
 
 def cpu(entry: dict) -> str:
