@@ -107,3 +107,14 @@ def test_large_index_bench_streams_the_exact_top_10_and_writes_readable_shards(t
     np.testing.assert_array_equal(large_index.exact_top(shards, queries), expected)
     assert large_index.recall_at(expected, expected) == 1.0
     assert large_index.recall_at(expected[:, ::-1][:, :5].repeat(2, axis=1), expected) == 0.5
+
+
+def test_the_tuned_retriever_is_compared_with_the_mnrl_anchor(tmp_path):
+    """Issue 35 item 4 on answer F1: the rpo row against MNRL-answers, paired by question."""
+    _write(tmp_path, "vanilla-toy", "vanilla", None, [0.0, 0.0, 0.0, 0.0], "AMD")
+    _write(tmp_path, "rpo-toy", "rpo", None, [1.0, 1.0, 0.0, 0.0], "AMD")
+    _write(tmp_path, "mnrl-toy", "mnrl", None, [1.0, 0.0, 0.0, 0.0], "AMD")
+    table = gpo_tables.dataset_table("toy:test", gpo_tables.load(tmp_path)["toy:test"])
+    lines = {line.split(" | ")[0].strip("| *"): line for line in table.splitlines() if line.startswith("|")}
+    assert "+0.250" in lines["rpo − mnrl"]  # 0.5 − 0.25
+    assert "+0.500" in lines["rpo − vanilla"]
