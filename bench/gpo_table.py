@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -150,8 +151,12 @@ def merged(adapter: str) -> str:
 
     model, tok = load_generator(adapter, torch_dtype="float32")
     model = model.merge_and_unload()
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
+    tmp = Path(f"{out}.partial")  # written whole, then renamed: a run stopped mid-save leaves no folder that looks done
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    tmp.rename(out)
     return str(out)
 
 
