@@ -29,7 +29,7 @@ done_if runs/rpo-table/base.json || python bench/rpo_table.py --row base
 done_if runs/rpo-table/rpo-answer-hit.json || \
     python bench/rpo_table.py --row rpo --name rpo-answer-hit --pairing listwise --reference free
 done_if runs/rpo-table/rpo-reader-f1.json || python bench/rpo_table.py --row rpo --name rpo-reader-f1 \
-    --pairing listwise --reference free --judge generator_f1 "${READER[@]}"
+    --pairing listwise --reference free --judge generator_f1 "${READER[@]}" --resume_pairs
 done_if runs/rpo-table/mnrl-answers.json || python bench/rpo_table.py --row mnrl-answers
 done_if runs/rpo-table/lsr.json || python bench/rpo_table.py --row lsr "${READER[@]}"
 # ... and the +RPO row's answers: the reader under each of those retrievers.

@@ -196,7 +196,9 @@ def rpo_row(args, out: Path) -> dict:
         builder = RetrievalPreferenceBuilder(r, index, train.corpus, judge=args.judge, k=5, perturbations="minimal",
                                              num_perturbations=args.num_perturbations, pairing=args.pairing,
                                              max_passage_tokens=args.judge_passage_tokens, **builder_kwargs)
-        pairs = builder.build(train.split.head(args.train_queries), output_dir=pairs_dir, resume=False)
+        # --resume_pairs: a long judge (the reader's generator_f1: hours on a CPU) is built over several runs; the
+        # builder refuses shards written with another configuration
+        pairs = builder.build(train.split.head(args.train_queries), output_dir=pairs_dir, resume=args.resume_pairs)
         stats = builder.describe()["stats"]
         t_data = time.perf_counter() - t0
         described = json.loads((pairs_dir / "stats.json").read_text())
@@ -299,6 +301,9 @@ def main():
     p.add_argument("--judge_passage_tokens", type=int, default=96,
                    help="passages the judging generator reads are cut to this many tokens (the reader: 256)")
     p.add_argument("--pairs_dir", default=None, help="reuse the pairs of an earlier rpo row")
+    p.add_argument("--resume_pairs", action="store_true",
+                   help="continue the pairs an interrupted run of this row left in its work folder (default: rebuild; "
+                        "the pairs' seconds then count the last run only)")
     p.add_argument("--loss_type", default="sigmoid")
     p.add_argument("--loss_weights", default=None)
     p.add_argument("--beta", type=float, default=10.0)
