@@ -118,3 +118,14 @@ def test_the_tuned_retriever_is_compared_with_the_mnrl_anchor(tmp_path):
     lines = {line.split(" | ")[0].strip("| *"): line for line in table.splitlines() if line.startswith("|")}
     assert "+0.250" in lines["rpo − mnrl"]  # 0.5 − 0.25
     assert "+0.500" in lines["rpo − vanilla"]
+
+
+def test_the_generator_recipe_is_compared_with_the_simple_anchor(tmp_path):
+    """Issue 35 item 5: gpo against `simple` (MNRL-answers + SFT), pooled over each row's seeds, paired by question."""
+    _write(tmp_path, "vanilla-toy", "vanilla", None, [0.0, 0.0, 0.0, 0.0], "AMD")
+    _write(tmp_path, "gpo-s0-toy", "gpo", 0, [1.0, 1.0, 1.0, 0.0], "AMD")
+    _write(tmp_path, "simple-s0-toy", "simple", 0, [1.0, 0.0, 0.0, 0.0], "AMD")
+    _write(tmp_path, "simple-s1-toy", "simple", 1, [1.0, 1.0, 0.0, 0.0], "AMD")
+    table = gpo_tables.dataset_table("toy:test", gpo_tables.load(tmp_path)["toy:test"])
+    lines = {line.split(" | ")[0].strip("| *"): line for line in table.splitlines() if line.startswith("|")}
+    assert "+0.375" in lines["gpo − simple"]  # 0.75 − mean(0.25, 0.5)
