@@ -25,8 +25,8 @@ from trl_bporag.metrics import paired_bootstrap_ci
 ROW_ORDER = ("vanilla", "oracle", "rpo", "mnrl", "sft-gold", "gpo-only", "gpo", "gpo+rpo", "bporag", "simple")
 COMPARISONS = (("gpo", "sft-gold"), ("gpo", "gpo-only"), ("gpo-only", "sft-gold"), ("gpo+rpo", "gpo"),
                ("bporag", "simple"), ("gpo", "simple"),
-               ("bporag", "gpo"), ("bporag", "gpo+rpo"), ("bporag", "sft-gold"), ("simple", "sft-gold"), ("rpo", "vanilla"),
-               ("rpo", "mnrl"), ("oracle", "vanilla"))
+               ("bporag", "rpo"), ("bporag", "gpo"), ("bporag", "gpo+rpo"), ("bporag", "sft-gold"), ("simple", "sft-gold"),
+               ("rpo", "vanilla"), ("rpo", "mnrl"), ("oracle", "vanilla"))
 
 
 def cpu(entry: dict) -> str:

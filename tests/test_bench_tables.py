@@ -129,3 +129,16 @@ def test_the_generator_recipe_is_compared_with_the_simple_anchor(tmp_path):
     table = gpo_tables.dataset_table("toy:test", gpo_tables.load(tmp_path)["toy:test"])
     lines = {line.split(" | ")[0].strip("| *"): line for line in table.splitlines() if line.startswith("|")}
     assert "+0.375" in lines["gpo − simple"]  # 0.75 − mean(0.25, 0.5)
+
+
+def test_bporag_is_compared_with_each_single_stage(tmp_path):
+    """Issue 35 item 5: BPO-RAG must be measurably above each single stage, +RPO (the untrained reader under the tuned
+    retriever) as well as +GPO; both differences are in the table, paired by question."""
+    _write(tmp_path, "vanilla-toy", "vanilla", None, [0.0, 0.0, 0.0, 0.0], "AMD")
+    _write(tmp_path, "rpo-toy", "rpo", None, [1.0, 0.0, 0.0, 0.0], "AMD")
+    _write(tmp_path, "gpo-s0-toy", "gpo", 0, [1.0, 1.0, 0.0, 0.0], "AMD")
+    _write(tmp_path, "bporag-s0-toy", "bporag", 0, [1.0, 1.0, 1.0, 1.0], "AMD")
+    table = gpo_tables.dataset_table("toy:test", gpo_tables.load(tmp_path)["toy:test"])
+    lines = {line.split(" | ")[0].strip("| *"): line for line in table.splitlines() if line.startswith("|")}
+    assert "+0.750" in lines["bporag − rpo"]  # 1.0 − 0.25
+    assert "+0.500" in lines["bporag − gpo"]  # 1.0 − 0.5
