@@ -14,6 +14,16 @@ def _write(folder, name, row, seed, f1, cpu):
     (folder / f"{name}.json").write_text(json.dumps(entry))
 
 
+def _lines(table: str) -> dict:
+    """A markdown table's rows by their first cell (bold marks stripped)."""
+    return {line.split(" | ")[0].strip("| *"): line for line in table.splitlines() if line.startswith("|")}
+
+
+def _toy_lines(folder) -> dict:
+    """The rows of the toy data set's table built from the per-question files in ``folder``."""
+    return _lines(gpo_tables.dataset_table("toy:test", gpo_tables.load(folder)["toy:test"]))
+
+
 def test_each_row_is_compared_with_the_vanilla_of_its_cpu(tmp_path):
     _write(tmp_path, "vanilla-toy", "vanilla", None, [0.0, 0.0, 0.0, 0.0], "Intel")
     _write(tmp_path, "vanilla@amd-toy", "vanilla", None, [0.5, 0.5, 0.5, 0.5], "AMD")
@@ -26,7 +36,7 @@ def test_each_row_is_compared_with_the_vanilla_of_its_cpu(tmp_path):
     assert gpo_tables.base_row("gpo", rows) == "vanilla"
     np.testing.assert_allclose(gpo_tables.pooled(rows["bporag"], "f1"), [1.0, 1.0, 1.0, 0.8])
     table = gpo_tables.dataset_table("toy:test", rows)
-    lines = {line.split(" | ")[0].strip("| *"): line for line in table.splitlines() if line.startswith("|")}
+    lines = _lines(table)
     # bporag pooled 0.95 against AMD's vanilla 0.5 (+0.450, +90 %), not against Intel's 0.0
     assert "+0.450" in lines["bporag (pooled)"] and "+90 %" in lines["bporag (pooled)"]
     assert "+1.000" in lines["gpo"]
@@ -114,8 +124,7 @@ def test_the_tuned_retriever_is_compared_with_the_mnrl_anchor(tmp_path):
     _write(tmp_path, "vanilla-toy", "vanilla", None, [0.0, 0.0, 0.0, 0.0], "AMD")
     _write(tmp_path, "rpo-toy", "rpo", None, [1.0, 1.0, 0.0, 0.0], "AMD")
     _write(tmp_path, "mnrl-toy", "mnrl", None, [1.0, 0.0, 0.0, 0.0], "AMD")
-    table = gpo_tables.dataset_table("toy:test", gpo_tables.load(tmp_path)["toy:test"])
-    lines = {line.split(" | ")[0].strip("| *"): line for line in table.splitlines() if line.startswith("|")}
+    lines = _toy_lines(tmp_path)
     assert "+0.250" in lines["rpo − mnrl"]  # 0.5 − 0.25
     assert "+0.500" in lines["rpo − vanilla"]
 
@@ -126,8 +135,7 @@ def test_the_generator_recipe_is_compared_with_the_simple_anchor(tmp_path):
     _write(tmp_path, "gpo-s0-toy", "gpo", 0, [1.0, 1.0, 1.0, 0.0], "AMD")
     _write(tmp_path, "simple-s0-toy", "simple", 0, [1.0, 0.0, 0.0, 0.0], "AMD")
     _write(tmp_path, "simple-s1-toy", "simple", 1, [1.0, 1.0, 0.0, 0.0], "AMD")
-    table = gpo_tables.dataset_table("toy:test", gpo_tables.load(tmp_path)["toy:test"])
-    lines = {line.split(" | ")[0].strip("| *"): line for line in table.splitlines() if line.startswith("|")}
+    lines = _toy_lines(tmp_path)
     assert "+0.375" in lines["gpo − simple"]  # 0.75 − mean(0.25, 0.5)
 
 
@@ -138,7 +146,6 @@ def test_bporag_is_compared_with_each_single_stage(tmp_path):
     _write(tmp_path, "rpo-toy", "rpo", None, [1.0, 0.0, 0.0, 0.0], "AMD")
     _write(tmp_path, "gpo-s0-toy", "gpo", 0, [1.0, 1.0, 0.0, 0.0], "AMD")
     _write(tmp_path, "bporag-s0-toy", "bporag", 0, [1.0, 1.0, 1.0, 1.0], "AMD")
-    table = gpo_tables.dataset_table("toy:test", gpo_tables.load(tmp_path)["toy:test"])
-    lines = {line.split(" | ")[0].strip("| *"): line for line in table.splitlines() if line.startswith("|")}
+    lines = _toy_lines(tmp_path)
     assert "+0.750" in lines["bporag − rpo"]  # 1.0 − 0.25
     assert "+0.500" in lines["bporag − gpo"]  # 1.0 − 0.5
