@@ -28,8 +28,19 @@ fi
 done_if runs/rpo-table/base.json || python bench/rpo_table.py --row base
 done_if runs/rpo-table/rpo-answer-hit.json || \
     python bench/rpo_table.py --row rpo --name rpo-answer-hit --pairing listwise --reference free
-done_if runs/rpo-table/rpo-reader-f1.json || python bench/rpo_table.py --row rpo --name rpo-reader-f1 \
-    --pairing listwise --reference free --judge generator_f1 "${READER[@]}" --resume_pairs
+# The reader's judge takes hours: its progress travels between machines as a committed file of ids and scores
+# (bench/judge_progress.py), restored before the build and exported again whenever this script stops.
+JUDGED=bench/results/reader_stage1/rpo-reader-f1-judged.jsonl.gz
+JUDGE_PAIRS=runs/rpo-table/work/rpo-reader-f1/pairs
+if [ ! -f runs/rpo-table/rpo-reader-f1.json ]; then
+    [ -f "$JUDGED" ] && python bench/judge_progress.py restore "$JUDGED" "$JUDGE_PAIRS"
+    export_judged() {
+        [ -f "$JUDGE_PAIRS/shards/config.json" ] && python bench/judge_progress.py export "$JUDGE_PAIRS" "$JUDGED"
+    }
+    trap export_judged EXIT
+    python bench/rpo_table.py --row rpo --name rpo-reader-f1 --pairing listwise --reference free \
+        --judge generator_f1 "${READER[@]}" --resume_pairs
+fi
 done_if runs/rpo-table/mnrl-answers.json || python bench/rpo_table.py --row mnrl-answers
 done_if runs/rpo-table/lsr.json || python bench/rpo_table.py --row lsr "${READER[@]}"
 # ... and the +RPO row's answers: the reader under each of those retrievers.
