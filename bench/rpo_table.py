@@ -15,7 +15,7 @@ difference from the base [paired bootstrap 95% CI], and a second table gives the
     python bench/rpo_table.py --row rpo --name rpo-reader-f1 --pairing listwise --reference free \
         --judge generator_f1 --generator reader --judge_passage_tokens 256      # the paper's judge, a reader that reads
     python bench/judge_progress.py export runs/rpo-table/work/rpo-reader-f1/pairs \
-        bench/results/reader_stage1/rpo-reader-f1-judged.jsonl.gz    # that judge's progress, to resume on another machine
+        bench/results/reader_stage1/rpo-reader-f1-judged.jsonl.gz    # its progress, to resume on another machine
     python bench/rpo_table.py --table
 
 Run one at a time with nothing else on the machine: the seconds in the rows are wall times.
