@@ -109,11 +109,11 @@ def restore(path: str | os.PathLike, pairs_dir: str | os.PathLike, split, corpus
         for row in rec["rows"]:
             full = {"prompt": split.questions[pos]}
             for text_col, id_col in TEXT_FROM_IDS.items():
-                if id_col in row:
+                if id_col in row:  # listwise rows hold a list of windows, pairwise rows one window per column
                     ids = row[id_col]
-                    nested = bool(ids) and isinstance(ids[0], list)
-                    to_text = lambda pids: [corpus.passage(row_of[p], with_title) for p in pids]  # noqa: E731
-                    full[text_col] = [to_text(w) for w in ids] if nested else to_text(ids)
+                    windows = ids if ids and isinstance(ids[0], list) else [ids]
+                    texts = [[corpus.passage(row_of[pid], with_title) for pid in w] for w in windows]
+                    full[text_col] = texts if windows is ids else texts[0]
             rows.append({**full, **row})
         added.append({**rec, "rows": rows})
     shard = shard_dir / "rank0.jsonl"
