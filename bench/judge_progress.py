@@ -23,21 +23,10 @@ import json
 import os
 from pathlib import Path
 
+from trl_bporag.preferences.base import end_shard_line, read_shard_records
+
 #: the text columns of an RPO row and the id columns they are rebuilt from (listwise rows, then pairwise rows)
 TEXT_FROM_IDS = {"lists": "list_ids", "chosen": "chosen_ids", "rejected": "rejected_ids"}
-
-
-def _shard_records(shard_dir: Path) -> list[dict]:
-    """The complete records of every rank's shard, in (rank, line) order; a line cut by an interruption is skipped,
-    as the builder itself skips it."""
-    records = []
-    for path in sorted(shard_dir.glob("rank*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
 
 
 def export(pairs_dir: str | os.PathLike, path: str | os.PathLike) -> int:
@@ -48,7 +37,7 @@ def export(pairs_dir: str | os.PathLike, path: str | os.PathLike) -> int:
     if not config_path.is_file():
         raise ValueError(f"{pairs_dir}: no shards/config.json; expected the work folder of a pairs build")
     records = {}
-    for rec in _shard_records(shard_dir):
+    for rec in read_shard_records(shard_dir):
         rows = []
         for row in rec["rows"]:
             if "prompt" not in row or not any(col in row for col in TEXT_FROM_IDS):
@@ -96,7 +85,7 @@ def restore(path: str | os.PathLike, pairs_dir: str | os.PathLike, split, corpus
                          "work folder")
     shard_dir.mkdir(parents=True, exist_ok=True)
     config_path.write_text(json.dumps(config, sort_keys=True))
-    have = {(rec["position"], rec["query_id"]) for rec in _shard_records(shard_dir)}
+    have = {(rec["position"], rec["query_id"]) for rec in read_shard_records(shard_dir)}
     row_of = {pid: i for i, pid in enumerate(corpus.ids)}
     added = []
     for rec in records:
@@ -117,12 +106,9 @@ def restore(path: str | os.PathLike, pairs_dir: str | os.PathLike, split, corpus
             rows.append({**full, **row})
         added.append({**rec, "rows": rows})
     shard = shard_dir / "rank0.jsonl"
-    if shard.exists() and shard.stat().st_size and not shard.read_bytes().endswith(b"\n"):
-        added_prefix = "\n"  # a line cut by an interruption must not swallow the first restored record
-    else:
-        added_prefix = ""
+    end_shard_line(shard)
     with shard.open("a", encoding="utf-8") as fh:
-        fh.write(added_prefix + "".join(json.dumps(rec) + "\n" for rec in added))
+        fh.write("".join(json.dumps(rec) + "\n" for rec in added))
     return len(added)
 
 

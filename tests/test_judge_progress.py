@@ -4,26 +4,13 @@ import gzip
 
 import pytest
 
+import test_rpo_builder
 from test_rpo_builder import make_corpus
 from trl_bporag.data import QASplit
 from trl_bporag.preferences import RetrievalPreferenceBuilder
-from trl_bporag.retrieval import DenseIndex, Retriever
 
 judge_progress = pytest.importorskip("judge_progress")  # bench/ is on sys.path (conftest.py)
-
-QUESTIONS = ["what is the capital of france", "what is the capital of italy", "what is the capital of germany",
-             "what is the capital of spain", "what is the capital of england"]
-
-
-@pytest.fixture
-def setup(tiny_st):
-    corpus = make_corpus()
-    r = Retriever(tiny_st)
-    split = QASplit(ids=[f"q{i}" for i in range(5)], questions=QUESTIONS,
-                    answers=[["paris"], ["rome"], ["berlin"], ["madrid"], ["london"]],
-                    gold_ids=[[f"p{i:02d}"] for i in range(5)])
-    return r, DenseIndex.from_corpus(r, corpus), corpus, split
-
+setup = test_rpo_builder.setup  # the fixture: the tiny retriever, its index, corpus and split
 
 @pytest.mark.parametrize("pairing", ["listwise", "vs_original"])
 def test_export_then_restore_resumes_without_judging_again(setup, tmp_path, pairing):

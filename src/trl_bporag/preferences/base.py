@@ -99,11 +99,8 @@ class ShardedPreferenceBuilder:
                 logger.warning("Resuming: %d of %d queries already built in %s", len(done), len(split), shard_dir)
         todo = [i for i in range(len(split)) if i % state.num_processes == state.process_index and i not in done]
         shard = shard_dir / f"rank{state.process_index}.jsonl" if shard_dir is not None else None
-        if shard is not None and shard.exists() and shard.stat().st_size:
-            with shard.open("rb+") as fh:  # a line cut by an interruption must not swallow the next record
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    fh.write(b"\n")
+        if shard is not None:
+            end_shard_line(shard)
         mine: list[tuple[int, list[dict], dict]] = []
         from tqdm.auto import tqdm
 
@@ -182,17 +179,34 @@ class ShardedPreferenceBuilder:
     @staticmethod
     def _read_shards(shard_dir: Path, split: QASplit) -> dict[int, tuple[list[dict], dict]]:
         done = {}
-        for path in sorted(shard_dir.glob("rank*.jsonl")):
-            with path.open(encoding="utf-8") as fh:
-                for line in fh:
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a line cut by an interruption: that query is rebuilt
-                    pos = rec["position"]
-                    if pos < len(split) and split.ids[pos] == rec["query_id"]:
-                        done[pos] = (rec["rows"], rec["stats"])
+        for rec in read_shard_records(shard_dir):
+            pos = rec["position"]
+            if pos < len(split) and split.ids[pos] == rec["query_id"]:
+                done[pos] = (rec["rows"], rec["stats"])
         return done
+
+
+def read_shard_records(shard_dir: str | os.PathLike):
+    """Yield the complete records (``query_id``, ``position``, ``rows``, ``stats``) of every ``rank*.jsonl`` shard in
+    ``shard_dir``, in (rank, line) order; a line cut by an interruption is skipped (that query is rebuilt)."""
+    for path in sorted(Path(shard_dir).glob("rank*.jsonl")):
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+
+
+def end_shard_line(shard: str | os.PathLike) -> None:
+    """End a non-empty shard with a newline, so that a line cut by an interruption does not swallow the next record
+    appended to it."""
+    shard = Path(shard)
+    if shard.exists() and shard.stat().st_size:
+        with shard.open("rb+") as fh:
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
 
 
 def load_pairs(name: str | os.PathLike, config: str | None = None, train_split: str = "train",
